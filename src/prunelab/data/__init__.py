@@ -1,0 +1,50 @@
+"""Data sets as in-memory tensors, served by Lightning data modules.
+
+* :class:`TensorBatchLoader`: iterable of ``(x[idx], y[idx])`` batches over tensors in memory,
+  accepted by Lightning as a dataloader (shuffling, sharding over ranks, exact resume).
+* :class:`RandomCropFlip`: vectorized CIFAR augmentation on whole batches.
+* Data modules: :class:`MNISTDataModule`, :class:`FashionMNISTDataModule`,
+  :class:`CIFAR10DataModule`, :class:`CIFAR100DataModule`, :class:`SyntheticDataModule`, all
+  derived from :class:`TensorDataModule`; ``DATAMODULES`` maps config names to them.
+* :class:`DataError`: one-line error for missing or unusable data files.
+* :func:`read_idx`: reader of the IDX format with optional SHA-256 verification.
+"""
+
+from prunelab.data.datamodules import (
+    BUNDLED_MNIST_DIR,
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    DataError,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+    SyntheticDataModule,
+    TensorDataModule,
+)
+from prunelab.data.idx import load_checksums, read_idx
+from prunelab.data.loader import RandomCropFlip, TensorBatchLoader, derive_seed
+
+#: Config name (``conf/data/<name>.yaml``) -> data module class.
+DATAMODULES: dict[str, type[TensorDataModule]] = {
+    "mnist": MNISTDataModule,
+    "fashion_mnist": FashionMNISTDataModule,
+    "cifar10": CIFAR10DataModule,
+    "cifar100": CIFAR100DataModule,
+    "synthetic": SyntheticDataModule,
+}
+
+__all__ = [
+    "BUNDLED_MNIST_DIR",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "DATAMODULES",
+    "DataError",
+    "FashionMNISTDataModule",
+    "MNISTDataModule",
+    "RandomCropFlip",
+    "SyntheticDataModule",
+    "TensorBatchLoader",
+    "TensorDataModule",
+    "derive_seed",
+    "load_checksums",
+    "read_idx",
+]

@@ -1,0 +1,92 @@
+"""Inference latency measurement."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["measure_latency"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_sizes: Sequence[int] = (1, 64),
+    threads: int | None = None,
+    warmup: int = 10,
+    min_runs: int = 50,
+    max_runs: int = 200,
+    max_time_s: float = 2.0,
+) -> dict[str, dict[str, float | int]]:
+    """Wall-clock forward latency for each batch size.
+
+    The model runs in eval mode under :func:`torch.inference_mode` on the
+    device of its parameters, on a fixed random input.  For each batch size:
+    ``warmup`` untimed runs, then at least ``min_runs`` timed runs
+    (``time.perf_counter``, CUDA synchronised).  More runs, up to ``max_runs``,
+    are taken only while the batch size's timed runs have used less than
+    ``max_time_s`` seconds, which bounds the cost for big models without ever
+    going below ``min_runs``.  ``torch.set_num_threads(threads)`` is applied
+    when ``threads`` is given; the previous thread count and the model's
+    train/eval modes are restored afterwards.
+
+    Returns:
+        ``{"batch_<bs>": {"median_ms", "iqr_ms", "mean_ms", "min_ms", "runs"}}``
+    """
+    if min_runs < 1:
+        raise ValueError(f"min_runs must be >= 1, got {min_runs}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    shape = tuple(int(s) for s in input_shape)
+    max_runs = max(int(max_runs), int(min_runs))
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+
+    previous_threads = torch.get_num_threads()
+    modes = {m: m.training for m in model.modules()}
+    results: dict[str, dict[str, float | int]] = {}
+    generator = torch.Generator().manual_seed(0)
+    try:
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        model.eval()
+        with torch.inference_mode():
+            for batch_size in batch_sizes:
+                x = torch.randn(int(batch_size), *shape, generator=generator).to(device, dtype)
+                for _ in range(warmup):
+                    model(x)
+                _sync(device)
+                times: list[float] = []
+                spent = 0.0
+                while len(times) < min_runs or (len(times) < max_runs and spent < max_time_s):
+                    start = time.perf_counter()
+                    model(x)
+                    _sync(device)
+                    elapsed = time.perf_counter() - start
+                    times.append(elapsed)
+                    spent += elapsed
+                ms = np.asarray(times) * 1e3
+                q25, q50, q75 = np.percentile(ms, [25, 50, 75])
+                results[f"batch_{int(batch_size)}"] = {
+                    "median_ms": float(q50),
+                    "iqr_ms": float(q75 - q25),
+                    "mean_ms": float(ms.mean()),
+                    "min_ms": float(ms.min()),
+                    "runs": len(times),
+                }
+    finally:
+        if threads is not None:
+            torch.set_num_threads(previous_threads)
+        for module, training in modes.items():
+            module.training = training
+    return results

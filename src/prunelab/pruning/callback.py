@@ -1,0 +1,163 @@
+"""``PruningCallback``: applies a pruner on a schedule during Lightning training.
+
+Bookkeeping only; the maths lives in :mod:`scores` and :mod:`selection`.
+
+- ``setup``: resolves the prunable parameters of ``pl_module.net`` and validates the schedule
+  against ``trainer.max_epochs``.
+- ``on_train_epoch_start``: if the schedule has an event at this epoch, recompute the masks at the
+  event's cumulative target and zero the pruned weights.
+- ``on_train_batch_end``: re-apply the masks after every optimizer step (one fused multiply), so
+  momentum, weight decay or Adam's moments never regrow a pruned weight.
+- ``state_dict``/``load_state_dict``: masks, the events already applied and the rewind snapshot
+  travel in Lightning checkpoints and come back on resume.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from prunelab.pruning.masks import MaskSet
+from prunelab.pruning.pruner import Pruner, PruningConfigError
+from prunelab.pruning.schedules import Schedule
+
+
+def target_network(pl_module: pl.LightningModule) -> torch.nn.Module:
+    """The network a LightningModule wraps (``.net``), or the module itself."""
+    return getattr(pl_module, "net", pl_module)
+
+
+class PruningCallback(pl.Callback):
+    """Prune ``pl_module.net`` with ``pruner`` following ``schedule`` up to ``sparsity``.
+
+    Args:
+        pruner: which parameters, scored how, selected with which scope.
+        schedule: epoch -> cumulative target.
+        sparsity: the final total target (fraction of prunable weights that are zero), in [0, 1).
+        rewind_step: if set, snapshot the network's weights when ``trainer.global_step`` equals it
+            (0 = before the first step) and keep them in the callback state (lottery tickets).
+        log_per_layer: log every tensor's sparsity each epoch (``sparsity/<name>``).
+    """
+
+    def __init__(self, pruner: Pruner, schedule: Schedule, sparsity: float,
+                 rewind_step: int | None = None, log_per_layer: bool = True):
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+            raise PruningConfigError(f"sparsity={sparsity!r} must be a number in [0, 1)")
+        if pruner.is_dense and sparsity > 0:
+            raise PruningConfigError(f"pruner=none cannot reach sparsity={sparsity}; use sparsity=0 "
+                                     f"or a pruning method")
+        self.pruner = pruner
+        self.schedule = schedule
+        self.sparsity = float(sparsity)
+        self.rewind_step = rewind_step
+        self.log_per_layer = log_per_layer
+        self.masks: MaskSet | None = None
+        self.events_done: list[int] = []
+        self.rewind_state: dict[str, torch.Tensor] | None = None
+        self._pending: dict[str, Any] | None = None
+
+    # -- schedule position ----------------------------------------------------------------------
+    @property
+    def events(self) -> dict[int, float]:
+        return {} if self.pruner.is_dense or self.sparsity == 0 else self.schedule.events(self.sparsity)
+
+    def at_target(self) -> bool:
+        """Whether every scheduled pruning event has been applied."""
+        return all(e in self.events_done for e in self.events)
+
+    def current_target(self) -> float:
+        done = [self.events[e] for e in self.events_done if e in self.events]
+        return max(done) if done else 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def bind(self, net: torch.nn.Module) -> MaskSet:
+        """Resolve the prunable parameters of ``net`` (idempotent)."""
+        if self.masks is None:
+            self.masks = MaskSet(self.pruner.resolve(net))
+            if self._pending is not None:
+                self._load(self._pending)
+                self._pending = None
+        return self.masks
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.bind(target_network(pl_module))
+        if stage == "fit" and self.events:
+            self.schedule.validate(trainer.max_epochs, self.sparsity)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert self.masks is not None
+        # parameters may have been moved or replaced (device transfer, checkpoint restore)
+        self.masks.rebind(self.pruner.resolve(target_network(pl_module)))
+        self.masks.apply_()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.rewind_step is not None and self.rewind_state is None \
+                and trainer.global_step >= self.rewind_step:
+            net = target_network(pl_module)
+            self.rewind_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        target = self.events.get(epoch)
+        if target is None or epoch in self.events_done:
+            return
+        self.prune_to(target, event=len(self.events_done))
+        self.events_done.append(epoch)
+
+    @torch.no_grad()
+    def prune_to(self, target: float, event: int = 0) -> None:
+        """Recompute the masks at the cumulative ``target`` and zero the pruned weights."""
+        assert self.masks is not None
+        new = self.pruner.compute_masks(self.masks.params, self.masks.as_dict(), target, event=event)
+        self.masks.update(new)
+        self.masks.apply_()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.masks.apply_()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        stats = self.masks.stats()
+        pl_module.log("prune/sparsity", stats["global"], prog_bar=True)
+        pl_module.log("prune/target", self.current_target())
+        pl_module.log("prune/at_target", float(self.at_target()))
+        if self.log_per_layer:
+            for name, s in stats["per_layer"].items():
+                pl_module.log(f"sparsity/{name}", s)
+
+    # -- checkpointing --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "masks": self.masks.state_dict() if self.masks is not None else None,
+            "events_done": list(self.events_done),
+            "sparsity": self.sparsity,
+            "pruner": self.pruner.name,
+            "rewind_state": self.rewind_state,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.masks is None:
+            self._pending = state_dict
+        else:
+            self._load(state_dict)
+
+    def _load(self, state: dict[str, Any]) -> None:
+        if state.get("masks") is not None:
+            self.masks.load_state_dict(state["masks"])
+        self.events_done = list(state.get("events_done", []))
+        self.rewind_state = state.get("rewind_state")
+
+
+class FinalSparsityCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose top-k ("best") only considers epochs at the final sparsity.
+
+    A dense epoch before pruning would otherwise win "best" on validation accuracy.
+    """
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        flag = monitor_candidates.get("prune/at_target")
+        if flag is not None and float(flag) < 0.5:
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)

@@ -1,0 +1,143 @@
+"""Masks: one bool tensor per prunable parameter (``True`` keeps).
+
+:class:`MaskSet` owns the bookkeeping (validation, in-place application, statistics and
+(de)serialisation); the maths of *which* elements to drop lives in :mod:`prunelab.pruning.select`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+
+class MaskSet:
+    """Named bool masks bound to the parameters they prune.
+
+    ``apply_()`` multiplies every parameter by its mask in place with one fused
+    ``torch._foreach_mul_`` call, which is what keeps pruned weights at exactly zero after an
+    optimizer step (momentum and weight decay would otherwise regrow them).
+    """
+
+    def __init__(self, params: Mapping[str, nn.Parameter]):
+        if not params:
+            raise ValueError("MaskSet needs at least one parameter")
+        self._params: dict[str, nn.Parameter] = dict(params)
+        self._masks: dict[str, torch.Tensor] = {
+            n: torch.ones_like(p, dtype=torch.bool) for n, p in self._params.items()
+        }
+        self._factors: dict[str, torch.Tensor] = {}
+        self._refresh_factors()
+
+    # -- access -------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return list(self._params)
+
+    @property
+    def params(self) -> dict[str, nn.Parameter]:
+        return dict(self._params)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._masks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """A shallow copy of the masks (name -> bool tensor)."""
+        return dict(self._masks)
+
+    # -- update -------------------------------------------------------------------------------
+    def update(self, masks: Mapping[str, torch.Tensor], *, allow_regrow: bool = False) -> None:
+        """Replace masks after validating dtype, shape and (unless allowed) monotonicity."""
+        for name, mask in masks.items():
+            self._validate(name, mask)
+            old = self._masks[name]
+            mask = mask.to(device=old.device)
+            if not allow_regrow and bool((mask & ~old).any()):
+                raise ValueError(f"mask for {name!r} would revive pruned weights (masks only shrink)")
+            self._masks[name] = mask
+        self._refresh_factors()
+
+    def _validate(self, name: str, mask: torch.Tensor) -> None:
+        if name not in self._params:
+            raise KeyError(f"no prunable parameter named {name!r}; known: {', '.join(self._params)}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask for {name!r} must be bool, got {mask.dtype}")
+        if tuple(mask.shape) != tuple(self._params[name].shape):
+            raise ValueError(
+                f"mask for {name!r} has shape {tuple(mask.shape)}, parameter has "
+                f"{tuple(self._params[name].shape)}"
+            )
+
+    def _refresh_factors(self) -> None:
+        self._factors = {}
+        for n, p in self._params.items():
+            m = self._masks[n]
+            if m.device != p.device:
+                m = m.to(p.device)
+                self._masks[n] = m
+            self._factors[n] = m.to(dtype=p.dtype)
+
+    def rebind(self, params: Mapping[str, nn.Parameter]) -> None:
+        """Point the masks at new parameter objects (same names and shapes), e.g. after a copy."""
+        if set(params) != set(self._params):
+            raise KeyError("rebind needs exactly the same parameter names")
+        self._params = dict(params)
+        self._refresh_factors()
+
+    # -- application --------------------------------------------------------------------------
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Zero every pruned element in place (one fused multiply over all tensors)."""
+        params = list(self._params.values())
+        factors = [self._factors[n] for n in self._params]
+        if params[0].device != factors[0].device or params[0].dtype != factors[0].dtype:
+            self._refresh_factors()
+            factors = [self._factors[n] for n in self._params]
+        torch._foreach_mul_(params, factors)
+
+    @torch.no_grad()
+    def apply_to_grads_(self) -> None:
+        """Zero the gradients of pruned elements (where gradients exist)."""
+        for n, p in self._params.items():
+            if p.grad is not None:
+                p.grad.mul_(self._factors[n])
+
+    # -- statistics ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Sparsity of the masks: global and per parameter (fraction of ``False``)."""
+        per_layer = {}
+        pruned = total = 0
+        for n, m in self._masks.items():
+            k = int((~m).sum())
+            per_layer[n] = k / m.numel()
+            pruned += k
+            total += m.numel()
+        return {"global": pruned / total, "per_layer": per_layer, "pruned": pruned, "total": total}
+
+    @property
+    def sparsity(self) -> float:
+        return self.stats()["global"]
+
+    # -- (de)serialisation --------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: m.detach().cpu().clone() for n, m in self._masks.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        missing = set(self._masks) - set(state)
+        unexpected = set(state) - set(self._masks)
+        if missing or unexpected:
+            raise KeyError(
+                f"mask state does not match the prunable parameters "
+                f"(missing: {sorted(missing)}, unexpected: {sorted(unexpected)})"
+            )
+        for n, m in state.items():
+            self._validate(n, m)
+        self._masks = {n: state[n].to(self._params[n].device).clone() for n in self._masks}
+        self._refresh_factors()

@@ -1,0 +1,139 @@
+"""Run results: measurement of the final model, ``results.json`` and the printed summary."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+#: Config keys that do not change what a run computes (left out of ``config_hash``).
+NON_RESULT_KEYS = ("logger", "resume", "measure", "checkpoint", "hydra")
+NON_RESULT_SUBKEYS = {"hardware": ("threads",), "trainer": ("enable_progress_bar",
+                                                            "enable_model_summary",
+                                                            "log_every_n_steps")}
+
+PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "torchmetrics",
+            "prunelab")
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 (first 16 hex digits) of the result-relevant part of a resolved config."""
+    cfg = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
+    for key, subkeys in NON_RESULT_SUBKEYS.items():
+        if isinstance(cfg.get(key), Mapping):
+            cfg[key] = {k: v for k, v in cfg[key].items() if k not in subkeys}
+    blob = json.dumps(cfg, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def measure_model(net: nn.Module, prunable: Sequence[str], input_shape: Sequence[int],
+                  directory: Path, latency: bool = True, batch_sizes: Sequence[int] = (1, 64),
+                  warmup: int = 10, runs: int = 50, threads: int | None = None,
+                  size: bool = True) -> dict[str, Any]:
+    """Sparsity, parameters, MACs, size on disk and CPU latency of ``net`` as it is now."""
+    from prunelab import measure
+
+    cpu_net = copy.deepcopy(net).float().cpu().eval()
+    sp = measure.sparsity_report(cpu_net, list(prunable))
+    out: dict[str, Any] = {
+        "sparsity": {"global": sp["global"], "per_layer": sp["per_layer"],
+                     "zeros": sp["zeros"], "prunable": sp["total"]},
+        "params": measure.count_params(cpu_net),
+    }
+    macs = measure.count_macs(cpu_net, tuple(input_shape))
+    out["macs"] = {"dense": macs["dense"], "effective": macs["effective"]}
+    if size:
+        out["size_bytes"] = measure.size_on_disk(cpu_net, directory)
+    if latency:
+        lat = measure.measure_latency(cpu_net, tuple(input_shape), batch_sizes=tuple(batch_sizes),
+                                      threads=threads, warmup=warmup, min_runs=runs)
+        out["latency_ms"] = {k: v["median_ms"] for k, v in lat.items()}
+        out["latency_detail"] = lat
+    return out
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON to ``path`` via a temporary file and rename (never a half-written result)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def _fmt_count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, div in (("MB", 1e6), ("KB", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def summary_rows(res: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (label, value) rows of the end-of-run summary."""
+    rows = [
+        ("run", f"model={res['model']} data={res['data']} pruner={res['pruner']} "
+                f"schedule={res['schedule']} seed={res['seed']}"),
+        ("sparsity", f"{res['sparsity']['global']:.4f} (target {res['target_sparsity']:.4f})"),
+        ("test acc", f"{res['test_acc']:.4f}  (loss {res['test_loss']:.4f})"),
+        ("best val acc", "n/a" if res["best_val_acc"] is None else f"{res['best_val_acc']:.4f}"),
+        ("params", f"{_fmt_count(res['params']['nonzero'])} non-zero / "
+                   f"{_fmt_count(res['params']['total'])}"),
+        ("MACs", f"{_fmt_count(res['macs']['effective'])} effective / "
+                 f"{_fmt_count(res['macs']['dense'])} dense"),
+    ]
+    if "size_bytes" in res:
+        rows.append(("size", f"{_fmt_bytes(res['size_bytes']['sparse_bytes'])} sparse / "
+                             f"{_fmt_bytes(res['size_bytes']['dense_bytes'])} dense"))
+    if "latency_ms" in res:
+        rows.append(("CPU latency", "  ".join(f"{k.replace('_', ' ')}: {v:.3f} ms"
+                                              for k, v in res["latency_ms"].items())))
+    rows.append(("wall time", f"{res['wall_time_s']:.1f} s"))
+    rows.append(("results", str(res["results_path"])))
+    return rows
+
+
+def print_summary(res: Mapping[str, Any], file=None) -> None:
+    """Print the compact summary table (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="prunelab summary", show_header=False, title_justify="left")
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for k, v in summary_rows(res):
+        table.add_row(k, v)
+    Console(file=file or sys.stdout, width=120, soft_wrap=True).print(table)

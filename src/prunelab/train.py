@@ -1,0 +1,224 @@
+"""Train and prune one model: ``python -m prunelab.train pruner=magnitude sparsity=0.7``.
+
+Hydra composes ``conf/train.yaml`` with the data, model, pruner, schedule, optimizer, hardware,
+trainer and logger groups; :func:`run` does the work and returns the results, so that sweeps
+(Hydra multirun, Optuna) can use it as their objective.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from prunelab.config import SCHEMA_NAMES, register_configs
+from prunelab.module import ClassifierModule
+from prunelab.pruning import (
+    FinalSparsityCheckpoint,
+    PruningCallback,
+    check_pruner_name,
+)
+from prunelab.results import (
+    config_hash,
+    measure_model,
+    package_versions,
+    print_summary,
+    write_json_atomic,
+)
+
+CONF_DIR = Path(__file__).parent / "conf"
+#: Config groups whose options are checked before Hydra starts (one-line error on a typo).
+CHECKED_GROUPS = ("data", "model", "pruner", "schedule", "optimizer", "lr_scheduler", "hardware",
+                  "trainer", "logger", "experiment", "debug")
+
+
+class ConfigError(ValueError):
+    """A bad setting, reported as one line before anything is written."""
+
+
+def known_options(group: str) -> list[str]:
+    """The option names of a config group (yaml files; ConfigStore schemas excluded)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if p.stem not in SCHEMA_NAMES)
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Reject unknown group options (``pruner=magnitud``) with a one-line error listing the known
+    ones, before Hydra composes anything."""
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key.startswith("override "):
+            key = key[len("override "):]
+        key = key.strip("/")
+        if key not in CHECKED_GROUPS or "(" in value or value in ("", "null"):
+            continue
+        known = known_options(key)
+        for v in value.split(","):
+            if v not in known:
+                raise ConfigError(f"unknown {key}={v!r}; known: {', '.join(known)}")
+
+
+def _choice(group: str, default: str) -> str:
+    try:
+        return str(HydraConfig.get().runtime.choices.get(group) or default)
+    except ValueError:  # not running under Hydra
+        return default
+
+
+def _target_name(node: Any) -> str:
+    target = (node or {}).get("_target_", "") if isinstance(node, (dict, DictConfig)) else ""
+    return target.rsplit(".", 1)[-1] or "none"
+
+
+def validate_sparsity(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ConfigError(f"sparsity={value!r} is not a number; allowed: a number in [0, 1)")
+    if not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"sparsity={value} is outside the allowed range [0, 1)")
+    return float(value)
+
+
+def resolve_resume(resume: str | None) -> str | None:
+    if not resume:
+        return None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"resume={resume!r}: no checkpoint found at {path}; allowed: a .ckpt file "
+                          f"or a run directory with checkpoints/last.ckpt")
+    return str(path)
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate and validate everything a run needs, writing nothing. Raises ConfigError."""
+    from prunelab.models import check_input_fits
+
+    sparsity = validate_sparsity(cfg.get("sparsity"))
+    epochs = cfg.get("epochs")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs={epochs!r} must be an integer >= 1")
+    check_pruner_name(cfg.pruner.name)
+    try:
+        datamodule = instantiate(cfg.data)
+        model_name = _choice("model", _target_name(cfg.model))
+        net = instantiate(cfg.model, input_shape=tuple(datamodule.input_shape),
+                          num_classes=int(datamodule.num_classes))
+        check_input_fits(net, tuple(datamodule.input_shape), model_name)
+        pruner = instantiate(cfg.pruner)
+        schedule = instantiate(cfg.schedule)
+        callback = PruningCallback(pruner, schedule, sparsity)
+        callback.bind(net)
+        if callback.events:
+            schedule.validate(epochs, sparsity)
+    except ConfigError:
+        raise
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
+        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise ConfigError(msg.strip().splitlines()[0] if msg.strip() else repr(exc)) from exc
+    return {"datamodule": datamodule, "net": net, "pruner": pruner, "schedule": schedule,
+            "callback": callback, "sparsity": sparsity, "model_name": model_name,
+            "resume": resolve_resume(cfg.get("resume"))}
+
+
+def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train, prune, test and measure one model; write ``results.json``; return the results."""
+    start = time.perf_counter()
+    if output_dir is None:
+        output_dir = HydraConfig.get().runtime.output_dir
+    out = Path(output_dir)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    if cfg.hardware.get("threads"):
+        torch.set_num_threads(int(cfg.hardware.threads))
+    parts = build(cfg)
+    dm, net, callback = parts["datamodule"], parts["net"], parts["callback"]
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    lr_sched = instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
+    module = ClassifierModule(net, num_classes=int(dm.num_classes),
+                              optimizer=instantiate(cfg.optimizer), lr_scheduler=lr_sched,
+                              config=resolved)
+    ckpt = FinalSparsityCheckpoint(dirpath=str(out / "checkpoints"), filename="best",
+                                   monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
+                                   save_last=cfg.checkpoint.save_last, save_top_k=1,
+                                   auto_insert_metric_name=False)
+    logger = instantiate(cfg.logger, save_dir=str(out)) if cfg.get("logger") else False
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[callback, ckpt], logger=logger,
+                                      default_root_dir=str(out))
+    trainer.fit(module, datamodule=dm, ckpt_path=parts["resume"])
+    best_path = ckpt.best_model_path or None
+    test_metrics = trainer.test(module, datamodule=dm, ckpt_path=best_path, verbose=False)[0]
+    train_time = time.perf_counter() - start
+
+    masks_state = callback.masks.stats()
+    m = cfg.measure
+    measured = measure_model(net, callback.masks.names, dm.input_shape, out,
+                             latency=bool(m.latency), batch_sizes=list(m.batch_sizes),
+                             warmup=int(m.warmup), runs=int(m.runs),
+                             threads=cfg.hardware.get("threads"), size=bool(m.size))
+    best_score = ckpt.best_model_score
+    results = {
+        "model": parts["model_name"],
+        "data": _choice("data", _target_name(cfg.data)),
+        "pruner": parts["pruner"].name,
+        "scope": parts["pruner"].scope,
+        "schedule": _choice("schedule", parts["schedule"].name),
+        "seed": int(cfg.seed),
+        "epochs": int(cfg.epochs),
+        "epochs_run": int(trainer.current_epoch),
+        "target_sparsity": parts["sparsity"],
+        "mask_sparsity": masks_state["global"],
+        "test_acc": float(test_metrics["test/acc"]),
+        "test_loss": float(test_metrics["test/loss"]),
+        "best_val_acc": None if best_score is None else float(best_score),
+        "best_checkpoint": best_path,
+        **measured,
+        "train_time_s": train_time,
+        "wall_time_s": time.perf_counter() - start,
+        "config_hash": config_hash(resolved),
+        "versions": package_versions(),
+        "results_path": str(out / "results.json"),
+    }
+    if trainer.is_global_zero:
+        write_json_atomic(out / "results.json", results)
+        print_summary(results)
+    return results
+
+
+def _error(msg: str) -> None:
+    print(f"prunelab: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    try:
+        results = run(cfg)
+    except ConfigError as exc:
+        _error(str(exc))
+    return float(results["best_val_acc"] if results["best_val_acc"] is not None
+                 else results["test_acc"])
+
+
+def main() -> None:
+    register_configs()
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as exc:
+        _error(str(exc))
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Exact-number tests of scores, selection, masks and schedules."""
+
+import pytest
+import torch
+from torch import nn
+
+from prunelab.pruning import (
+    Gradual,
+    Iterative,
+    MaskSet,
+    OneShot,
+    Pruner,
+    PruningConfigError,
+    ScheduleError,
+    get_score,
+    select_masks,
+)
+from prunelab.pruning.scores import ScoreContext
+
+
+def ones(*shape):
+    return torch.ones(*shape, dtype=torch.bool)
+
+
+# -- scores -----------------------------------------------------------------------------------
+def test_magnitude_score_is_abs():
+    w = torch.tensor([[-3.0, 0.5], [2.0, -0.1]])
+    assert torch.equal(get_score("magnitude")(w, ScoreContext("w")), w.abs())
+
+
+def test_random_score_is_seeded():
+    w = torch.zeros(5, 7)
+    a = get_score("random")(w, ScoreContext("w", generator=torch.Generator().manual_seed(3)))
+    b = get_score("random")(w, ScoreContext("w", generator=torch.Generator().manual_seed(3)))
+    c = get_score("random")(w, ScoreContext("w", generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_unknown_score_lists_known():
+    with pytest.raises(KeyError, match="known: magnitude, random"):
+        get_score("magnitud")
+
+
+# -- selection --------------------------------------------------------------------------------
+def test_layer_scope_prunes_lowest_exact_count():
+    s = {"a": torch.tensor([5.0, 1.0, 3.0, 2.0, 4.0])}
+    m = select_masks(s, {"a": ones(5)}, 0.4, "layer")
+    assert m["a"].tolist() == [True, False, True, False, True]
+
+
+@pytest.mark.parametrize("target", [0.0, 0.1, 0.33, 0.5, 0.9, 0.99])
+def test_layer_scope_hits_target_per_tensor(target):
+    g = torch.Generator().manual_seed(0)
+    scores = {"a": torch.rand(37, 11, generator=g), "b": torch.rand(3, 5, 3, 3, generator=g)}
+    old = {k: ones(*v.shape) for k, v in scores.items()}
+    new = select_masks(scores, old, target, "layer")
+    for k, v in new.items():
+        assert int((~v).sum()) == round(target * v.numel())
+
+
+@pytest.mark.parametrize("target", [0.25, 0.5, 0.8, 0.95])
+def test_global_scope_hits_target_and_keeps_largest(target):
+    g = torch.Generator().manual_seed(1)
+    scores = {"a": torch.rand(40, 10, generator=g) * 2, "b": torch.rand(100, generator=g)}
+    old = {k: ones(*v.shape) for k, v in scores.items()}
+    new = select_masks(scores, old, target, "global")
+    total = sum(v.numel() for v in scores.values())
+    pruned = sum(int((~v).sum()) for v in new.values())
+    assert pruned == round(target * total)
+    kept = torch.cat([scores[k][new[k]] for k in scores])
+    dropped = torch.cat([scores[k][~new[k]] for k in scores])
+    assert kept.min() >= dropped.max()
+
+
+def test_global_scope_differs_from_layer_scope():
+    scores = {"big": torch.arange(10.0) + 100, "small": torch.arange(10.0)}
+    old = {k: ones(10) for k in scores}
+    glob = select_masks(scores, old, 0.5, "global")
+    assert glob["small"].sum() == 0 and glob["big"].all()
+    layer = select_masks(scores, old, 0.5, "layer")
+    assert layer["small"].sum() == 5 and layer["big"].sum() == 5
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_old_zeros_stay_zero_even_with_high_scores(scope):
+    scores = {"a": torch.tensor([10.0, 9.0, 1.0, 2.0, 3.0, 4.0])}
+    old = {"a": torch.tensor([False, False, True, True, True, True])}
+    new = select_masks(scores, old, 0.5, scope)
+    assert new["a"].tolist() == [False, False, False, True, True, True]
+
+
+def test_target_below_current_keeps_old_zeros():
+    old = {"a": torch.tensor([False, False, False, True])}
+    new = select_masks({"a": torch.ones(4)}, old, 0.25, "layer")
+    assert new["a"].tolist() == [False, False, False, True]
+
+
+def test_ties_are_deterministic_by_position():
+    scores = {"a": torch.ones(8)}
+    new = select_masks(scores, {"a": ones(8)}, 0.5, "layer")
+    assert new["a"].tolist() == [False] * 4 + [True] * 4
+
+
+def test_selection_rejects_bad_scope_and_target():
+    with pytest.raises(ValueError, match="unknown scope 'glob'"):
+        select_masks({"a": torch.ones(2)}, {"a": ones(2)}, 0.5, "glob")
+    with pytest.raises(ValueError, match="outside"):
+        select_masks({"a": torch.ones(2)}, {"a": ones(2)}, 1.5, "layer")
+
+
+def test_per_layer_targets():
+    scores = {"a": torch.arange(10.0), "b": torch.arange(4.0)}
+    new = select_masks(scores, {"a": ones(10), "b": ones(4)}, {"a": 0.3, "b": 0.5}, "layer")
+    assert int((~new["a"]).sum()) == 3 and int((~new["b"]).sum()) == 2
+
+
+# -- masks --------------------------------------------------------------------------------------
+def test_maskset_apply_zeroes_in_place_and_stats():
+    lin = nn.Linear(4, 3)
+    ms = MaskSet({"weight": lin.weight})
+    m = ones(3, 4)
+    m[0, :2] = False
+    ms.update({"weight": m})
+    ms.apply_()
+    assert (lin.weight[0, :2] == 0).all() and (lin.weight[1:] != 0).all()
+    assert ms.stats()["global"] == pytest.approx(2 / 12)
+
+
+def test_maskset_validates_and_refuses_regrowth():
+    lin = nn.Linear(4, 3)
+    ms = MaskSet({"weight": lin.weight})
+    with pytest.raises(TypeError, match="must be bool"):
+        ms.update({"weight": torch.ones(3, 4)})
+    with pytest.raises(ValueError, match="shape"):
+        ms.update({"weight": ones(4, 3)})
+    m = ones(3, 4)
+    m[0, 0] = False
+    ms.update({"weight": m})
+    with pytest.raises(ValueError, match="revive"):
+        ms.update({"weight": ones(3, 4)})
+
+
+def test_maskset_state_roundtrip():
+    lin = nn.Linear(4, 3)
+    ms = MaskSet({"weight": lin.weight})
+    m = torch.rand(3, 4) > 0.5
+    ms.update({"weight": m}, allow_regrow=True)
+    ms2 = MaskSet({"weight": nn.Linear(4, 3).weight})
+    ms2.load_state_dict(ms.state_dict())
+    assert torch.equal(ms2["weight"], m)
+    with pytest.raises(KeyError, match="missing"):
+        ms2.load_state_dict({})
+
+
+# -- pruner -----------------------------------------------------------------------------------
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(16, 10)
+
+
+def test_default_prunable_is_linear_and_conv_weights():
+    assert list(Pruner().resolve(Tiny())) == ["conv.weight", "fc.weight"]
+
+
+def test_include_exclude_globs_and_errors():
+    assert list(Pruner(include=["*.bias"]).resolve(Tiny())) == ["conv.bias", "bn.bias", "fc.bias"]
+    assert list(Pruner(exclude=["fc.*"]).resolve(Tiny())) == ["conv.weight"]
+    with pytest.raises(PruningConfigError, match=r"pruner.include=\['nothing\*'\] matches no"):
+        Pruner(include=["nothing*"]).resolve(Tiny())
+
+
+def test_pruner_rejects_unknown_names():
+    with pytest.raises(PruningConfigError, match="unknown pruner='magnitud'; known: "
+                                                 "global_magnitude, magnitude, none, random"):
+        Pruner(name="magnitud")
+    with pytest.raises(PruningConfigError, match="pruner.scope='glob'"):
+        Pruner(scope="glob")
+
+
+def test_random_pruner_same_seed_same_masks():
+    net = Tiny()
+    params = Pruner().resolve(net)
+    old = {k: ones(*v.shape) for k, v in params.items()}
+    a = Pruner(name="random", score="random", seed=1).compute_masks(params, old, 0.5)
+    b = Pruner(name="random", score="random", seed=1).compute_masks(params, old, 0.5)
+    c = Pruner(name="random", score="random", seed=2).compute_masks(params, old, 0.5)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+# -- schedules --------------------------------------------------------------------------------
+def test_oneshot_events():
+    assert OneShot(at_epoch=3).events(0.7) == {3: 0.7}
+
+
+def test_iterative_geometric_and_linear():
+    ev = Iterative(start_epoch=1, end_epoch=5, rounds=3).events(0.875)
+    assert list(ev) == [1, 3, 5]
+    assert list(ev.values()) == pytest.approx([0.5, 0.75, 0.875])
+    lin = Iterative(start_epoch=0, end_epoch=2, rounds=3, steps="linear").events(0.9)
+    assert list(lin.values()) == pytest.approx([0.3, 0.6, 0.9])
+
+
+def test_gradual_cubic_values():
+    ev = Gradual(start_epoch=2, end_epoch=6, frequency=2).events(0.8)
+    # s_t = s_f (1 - (1 - k/n)^3), n = 2
+    assert list(ev) == [2, 4, 6]
+    assert list(ev.values()) == pytest.approx([0.0, 0.8 * (1 - 0.5 ** 3), 0.8])
+
+
+@pytest.mark.parametrize("sched", [OneShot(4), Iterative(0, 9, 5), Iterative(2, 8, 4, "linear"),
+                                   Gradual(0, 10, 1), Gradual(3, 9, 3, 0.1)])
+@pytest.mark.parametrize("final", [0.3, 0.9, 0.98])
+def test_schedules_monotone_exact_end_no_overshoot(sched, final):
+    ev = sched.events(final)
+    vals = list(ev.values())
+    epochs = list(ev)
+    assert epochs == sorted(epochs)
+    assert all(b >= a for a, b in zip(vals, vals[1:]))
+    assert vals[-1] == final
+    assert max(vals) <= final
+    assert sched.current(max(epochs) + 5, final) == final
+
+
+def test_schedule_validation_errors():
+    with pytest.raises(ScheduleError, match="prunes at epoch 10 but the run has epochs=10"):
+        OneShot(10).validate(10)
+    OneShot(9).validate(10)
+    with pytest.raises(ScheduleError, match="before start_epoch"):
+        Gradual(5, 2)
+    with pytest.raises(ScheduleError, match="frequency=3 does not divide"):
+        Gradual(0, 4, 3)
+    with pytest.raises(ScheduleError, match="rounds=5 does not fit"):
+        Iterative(0, 2, 5)
+    with pytest.raises(ScheduleError, match="steps='cubic'"):
+        Iterative(0, 4, 2, "cubic")
