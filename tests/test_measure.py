@@ -244,3 +244,26 @@ def test_measure_latency_time_budget_never_below_min_runs():
     result = measure_latency(model, MNIST, batch_sizes=(2,), warmup=0, min_runs=5,
                              max_runs=1000, max_time_s=0.0)
     assert result["batch_2"]["runs"] == 5
+
+
+def test_parametrized_weights_are_measured_through_the_parametrization():
+    from torch.nn.utils import parametrize
+
+    class Mask(nn.Module):
+        def __init__(self, mask):
+            super().__init__()
+            self.register_buffer("mask", mask)
+
+        def forward(self, weight):
+            return weight * self.mask
+
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(1.0)
+    mask = (torch.arange(16).view(4, 4) % 2).float()  # half zeros
+    parametrize.register_parametrization(net[0], "weight", Mask(mask))
+    assert count_params(net) == {"total": 30, "nonzero": 22}
+    assert sparsity_report(net, ["0.weight"])["zeros"] == 8
+    assert count_macs(net, (4,))["per_layer"]["0"] == {"dense": 16, "effective": 8}
+    assert set(effective_state_dict(net)) == {"0.weight", "0.bias", "1.weight", "1.bias"}

@@ -39,8 +39,8 @@ class OneShotConf:
 @dataclass
 class IterativeConf:
     _target_: str = "prunelab.pruning.Iterative"
-    start_epoch: int = "${epochs_frac:0.2}"  # type: ignore[assignment]
-    end_epoch: int = "${epochs_frac:0.6}"  # type: ignore[assignment]
+    start_epoch: int = "${epochs_frac:0.1}"  # type: ignore[assignment]
+    end_epoch: int = "${epochs_frac:0.7}"  # type: ignore[assignment]
     rounds: int = 3
     steps: Steps = Steps["geometric"]
 

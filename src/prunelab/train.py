@@ -143,7 +143,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         torch.set_num_threads(int(cfg.hardware.threads))
     parts = build(cfg)
     dm, net, callback = parts["datamodule"], parts["net"], parts["callback"]
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
     lr_sched = instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
     module = ClassifierModule(net, num_classes=int(dm.num_classes),

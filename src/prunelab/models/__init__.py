@@ -23,6 +23,7 @@ from prunelab.models.registry import (
     get_model_name,
     list_models,
     output_layer_name,
+    probe_forward,
     register_model,
 )
 from prunelab.models.resnet import CifarResNet, ResNet20, ResNet56
@@ -53,5 +54,6 @@ __all__ = [
     "init_weights",
     "list_models",
     "output_layer_name",
+    "probe_forward",
     "register_model",
 ]

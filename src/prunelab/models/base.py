@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from prunelab.models.registry import fit_error
+from prunelab.models.registry import fit_error, probe_forward
 
 __all__ = ["INIT_SCHEMES", "PrunelabModel", "infer_flat_features", "init_weights", "to_shape"]
 
@@ -62,6 +62,25 @@ class PrunelabModel(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.input_shape = to_shape(input_shape, ndim=None)
         self.num_classes = num_classes
+
+    #: Why the constructor's ``input_shape`` does not fit (``None`` if it fits).
+    input_fit_error: str | None = None
+
+    def _flat_features(self, features: nn.Module) -> int:
+        """Flattened size of ``features`` on ``self.input_shape``.
+
+        Constructors never raise for a misfitting input shape, so that Hydra
+        instantiation succeeds and :func:`prunelab.models.check_input_fits`
+        can report the problem in one line.  If the features collapse, the
+        reason is stored in :attr:`input_fit_error` and a placeholder width of
+        1 is returned; such a model cannot run a forward pass.
+        """
+        name = getattr(type(self), "model_name", "") or type(self).__name__
+        try:
+            return infer_flat_features(features, self.input_shape, name)
+        except ValueError as exc:
+            self.input_fit_error = str(exc).split(" from data: ", 1)[-1]
+            return 1
 
     def output_layer_name(self) -> str:
         """Qualified module name of the final classifier ``nn.Linear``."""
@@ -133,25 +152,16 @@ def init_weights(model: nn.Module, scheme: str) -> None:
 def infer_flat_features(features: nn.Module, input_shape: Sequence[int], model_name: str) -> int:
     """Number of features after flattening ``features(x)`` for one sample.
 
-    Runs a tiny forward pass on zeros (eval mode, no grad).  If the spatial size
-    collapses or the forward fails, raises the one-line :func:`fit_error`
-    ``ValueError`` used by :func:`prunelab.models.check_input_fits`.
+    Runs a tiny forward pass on zeros (eval mode, no grad, see
+    :func:`prunelab.models.registry.probe_forward`); the sub-module names in
+    messages are prefixed with ``features.``.  If the spatial size collapses
+    or the forward fails, raises the one-line :func:`fit_error` ``ValueError``
+    used by :func:`prunelab.models.check_input_fits`.
     """
     shape = tuple(int(s) for s in input_shape)
-    modes = {m: m.training for m in features.modules()}
-    features.eval()
-    try:
-        with torch.no_grad():
-            out = features(torch.zeros(1, *shape))
-    except Exception as exc:  # noqa: BLE001
-        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-        reason = lines[0] if lines else type(exc).__name__
-        raise fit_error(model_name, shape, f"feature extractor failed: {reason}") from exc
-    finally:
-        for module, training in modes.items():
-            module.training = training
-    if out.numel() == 0 or any(s == 0 for s in out.shape[2:]):
-        raise fit_error(
-            model_name, shape, f"spatial size collapses to {tuple(out.shape[2:])} before the classifier"
-        )
+    out, reason = probe_forward(features, shape, batch_size=1, prefix="features.")
+    if reason is None and (not torch.is_tensor(out) or out.numel() == 0):
+        reason = "spatial size collapses to an empty feature map before the classifier"
+    if reason:
+        raise fit_error(model_name, shape, reason)
     return int(out[0].numel())

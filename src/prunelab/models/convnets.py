@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from prunelab.models.base import PrunelabModel, infer_flat_features, init_weights, to_shape
+from prunelab.models.base import PrunelabModel, init_weights, to_shape
 from prunelab.models.registry import register_model
 
 __all__ = ["Conv2", "Conv4", "Conv6", "ConvNet"]
@@ -56,7 +56,6 @@ class ConvNet(PrunelabModel):
         dropout = float(dropout)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        name = getattr(type(self), "model_name", "") or type(self).__name__
         layers: list[nn.Module] = []
         in_channels = self.input_shape[0]
         for i, width in enumerate(widths):
@@ -65,7 +64,7 @@ class ConvNet(PrunelabModel):
                 layers.append(nn.MaxPool2d(2, 2))
             in_channels = width
         self.features = nn.Sequential(*layers)
-        in_features = infer_flat_features(self.features, self.input_shape, name)
+        in_features = self._flat_features(self.features)
         head: list[nn.Module] = []
         for width in fc_widths:
             head += [nn.Linear(in_features, width), nn.ReLU(inplace=True)]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from prunelab.models.base import PrunelabModel, infer_flat_features, init_weights, to_shape
+from prunelab.models.base import PrunelabModel, init_weights, to_shape
 from prunelab.models.registry import register_model
 
 __all__ = ["LeNet5", "SeedCNN"]
@@ -40,7 +40,8 @@ class LeNet5(PrunelabModel):
     element = output Linear).
 
     Args:
-        input_shape: ``(C, H, W)``; H and W must be at least 16.
+        input_shape: ``(C, H, W)``; H and W must be at least 16 (smaller inputs
+            are reported by :func:`prunelab.models.check_input_fits`).
         num_classes: number of output logits.
         conv_relu: insert ReLU after each convolution (not in Caffe's model).
         dropout: dropout after the fc-500 ReLU (0 disables, as in Caffe).
@@ -67,7 +68,7 @@ class LeNet5(PrunelabModel):
             layers.append(nn.ReLU(inplace=True))
         layers.append(nn.MaxPool2d(2, 2))
         self.features = nn.Sequential(*layers)
-        flat = infer_flat_features(self.features, self.input_shape, "lenet5")
+        flat = self._flat_features(self.features)
         head: list[nn.Module] = [nn.Linear(flat, 500), nn.ReLU(inplace=True)]
         if dropout > 0:
             head.append(nn.Dropout(dropout))
@@ -124,7 +125,7 @@ class SeedCNN(PrunelabModel):
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         self.features = nn.Sequential(*layers)
-        flat = infer_flat_features(self.features, self.input_shape, "seed_cnn")
+        flat = self._flat_features(self.features)
         head: list[nn.Module] = [nn.Linear(flat, 128), nn.ReLU(inplace=True)]
         if dropout > 0:
             head.append(nn.Dropout(dropout))

@@ -33,6 +33,7 @@ __all__ = [
     "get_model_name",
     "list_models",
     "output_layer_name",
+    "probe_forward",
     "register_model",
 ]
 
@@ -115,9 +116,19 @@ def build_model(
         input_shape: ``(C, H, W)`` of one input sample.
         num_classes: number of output logits.
         **kwargs: model-specific constructor arguments.
+
+    Raises the one-line "does not fit" :class:`ValueError` of
+    :func:`fit_error` when the model's constructor found that ``input_shape``
+    collapses (models record this in ``input_fit_error`` instead of raising,
+    so that Hydra instantiation succeeds); a full forward check is
+    :func:`check_input_fits`.
     """
     cls = get_model_class(name)
-    return cls(input_shape=input_shape, num_classes=num_classes, **kwargs)
+    model = cls(input_shape=input_shape, num_classes=num_classes, **kwargs)
+    reason = getattr(model, "input_fit_error", None)
+    if reason:
+        raise fit_error(name, input_shape, reason)
+    return model
 
 
 def output_layer_name(model: nn.Module) -> str:
@@ -175,6 +186,82 @@ _SPATIAL_TYPES = (
 )
 
 
+def probe_forward(
+    module: nn.Module, input_shape: Sequence[int], batch_size: int = 2, prefix: str = ""
+) -> tuple[Any, str | None]:
+    """Run ``module`` on zeros of shape ``(batch_size, *input_shape)`` and diagnose.
+
+    The forward runs under :func:`torch.no_grad` in eval mode on the device
+    and dtype of the module's parameters; the previous train/eval mode of every
+    submodule is restored afterwards.
+
+    Returns:
+        ``(output, None)`` on success, or ``(output_or_None, reason)`` where
+        ``reason`` is a one-line description naming the failing leaf module
+        (qualified names get ``prefix``), e.g. ``spatial size collapses in
+        features.43 (MaxPool2d) on input (2, 512, 1, 1): RuntimeError: ...``.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    param = next(iter(module.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+
+    entered: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+    collapsed: list[str] = []
+    names: dict[nn.Module, str] = {}
+
+    def pre_hook(mod: nn.Module, args: tuple) -> None:
+        in_shape = tuple(args[0].shape) if args and torch.is_tensor(args[0]) else ()
+        entered.append((names[mod], mod, in_shape))
+
+    def post_hook(mod: nn.Module, args: tuple, output: Any) -> None:
+        if (
+            not collapsed
+            and isinstance(mod, _SPATIAL_TYPES)
+            and torch.is_tensor(output)
+            and output.dim() >= 3
+            and any(s == 0 for s in output.shape[2:])
+        ):
+            collapsed.append(
+                f"spatial size collapses to {tuple(output.shape[2:])} at "
+                f"{names[mod]} ({type(mod).__name__})"
+            )
+
+    handles = []
+    for qualname, mod in module.named_modules():
+        if next(iter(mod.children()), None) is None:  # leaf module
+            names[mod] = prefix + qualname if qualname else (prefix.rstrip(".") or type(mod).__name__)
+            handles.append(mod.register_forward_pre_hook(pre_hook))
+            handles.append(mod.register_forward_hook(post_hook))
+
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    out: Any = None
+    reason: str | None = None
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(batch_size, *shape, device=device, dtype=dtype))
+    except Exception as exc:  # noqa: BLE001 - any failure means "does not fit"
+        if collapsed:
+            reason = collapsed[0]
+        else:
+            where = ""
+            if entered:
+                qualname, mod, in_shape = entered[-1]
+                where = f"in {qualname} ({type(mod).__name__}) on input {in_shape}: "
+                if isinstance(mod, _SPATIAL_TYPES):
+                    where = "spatial size collapses " + where
+            reason = where + _short_exception(exc)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for mod, training in modes.items():
+            mod.training = training
+    if reason is None and collapsed:
+        reason = collapsed[0]
+    return out, reason
+
+
 def check_input_fits(
     model: nn.Module, input_shape: Sequence[int], name: str | None = None
 ) -> None:
@@ -182,10 +269,13 @@ def check_input_fits(
 
     Runs a forward pass on ``torch.zeros(2, *input_shape)`` under
     :func:`torch.no_grad` in eval mode (the previous train/eval mode of every
-    submodule is restored afterwards).  The check fails if the forward raises,
-    if a convolution or pooling layer produces an empty spatial output (the
-    spatial size collapsed), or if the output is not ``(2, num_classes)`` where
-    ``num_classes`` is the output layer's ``out_features``.
+    submodule is restored afterwards; see :func:`probe_forward`).  The check
+    fails if the model's constructor recorded an ``input_fit_error``, if the
+    forward raises, if a convolution or pooling layer produces an empty
+    spatial output (the spatial size collapsed), or if the output is not
+    ``(2, num_classes)`` where ``num_classes`` is the output layer's
+    ``out_features``.  The message reads
+    ``model=<name> does not fit input_shape=(C, H, W) from data: <reason>``.
 
     Args:
         model: the model to check.
@@ -198,62 +288,12 @@ def check_input_fits(
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s <= 0 for s in shape):
         raise fit_error(name, shape, "input_shape must be non-empty and positive")
-
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-
-    entered: list[tuple[str, nn.Module, tuple[int, ...]]] = []
-    collapsed: list[str] = []
-
-    def pre_hook(module: nn.Module, args: tuple) -> None:
-        in_shape = tuple(args[0].shape) if args and torch.is_tensor(args[0]) else ()
-        entered.append((names[module], module, in_shape))
-
-    def post_hook(module: nn.Module, args: tuple, output: Any) -> None:
-        if (
-            isinstance(module, _SPATIAL_TYPES)
-            and torch.is_tensor(output)
-            and output.dim() >= 3
-            and any(s == 0 for s in output.shape[2:])
-            and not collapsed
-        ):
-            collapsed.append(
-                f"spatial size collapses to {tuple(output.shape[2:])} at "
-                f"{names[module]} ({type(module).__name__})"
-            )
-
-    names: dict[nn.Module, str] = {}
-    handles = []
-    for qualname, module in model.named_modules():
-        if next(iter(module.children()), None) is None:  # leaf module
-            names[module] = qualname or type(module).__name__
-            handles.append(module.register_forward_pre_hook(pre_hook))
-            handles.append(module.register_forward_hook(post_hook))
-
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(2, *shape, device=device, dtype=dtype))
-    except Exception as exc:  # noqa: BLE001 - any failure means "does not fit"
-        if collapsed:
-            raise fit_error(name, shape, collapsed[0]) from exc
-        where = ""
-        if entered:
-            qualname, module, in_shape = entered[-1]
-            where = f"in {qualname} ({type(module).__name__}) on input {in_shape}: "
-            if isinstance(module, _SPATIAL_TYPES):
-                where = "spatial size collapses " + where
-        raise fit_error(name, shape, where + _short_exception(exc)) from exc
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes.items():
-            module.training = training
-
-    if collapsed:
-        raise fit_error(name, shape, collapsed[0])
+    reason = getattr(model, "input_fit_error", None)
+    if reason:
+        raise fit_error(name, shape, reason)
+    out, reason = probe_forward(model, shape, batch_size=2)
+    if reason:
+        raise fit_error(name, shape, reason)
     if not torch.is_tensor(out) or out.dim() != 2 or out.shape[0] != 2:
         got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise fit_error(name, shape, f"forward returned {got}, expected (2, num_classes)")

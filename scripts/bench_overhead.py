@@ -1,0 +1,414 @@
+#!/usr/bin/env python
+"""Training-epoch overhead of prunelab's pruning versus a bare loop and Lightning's ModelPruning.
+
+In one process, on the same in-memory batches (same tensors, same order), the same optimizer
+(SGD with momentum) and the same initial weights, this times one training epoch (forward,
+backward, optimizer step; no validation) of:
+
+* ``bare``            -- a plain PyTorch loop, no pruning, no Lightning.
+* ``modelpruning``    -- Lightning + ``pytorch_lightning.callbacks.ModelPruning``
+                         (``torch.nn.utils.prune``, ``l1_unstructured``, amount 0.9, applied once at
+                         the end of the warm-up epoch, so the timed epochs run with the masks'
+                         forward pre-hooks active).
+* ``prunelab``        -- Lightning + ``ClassifierModule`` + ``PruningCallback`` (magnitude pruner,
+                         ``OneShot(0)`` to 0.9 sparsity: pruned at the start of the warm-up epoch,
+                         masks re-applied after every optimizer step in the timed epochs).
+* ``modelpruning_dl`` -- as ``modelpruning`` but fed by a standard
+                         ``torch.utils.data.DataLoader(TensorDataset(...))`` (``num_workers=0``)
+                         over the same samples in the same order: the configuration users typically
+                         have (reference).
+
+The two ``modelpruning`` contenders use the same ``ClassifierModule`` as ``prunelab`` (same
+``training_step``, same logging and torchmetrics accuracy), so ``prunelab`` vs ``modelpruning``
+compares the pruning mechanisms only; ModelPruning prunes the same tensors (weights of the
+Linear/Conv layers), layer by layer like prunelab's ``magnitude`` pruner.
+
+Diagnostic contenders (not run by default; pass them to ``--contenders``) split the overhead:
+
+* ``bare_masked``     -- the bare loop plus prunelab's ``MaskSet.apply_()`` after every step.
+* ``pl_minimal``      -- Lightning with a minimal LightningModule (loss only: no ``self.log``, no
+                         torchmetrics), no pruning: Lightning's own loop overhead.
+* ``pl_minimal_prune``-- the minimal LightningModule + ``PruningCallback``: the callback's cost.
+* ``pl_dense``        -- ``ClassifierModule`` without any pruning callback: the module's cost.
+
+Method: for every repetition the contenders run one after another (A B C D A B C D ...); each run
+builds a fresh copy of the same initial network, trains ``1 + epochs_per_rep`` epochs and the
+first (warm-up) epoch is discarded. A Lightning epoch is timed from one ``on_train_epoch_start``
+to the next (the last one to ``on_train_end``), by a callback placed first, so it includes every
+per-epoch cost of the loop (iterator creation, epoch-end hooks, metric aggregation). The table
+reports the median epoch time over all timed epochs, its ratio to ``bare`` and the median of the
+per-repetition ratios (paired within a repetition, robust to drift on a shared machine).
+
+Example::
+
+    python scripts/bench_overhead.py --models mlp resnet20 --reps 5 --epochs-per-rep 2 \\
+        --out bench_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelPruning
+
+from prunelab.models import build_model
+from prunelab.module import ClassifierModule
+from prunelab.pruning.callback import PruningCallback
+from prunelab.pruning.masks import MaskSet
+from prunelab.pruning.pruner import Pruner, default_prunable
+from prunelab.pruning.schedules import OneShot
+
+SPARSITY = 0.9
+DEFAULT_CONTENDERS = ("bare", "modelpruning", "prunelab", "modelpruning_dl")
+DIAGNOSTIC_CONTENDERS = ("bare_masked", "pl_minimal", "pl_minimal_prune", "pl_dense")
+ALL_CONTENDERS = DEFAULT_CONTENDERS + DIAGNOSTIC_CONTENDERS
+
+#: model name -> (input shape, default number of samples, targets: max ratio of prunelab to bare)
+MODELS: dict[str, dict[str, Any]] = {
+    "mlp": {"input_shape": (1, 28, 28), "subset": 20000, "target": 1.3,
+            "data": "MNIST (bundled IDX files, normalized)", "label": "LeNet-300-100"},
+    "resnet20": {"input_shape": (3, 32, 32), "subset": 2048, "target": 1.1,
+                 "data": "synthetic CIFAR-shaped N(0,1) 3x32x32, 10 classes", "label": "ResNet-20"},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def load_mnist(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` MNIST training samples as float tensors (via ``MNISTDataModule`` when available)."""
+    try:
+        from prunelab.data import MNISTDataModule
+
+        dm = MNISTDataModule(subset=n, seed=seed, val_size=5000)
+        dm.setup("fit")
+        x, y = dm.data_train
+        return x.contiguous(), y.long()
+    except ImportError:  # pragma: no cover - data package not there yet: read the IDX files
+        from pathlib import Path
+
+        from prunelab.data.idx import read_idx
+
+        root = Path(__import__("prunelab").__file__).parent / "data" / "mnist"
+        x = torch.from_numpy(read_idx(root / "train-images-idx3-ubyte.gz")).float().div_(255.0)
+        y = torch.from_numpy(read_idx(root / "train-labels-idx1-ubyte.gz")).long()
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+        x = ((x[perm] - 0.1307) / 0.3081).unsqueeze(1)
+        return x.contiguous(), y[perm]
+
+
+def synthetic_cifar(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+
+
+def make_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                 seed: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]:
+    """Shuffle once (seeded) and cut into contiguous batches held in memory.
+
+    Returns the batches and the shuffled tensors (which the DataLoader contender iterates in order,
+    so it produces batches equal to these)."""
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))
+    xs, ys = x[perm].contiguous(), y[perm].contiguous()
+    batches = [(xs[i:i + batch_size].contiguous(), ys[i:i + batch_size].contiguous())
+               for i in range(0, len(xs), batch_size)]
+    return batches, xs, ys
+
+
+# ---------------------------------------------------------------------------------------------
+# contenders
+# ---------------------------------------------------------------------------------------------
+def make_optimizer(params, lr: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+def run_bare(net: nn.Module, batches, epochs: int, lr: float, momentum: float,
+             masked: bool = False) -> list[float]:
+    """Plain loop; returns the wall time of every epoch (warm-up included)."""
+    opt = make_optimizer(net.parameters(), lr, momentum)
+    masks = None
+    if masked:
+        pruner = Pruner("magnitude", score="magnitude", scope="layer")
+        masks = MaskSet(pruner.resolve(net))
+        masks.update(pruner.compute_masks(masks.params, masks.as_dict(), SPARSITY))
+        masks.apply_()
+    net.train()
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        for x, y in batches:
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            if masks is not None:
+                masks.apply_()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+class EpochTimer(pl.Callback):
+    """Records ``perf_counter`` at every ``on_train_epoch_start`` and at ``on_train_end``.
+
+    Must be the first callback so that its epoch-start stamp precedes the other callbacks' work
+    and its train-end stamp precedes ModelPruning's ``make_pruning_permanent``."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def epoch_times(self) -> list[float]:
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+
+
+class MinimalModule(pl.LightningModule):
+    """The least a LightningModule can do: loss only, no logging, no metrics."""
+
+    def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer]):
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(params=self.parameters())
+
+
+def prunable_modules(net: nn.Module) -> list[tuple[nn.Module, str]]:
+    """``(module, "weight")`` for exactly the tensors prunelab's default pruner prunes."""
+    out = []
+    for name in default_prunable(net):
+        mod_name = name.rsplit(".", 1)[0] if "." in name else ""
+        out.append((net.get_submodule(mod_name), "weight"))
+    return out
+
+
+def run_lightning(kind: str, net: nn.Module, batches, loader, epochs: int, lr: float,
+                  momentum: float, num_classes: int) -> list[float]:
+    optimizer = functools.partial(torch.optim.SGD, lr=lr, momentum=momentum)
+    timer = EpochTimer()
+    callbacks: list[pl.Callback] = [timer]
+    if kind in ("pl_minimal", "pl_minimal_prune"):
+        module: pl.LightningModule = MinimalModule(net, optimizer)
+    else:
+        module = ClassifierModule(net, num_classes=num_classes, optimizer=optimizer)
+    if kind in ("prunelab", "pl_minimal_prune"):
+        pruner = Pruner("magnitude", score="magnitude", scope="layer")
+        callbacks.append(PruningCallback(pruner, OneShot(0), SPARSITY))
+    elif kind in ("modelpruning", "modelpruning_dl"):
+        callbacks.append(ModelPruning(
+            "l1_unstructured", parameters_to_prune=prunable_modules(net), amount=SPARSITY,
+            use_global_unstructured=False, apply_pruning=lambda epoch: epoch == 0,
+            use_lottery_ticket_hypothesis=False, make_pruning_permanent=True, verbose=0,
+        ))
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_epochs=epochs, callbacks=callbacks, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, deterministic=False,
+    )
+    trainer.fit(module, train_dataloaders=loader if kind == "modelpruning_dl" else batches)
+    times = timer.epoch_times()
+    if len(times) != epochs:
+        raise RuntimeError(f"{kind}: expected {epochs} epoch times, got {len(times)}")
+    check_sparsity(kind, net)
+    return times
+
+
+def check_sparsity(kind: str, net: nn.Module) -> None:
+    """Sanity check: pruning contenders end at ~90% zeros in the prunable weights."""
+    if kind in ("bare", "pl_minimal", "pl_dense"):
+        return
+    zeros = total = 0
+    for mod, name in prunable_modules(net):
+        w = getattr(mod, name)
+        zeros += int((w == 0).sum())
+        total += w.numel()
+    if abs(zeros / total - SPARSITY) > 0.01:
+        raise RuntimeError(f"{kind}: sparsity {zeros / total:.3f} after training, expected {SPARSITY}")
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+# ---------------------------------------------------------------------------------------------
+def bench_model(name: str, args: argparse.Namespace, contenders: Sequence[str]) -> dict[str, Any]:
+    spec = MODELS[name]
+    n = args.subset.get(name, spec["subset"])
+    if name == "mlp":
+        x, y = load_mnist(n, args.seed)
+    else:
+        x, y = synthetic_cifar(n, args.seed)
+    batches, xs, ys = make_batches(x, y, args.batch_size, args.seed)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs, ys),
+                                         batch_size=args.batch_size, shuffle=False, num_workers=0)
+    # the DataLoader contender must see exactly the same batches
+    for (a, b), (c, d) in zip(batches, loader):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    torch.manual_seed(args.seed)
+    template = build_model(name, spec["input_shape"], 10)
+    epochs = 1 + args.epochs_per_rep
+    raw: dict[str, list[list[float]]] = {c: [] for c in contenders}
+    print(f"\n== {spec['label']} ({name}): {len(xs)} samples, {len(batches)} batches of "
+          f"{args.batch_size}, {args.reps} reps x (1 warm-up + {args.epochs_per_rep}) epochs",
+          flush=True)
+    for rep in range(args.reps):
+        for kind in contenders:
+            net = copy.deepcopy(template)
+            if kind in ("bare", "bare_masked"):
+                times = run_bare(net, batches, epochs, args.lr, args.momentum,
+                                 masked=kind == "bare_masked")
+            else:
+                times = run_lightning(kind, net, batches, loader, epochs, args.lr, args.momentum, 10)
+            raw[kind].append(times)
+            print(f"  rep {rep} {kind:<17} " + " ".join(f"{t:.3f}" for t in times)
+                  + "  (first = warm-up)", flush=True)
+    return summarize(name, raw, contenders, len(xs), len(batches))
+
+
+def summarize(name: str, raw: dict[str, list[list[float]]], contenders: Sequence[str],
+              n_samples: int, n_batches: int) -> dict[str, Any]:
+    timed = {c: [t for rep in raw[c] for t in rep[1:]] for c in contenders}
+    med = {c: statistics.median(timed[c]) for c in contenders}
+    base = med.get("bare")
+    rows = []
+    for c in contenders:
+        row = {"contender": c, "median_epoch_s": med[c], "min_epoch_s": min(timed[c]),
+               "max_epoch_s": max(timed[c]), "n": len(timed[c])}
+        if base:
+            row["ratio_to_bare"] = med[c] / base
+            paired = [statistics.median(r[1:]) / statistics.median(b[1:])
+                      for r, b in zip(raw[c], raw["bare"])]
+            row["median_paired_ratio"] = statistics.median(paired)
+        rows.append(row)
+    return {"model": name, "label": MODELS[name]["label"], "data": MODELS[name]["data"],
+            "samples": n_samples, "batches": n_batches, "target_ratio": MODELS[name]["target"],
+            "raw_epoch_times_s": raw, "summary": rows}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"\n{result['label']} ({result['model']}), {result['samples']} samples / "
+          f"{result['batches']} batches per epoch; target prunelab/bare <= {result['target_ratio']}")
+    print(f"  {'contender':<18}{'median epoch s':>15}{'ratio to bare':>15}{'paired ratio':>14}"
+          f"{'min s':>9}{'max s':>9}")
+    for r in result["summary"]:
+        ratio = f"{r['ratio_to_bare']:.2f}x" if "ratio_to_bare" in r else "-"
+        paired = f"{r['median_paired_ratio']:.2f}x" if "median_paired_ratio" in r else "-"
+        print(f"  {r['contender']:<18}{r['median_epoch_s']:>15.3f}{ratio:>15}{paired:>14}"
+              f"{r['min_epoch_s']:>9.3f}{r['max_epoch_s']:>9.3f}")
+    meds = {r["contender"]: r["median_epoch_s"] for r in result["summary"]}
+    if {"bare", "prunelab"} <= meds.keys():
+        ok = meds["prunelab"] / meds["bare"] <= result["target_ratio"]
+        line = f"  prunelab/bare = {meds['prunelab'] / meds['bare']:.2f}x " \
+               f"(target <= {result['target_ratio']}x: {'met' if ok else 'MISSED'})"
+        if "modelpruning" in meds:
+            faster = meds["prunelab"] < meds["modelpruning"]
+            line += f"; prunelab/modelpruning = {meds['prunelab'] / meds['modelpruning']:.2f}x " \
+                    f"({'faster' if faster else 'NOT faster'})"
+        print(line)
+
+
+def parse_subset(values: Sequence[str] | None) -> dict[str, int]:
+    """``--subset 20000`` (all models) or ``--subset mlp=20000 resnet20=2048``."""
+    out: dict[str, int] = {}
+    for v in values or []:
+        if "=" in v:
+            k, n = v.split("=", 1)
+            out[k] = int(n)
+        else:
+            out.update({m: int(v) for m in MODELS})
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["mlp", "resnet20"], choices=list(MODELS))
+    p.add_argument("--contenders", nargs="+", default=list(DEFAULT_CONTENDERS),
+                   choices=list(ALL_CONTENDERS),
+                   help="order = order within a repetition; 'bare' is needed for ratios")
+    p.add_argument("--reps", type=int, default=5, help="repetitions (each contender once per rep)")
+    p.add_argument("--epochs-per-rep", type=int, default=2,
+                   help="timed epochs per run, after one warm-up epoch")
+    p.add_argument("--subset", nargs="*", default=None,
+                   help="samples per epoch: N for all models or MODEL=N "
+                        "(default: " + ", ".join(f"{k}={v['subset']}" for k, v in MODELS.items()) + ")")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON file for the raw epoch times and summary")
+    args = p.parse_args(argv)
+    args.subset = parse_subset(args.subset)
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    for logger_name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(logger_name).setLevel(logging.ERROR)
+
+    env = {
+        "python": platform.python_version(), "torch": torch.__version__, "pytorch_lightning": pl.__version__,
+        "platform": platform.platform(), "processor": _cpu_name(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "command": " ".join([sys.executable] + sys.argv),
+    }
+    try:
+        import torchmetrics
+
+        env["torchmetrics"] = torchmetrics.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    print(f"torch {env['torch']}, pytorch_lightning {env['pytorch_lightning']}, "
+          f"{env['cpu_count']} CPUs ({env['processor']}), torch threads {env['torch_threads']}")
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    results = []
+    t_start = time.perf_counter()
+    for name in args.models:
+        results.append(bench_model(name, args, args.contenders))
+    for r in results:
+        print_table(r)
+    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"env": env, "config": config, "results": results}, f, indent=1)
+        print(f"raw times written to {args.out}")
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Compose tests: every option of every config group composes and instantiates."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from prunelab.pruning import PRUNERS, SCHEDULES
+from prunelab.train import CHECKED_GROUPS, CONF_DIR, ConfigError, check_overrides, known_options
+
+
+def compose_train(*overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_defaults_compose_to_a_magnitude_run():
+    cfg = compose_train()
+    assert cfg.pruner.name == "magnitude" and cfg.sparsity == 0.5
+    assert cfg.trainer.max_epochs == cfg.epochs == 10
+    # gradual default: epochs_frac 0.1 .. 0.6 of 10 epochs
+    assert (cfg.schedule.start_epoch, cfg.schedule.end_epoch) == (1, 6)
+
+
+def test_pruner_none_defaults_to_zero_sparsity():
+    assert compose_train("pruner=none").sparsity == 0.0
+    assert compose_train("pruner=none", "sparsity=0.3").sparsity == 0.3  # rejected later, at run
+
+
+def test_registries_match_config_files():
+    assert set(known_options("pruner")) == set(PRUNERS)
+    assert set(known_options("schedule")) == set(SCHEDULES)
+
+
+@pytest.mark.parametrize("group", [g for g in CHECKED_GROUPS])
+def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
+    options = known_options(group)
+    assert options, f"group {group} has no options"
+    for opt in options:
+        cfg = compose_train(f"{group}={opt}")
+        OmegaConf.resolve(cfg)
+        if group == "data" or group == "experiment":
+            dm = instantiate(cfg.data)
+            assert len(dm.input_shape) == 3 and dm.num_classes > 1
+        if group in ("model", "experiment"):
+            shape = (1, 28, 28) if opt in ("mlp", "lenet5", "seed_cnn") else (3, 32, 32)
+            net = instantiate(cfg.model, input_shape=shape, num_classes=10)
+            assert net(torch.zeros(2, *shape)).shape == (2, 10)
+        if group in ("pruner", "experiment"):
+            pruner = instantiate(cfg.pruner)
+            assert pruner.name == cfg.pruner.name
+        if group in ("schedule", "experiment", "debug"):
+            sched = instantiate(cfg.schedule)
+            sched.validate(cfg.epochs, 0.5)
+        if group == "optimizer":
+            opt_obj = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(2))])
+            assert isinstance(opt_obj, torch.optim.Optimizer)
+        if group == "lr_scheduler" and cfg.get("lr_scheduler"):
+            o = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+            instantiate(cfg.lr_scheduler)(optimizer=o)
+        if group == "logger" and cfg.get("logger"):
+            instantiate(cfg.logger, save_dir=str(tmp_path))
+        if group == "trainer" or (group == "hardware" and opt == "cpu"):
+            trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(tmp_path))
+            assert trainer.max_epochs == cfg.epochs
+        if group == "hardware":
+            assert cfg.hardware.accelerator in ("cpu", "gpu")
+
+
+def test_typos_in_structured_configs_fail_at_compose_time():
+    with pytest.raises(ConfigCompositionException):
+        compose_train("pruner.scpoe=global")
+    with pytest.raises(ConfigCompositionException):
+        compose_train("pruner.scope=glob")
+    with pytest.raises(ConfigCompositionException):
+        compose_train("schedule=oneshot", "schedule.at_epoch=soon")
+    with pytest.raises(ConfigCompositionException):
+        compose_train("schedule=gradual", "schedule.rounds=3")
+
+
+def test_schedule_epochs_follow_run_length():
+    cfg = compose_train("epochs=20", "schedule=oneshot")
+    assert cfg.schedule.at_epoch == 10
+    cfg = compose_train("debug=fast", "schedule=iterative")
+    sched = instantiate(cfg.schedule)
+    sched.validate(cfg.epochs, 0.5)
+
+
+def test_check_overrides_lists_known_names():
+    with pytest.raises(ConfigError, match="unknown pruner='magnitud'; known: global_magnitude, "
+                                          "magnitude, none, random"):
+        check_overrides(["pruner=magnitud"])
+    with pytest.raises(ConfigError, match="unknown model='resnet21'"):
+        check_overrides(["model=mlp,resnet21"])
+    check_overrides(["pruner=magnitude,random", "sparsity=0.5", "+foo=bar"])
+
+
+def test_experiments_are_global_overlays():
+    cfg = compose_train("experiment=lenet300_mnist")
+    assert cfg.sparsity == 0.9 and cfg.epochs == 20 and cfg.model._target_.endswith("MLP")
+    assert Path(CONF_DIR / "experiment" / "lenet300_mnist.yaml").read_text().startswith("# @package")
