@@ -36,8 +36,10 @@ builds a fresh copy of the same initial network, trains ``1 + epochs_per_rep`` e
 first (warm-up) epoch is discarded. A Lightning epoch is timed from one ``on_train_epoch_start``
 to the next (the last one to ``on_train_end``), by a callback placed first, so it includes every
 per-epoch cost of the loop (iterator creation, epoch-end hooks, metric aggregation). The table
-reports the median epoch time over all timed epochs, its ratio to ``bare`` and the median of the
-per-repetition ratios (paired within a repetition, robust to drift on a shared machine).
+reports the median wall-clock epoch time over all timed epochs, its ratio to ``bare``, the median of
+the per-repetition ratios (paired within a repetition, robust to drift on a shared machine) and the
+median CPU time of the process per epoch (``time.process_time``, less sensitive to other processes
+competing for the cores; the 1-minute load average is stored with every run in the JSON).
 
 Example::
 
@@ -118,8 +120,24 @@ def synthetic_cifar(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen)
 
 
+class BatchList:
+    """A plain in-memory iterable of pre-made batches, with ``__len__``.
+
+    Not a ``list``: Lightning's ``CombinedLoader`` would take a list of ``(x, y)`` tuples for a
+    collection of dataloaders. Every ``__iter__`` yields the same tensors in the same order."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def make_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                 seed: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]:
+                 seed: int) -> tuple[BatchList, torch.Tensor, torch.Tensor]:
     """Shuffle once (seeded) and cut into contiguous batches held in memory.
 
     Returns the batches and the shuffled tensors (which the DataLoader contender iterates in order,
@@ -128,7 +146,7 @@ def make_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
     xs, ys = x[perm].contiguous(), y[perm].contiguous()
     batches = [(xs[i:i + batch_size].contiguous(), ys[i:i + batch_size].contiguous())
                for i in range(0, len(xs), batch_size)]
-    return batches, xs, ys
+    return BatchList(batches), xs, ys
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,8 +157,8 @@ def make_optimizer(params, lr: float, momentum: float) -> torch.optim.Optimizer:
 
 
 def run_bare(net: nn.Module, batches, epochs: int, lr: float, momentum: float,
-             masked: bool = False) -> list[float]:
-    """Plain loop; returns the wall time of every epoch (warm-up included)."""
+             masked: bool = False) -> dict[str, list[float]]:
+    """Plain loop; returns the wall and CPU time of every epoch (warm-up included)."""
     opt = make_optimizer(net.parameters(), lr, momentum)
     masks = None
     if masked:
@@ -149,9 +167,9 @@ def run_bare(net: nn.Module, batches, epochs: int, lr: float, momentum: float,
         masks.update(pruner.compute_masks(masks.params, masks.as_dict(), SPARSITY))
         masks.apply_()
     net.train()
-    times = []
+    wall, cpu = [], []
     for _ in range(epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for x, y in batches:
             opt.zero_grad()
             loss = F.cross_entropy(net(x), y)
@@ -159,27 +177,30 @@ def run_bare(net: nn.Module, batches, epochs: int, lr: float, momentum: float,
             opt.step()
             if masks is not None:
                 masks.apply_()
-        times.append(time.perf_counter() - t0)
-    return times
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {"wall": wall, "cpu": cpu}
 
 
 class EpochTimer(pl.Callback):
-    """Records ``perf_counter`` at every ``on_train_epoch_start`` and at ``on_train_end``.
+    """Records ``perf_counter`` and ``process_time`` at every ``on_train_epoch_start`` and at
+    ``on_train_end``.
 
     Must be the first callback so that its epoch-start stamp precedes the other callbacks' work
     and its train-end stamp precedes ModelPruning's ``make_pruning_permanent``."""
 
     def __init__(self) -> None:
-        self.stamps: list[float] = []
+        self.stamps: list[tuple[float, float]] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.stamps.append(time.perf_counter())
+        self.stamps.append((time.perf_counter(), time.process_time()))
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.stamps.append(time.perf_counter())
+        self.stamps.append((time.perf_counter(), time.process_time()))
 
-    def epoch_times(self) -> list[float]:
-        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+    def epoch_times(self) -> dict[str, list[float]]:
+        pairs = list(zip(self.stamps, self.stamps[1:]))
+        return {"wall": [b[0] - a[0] for a, b in pairs], "cpu": [b[1] - a[1] for a, b in pairs]}
 
 
 class MinimalModule(pl.LightningModule):
@@ -208,7 +229,7 @@ def prunable_modules(net: nn.Module) -> list[tuple[nn.Module, str]]:
 
 
 def run_lightning(kind: str, net: nn.Module, batches, loader, epochs: int, lr: float,
-                  momentum: float, num_classes: int) -> list[float]:
+                  momentum: float, num_classes: int) -> dict[str, list[float]]:
     optimizer = functools.partial(torch.optim.SGD, lr=lr, momentum=momentum)
     timer = EpochTimer()
     callbacks: list[pl.Callback] = [timer]
@@ -232,8 +253,8 @@ def run_lightning(kind: str, net: nn.Module, batches, loader, epochs: int, lr: f
     )
     trainer.fit(module, train_dataloaders=loader if kind == "modelpruning_dl" else batches)
     times = timer.epoch_times()
-    if len(times) != epochs:
-        raise RuntimeError(f"{kind}: expected {epochs} epoch times, got {len(times)}")
+    if len(times["wall"]) != epochs:
+        raise RuntimeError(f"{kind}: expected {epochs} epoch times, got {len(times['wall'])}")
     check_sparsity(kind, net)
     return times
 
@@ -270,7 +291,7 @@ def bench_model(name: str, args: argparse.Namespace, contenders: Sequence[str]) 
     torch.manual_seed(args.seed)
     template = build_model(name, spec["input_shape"], 10)
     epochs = 1 + args.epochs_per_rep
-    raw: dict[str, list[list[float]]] = {c: [] for c in contenders}
+    raw: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
     print(f"\n== {spec['label']} ({name}): {len(xs)} samples, {len(batches)} batches of "
           f"{args.batch_size}, {args.reps} reps x (1 warm-up + {args.epochs_per_rep}) epochs",
           flush=True)
@@ -282,26 +303,30 @@ def bench_model(name: str, args: argparse.Namespace, contenders: Sequence[str]) 
                                  masked=kind == "bare_masked")
             else:
                 times = run_lightning(kind, net, batches, loader, epochs, args.lr, args.momentum, 10)
+            times["loadavg_1min"] = os.getloadavg()[0]
             raw[kind].append(times)
-            print(f"  rep {rep} {kind:<17} " + " ".join(f"{t:.3f}" for t in times)
-                  + "  (first = warm-up)", flush=True)
+            print(f"  rep {rep} {kind:<17} wall " + " ".join(f"{t:.3f}" for t in times["wall"])
+                  + "  cpu " + " ".join(f"{t:.3f}" for t in times["cpu"])
+                  + f"  (first = warm-up; load {times['loadavg_1min']:.1f})", flush=True)
     return summarize(name, raw, contenders, len(xs), len(batches))
 
 
-def summarize(name: str, raw: dict[str, list[list[float]]], contenders: Sequence[str],
+def summarize(name: str, raw: dict[str, list[dict[str, Any]]], contenders: Sequence[str],
               n_samples: int, n_batches: int) -> dict[str, Any]:
-    timed = {c: [t for rep in raw[c] for t in rep[1:]] for c in contenders}
-    med = {c: statistics.median(timed[c]) for c in contenders}
-    base = med.get("bare")
     rows = []
     for c in contenders:
-        row = {"contender": c, "median_epoch_s": med[c], "min_epoch_s": min(timed[c]),
-               "max_epoch_s": max(timed[c]), "n": len(timed[c])}
-        if base:
-            row["ratio_to_bare"] = med[c] / base
-            paired = [statistics.median(r[1:]) / statistics.median(b[1:])
-                      for r, b in zip(raw[c], raw["bare"])]
-            row["median_paired_ratio"] = statistics.median(paired)
+        row: dict[str, Any] = {"contender": c}
+        for key in ("wall", "cpu"):
+            timed = [t for rep in raw[c] for t in rep[key][1:]]
+            row[f"median_{key}_s"] = statistics.median(timed)
+            row[f"min_{key}_s"], row[f"max_{key}_s"] = min(timed), max(timed)
+            row["n"] = len(timed)
+            if "bare" in raw:
+                base = statistics.median([t for rep in raw["bare"] for t in rep[key][1:]])
+                row[f"{key}_ratio_to_bare"] = row[f"median_{key}_s"] / base
+                paired = [statistics.median(r[key][1:]) / statistics.median(b[key][1:])
+                          for r, b in zip(raw[c], raw["bare"])]
+                row[f"{key}_median_paired_ratio"] = statistics.median(paired)
         rows.append(row)
     return {"model": name, "label": MODELS[name]["label"], "data": MODELS[name]["data"],
             "samples": n_samples, "batches": n_batches, "target_ratio": MODELS[name]["target"],
@@ -312,21 +337,24 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"\n{result['label']} ({result['model']}), {result['samples']} samples / "
           f"{result['batches']} batches per epoch; target prunelab/bare <= {result['target_ratio']}")
     print(f"  {'contender':<18}{'median epoch s':>15}{'ratio to bare':>15}{'paired ratio':>14}"
-          f"{'min s':>9}{'max s':>9}")
+          f"{'min s':>8}{'max s':>8}{'median CPU s':>14}{'CPU ratio':>11}")
+
+    def fmt(r, k):
+        return f"{r[k]:.2f}x" if k in r else "-"
+
     for r in result["summary"]:
-        ratio = f"{r['ratio_to_bare']:.2f}x" if "ratio_to_bare" in r else "-"
-        paired = f"{r['median_paired_ratio']:.2f}x" if "median_paired_ratio" in r else "-"
-        print(f"  {r['contender']:<18}{r['median_epoch_s']:>15.3f}{ratio:>15}{paired:>14}"
-              f"{r['min_epoch_s']:>9.3f}{r['max_epoch_s']:>9.3f}")
-    meds = {r["contender"]: r["median_epoch_s"] for r in result["summary"]}
+        print(f"  {r['contender']:<18}{r['median_wall_s']:>15.3f}{fmt(r, 'wall_ratio_to_bare'):>15}"
+              f"{fmt(r, 'wall_median_paired_ratio'):>14}{r['min_wall_s']:>8.3f}{r['max_wall_s']:>8.3f}"
+              f"{r['median_cpu_s']:>14.3f}{fmt(r, 'cpu_ratio_to_bare'):>11}")
+    meds = {r["contender"]: r["median_wall_s"] for r in result["summary"]}
     if {"bare", "prunelab"} <= meds.keys():
         ok = meds["prunelab"] / meds["bare"] <= result["target_ratio"]
-        line = f"  prunelab/bare = {meds['prunelab'] / meds['bare']:.2f}x " \
-               f"(target <= {result['target_ratio']}x: {'met' if ok else 'MISSED'})"
+        line = (f"  prunelab/bare = {meds['prunelab'] / meds['bare']:.2f}x "
+                f"(target <= {result['target_ratio']}x: {'met' if ok else 'MISSED'})")
         if "modelpruning" in meds:
             faster = meds["prunelab"] < meds["modelpruning"]
-            line += f"; prunelab/modelpruning = {meds['prunelab'] / meds['modelpruning']:.2f}x " \
-                    f"({'faster' if faster else 'NOT faster'})"
+            line += (f"; prunelab/modelpruning = {meds['prunelab'] / meds['modelpruning']:.2f}x "
+                     f"({'faster' if faster else 'NOT faster'})")
         print(line)
 
 
@@ -374,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {
         "python": platform.python_version(), "torch": torch.__version__, "pytorch_lightning": pl.__version__,
         "platform": platform.platform(), "processor": _cpu_name(), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "command": " ".join([sys.executable] + sys.argv),
+        "torch_threads": torch.get_num_threads(), "command": " ".join(["python"] + sys.argv),
+        "loadavg_at_start": os.getloadavg(),
     }
     try:
         import torchmetrics
@@ -391,7 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(bench_model(name, args, args.contenders))
     for r in results:
         print_table(r)
-    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s")
+    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s, load average at the end "
+          f"{os.getloadavg()[0]:.1f} (at the start {env['loadavg_at_start'][0]:.1f})")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"env": env, "config": config, "results": results}, f, indent=1)

@@ -419,6 +419,10 @@ class MNISTDataModule(_IDXDataModule):
         own = super().checksums(directory)
         return own if own is not None else load_checksums(BUNDLED_MNIST_DIR / CHECKSUM_FILE)
 
+    def _missing_error(self, wanted: str, reason: str) -> DataError:
+        error = super()._missing_error(wanted, reason)
+        return DataError(f"{error} (data.root=null uses the copy bundled with prunelab)")
+
     def prepare_files(self) -> None:
         if self.root is None:
             if self.find_files() is None:

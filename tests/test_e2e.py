@@ -1,0 +1,100 @@
+"""End to end: ``python -m prunelab.train`` as a subprocess, as a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+FAST = ["debug=fast", "measure.runs=3", "measure.warmup=1", "trainer.enable_progress_bar=false"]
+
+
+def run_train(args, cwd, timeout=300):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
+    return subprocess.run([sys.executable, "-m", "prunelab.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def magnitude_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    run_dir = tmp / "run"
+    proc = run_train([*FAST, "pruner=magnitude", "sparsity=0.7", f"hydra.run.dir={run_dir}"], tmp)
+    return proc, run_dir
+
+
+def test_run_prints_summary(magnitude_run):
+    proc, run_dir = magnitude_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "prunelab summary" in out
+    assert "model=mlp data=mnist pruner=magnitude schedule=gradual seed=0" in out
+    assert "0.7000 (target 0.7000)" in out
+    assert str(run_dir / "results.json") in out.replace("\n", "").replace("│", "").replace(" ", "") \
+        or "results.json" in out
+
+
+def test_results_json_counts_from_weights(magnitude_run):
+    proc, run_dir = magnitude_run
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["pruner"] == "magnitude" and res["model"] == "mlp" and res["data"] == "mnist"
+    assert res["sparsity"]["global"] == pytest.approx(0.7, abs=1e-5)
+    for name, s in res["sparsity"]["per_layer"].items():
+        assert s == pytest.approx(0.7, abs=1e-4), name
+    assert res["test_acc"] > 0.5 and 0 < res["best_val_acc"] <= 1
+    assert res["params"]["total"] == 266_610
+    assert res["params"]["total"] - res["params"]["nonzero"] == res["sparsity"]["zeros"]
+    assert res["macs"]["effective"] < 0.31 * res["macs"]["dense"]
+    assert res["size_bytes"]["sparse_bytes"] < res["size_bytes"]["dense_bytes"]
+    assert set(res["latency_ms"]) == {"batch_1", "batch_64"}
+    assert all(v > 0 for v in res["latency_ms"].values())
+    assert len(res["config_hash"]) == 16 and res["seed"] == 0
+    assert res["versions"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert res["wall_time_s"] > 0
+
+
+def test_checkpoints_hold_zeros(magnitude_run):
+    proc, run_dir = magnitude_run
+    res = json.loads((run_dir / "results.json").read_text())
+    for name in ("last.ckpt", "best.ckpt"):
+        ckpt = torch.load(run_dir / "checkpoints" / name, weights_only=False)
+        sd = ckpt["state_dict"]
+        zeros = sum(int((sd[f"net.{n}"] == 0).sum()) for n in res["sparsity"]["per_layer"])
+        total = sum(sd[f"net.{n}"].numel() for n in res["sparsity"]["per_layer"])
+        assert zeros == res["sparsity"]["zeros"] and total == res["sparsity"]["prunable"]
+        cb = next(v for k, v in ckpt["callbacks"].items() if "PruningCallback" in k)
+        for n, m in cb["masks"].items():
+            assert (sd[f"net.{n}"][~m] == 0).all()
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "prune/sparsity" in header and "val/acc" in header
+
+
+def test_resume_from_run_directory(magnitude_run, tmp_path):
+    proc, run_dir = magnitude_run
+    new_dir = tmp_path / "resumed"
+    p = run_train([*FAST, "pruner=magnitude", "sparsity=0.7", "epochs=5",
+                   f"resume={run_dir}", f"hydra.run.dir={new_dir}"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((new_dir / "results.json").read_text())
+    assert res["epochs_run"] == 5
+    assert res["sparsity"]["global"] == pytest.approx(0.7, abs=1e-5)
+    # the original run directory is untouched
+    assert json.loads((run_dir / "results.json").read_text())["epochs_run"] == 4
+
+
+def test_multirun_two_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    p = run_train(["-m", *FAST, "pruner=magnitude,random", "sparsity=0.5",
+                   f"hydra.sweep.dir={sweep}"], tmp_path, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    # sub-directories named from the overrides (debug/measure overrides included)
+    dirs = sorted(d.name for d in sweep.iterdir() if d.is_dir())
+    assert len(dirs) == 2
+    assert any("pruner=magnitude" in d and "sparsity=0.5" in d for d in dirs)
+    assert any("pruner=random" in d for d in dirs)
+    results = {json.loads((sweep / d / "results.json").read_text())["pruner"]: d for d in dirs}
+    assert set(results) == {"magnitude", "random"}
