@@ -485,6 +485,8 @@ def test_every_data_config_instantiates(cifar10_root, cifar100_root, fashion_roo
     assert names == sorted(DATAMODULES)
     for name in names:
         cfg = OmegaConf.load(CONF_DATA / f"{name}.yaml")
+        assert OmegaConf.to_container(cfg)["seed"] == "${seed}"  # follows the run seed
+        cfg.seed = 0
         cls = DATAMODULES[name]
         assert cfg._target_ == f"prunelab.data.{cls.__name__}"
         # every constructor argument is spelled out, with the constructor's default

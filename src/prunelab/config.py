@@ -1,7 +1,7 @@
 """Structured configs (Hydra ConfigStore) and OmegaConf resolvers.
 
-The pruner and schedule groups are typed: every ``conf/pruner/*.yaml`` extends ``base_pruner`` and
-every ``conf/schedule/*.yaml`` extends one of the ``base_*`` schedule schemas, so a misspelt key
+The pruner and schedule groups are typed: every ``conf/pruner/*.yaml`` extends ``schema/pruner/base_pruner`` and
+every ``conf/schedule/*.yaml`` extends one of the ``schema/schedule/base_*`` schemas, so a misspelt key
 (``pruner.scpoe=global``) or a wrong type fails at compose time, before anything runs.
 """
 
@@ -67,13 +67,10 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("epochs_frac"):
         OmegaConf.register_new_resolver("epochs_frac", _epochs_frac)
     cs = ConfigStore.instance()
-    cs.store(group="pruner", name="base_pruner", node=PrunerConf)
-    cs.store(group="schedule", name="base_oneshot", node=OneShotConf)
-    cs.store(group="schedule", name="base_iterative", node=IterativeConf)
-    cs.store(group="schedule", name="base_gradual", node=GradualConf)
+    cs.store(group="schema/pruner", name="base_pruner", node=PrunerConf)
+    cs.store(group="schema/schedule", name="base_oneshot", node=OneShotConf)
+    cs.store(group="schema/schedule", name="base_iterative", node=IterativeConf)
+    cs.store(group="schema/schedule", name="base_gradual", node=GradualConf)
 
-
-#: Names that live in the ConfigStore only (schemas, not user-facing options).
-SCHEMA_NAMES = {"base_pruner", "base_oneshot", "base_iterative", "base_gradual"}
 
 register_configs()

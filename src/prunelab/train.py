@@ -9,31 +9,20 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from numbers import Real
 from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from prunelab.config import SCHEMA_NAMES, register_configs
-from prunelab.module import ClassifierModule
-from prunelab.pruning import (
-    FinalSparsityCheckpoint,
-    PruningCallback,
-    check_pruner_name,
-)
-from prunelab.results import (
-    config_hash,
-    measure_model,
-    package_versions,
-    print_summary,
-    write_json_atomic,
-)
+from prunelab.config import register_configs
+
+# torch, Lightning and the rest are imported inside the functions that need them, so that a bad
+# command line is answered in a fraction of a second.
 
 CONF_DIR = Path(__file__).parent / "conf"
 #: Config groups whose options are checked before Hydra starts (one-line error on a typo).
@@ -46,8 +35,8 @@ class ConfigError(ValueError):
 
 
 def known_options(group: str) -> list[str]:
-    """The option names of a config group (yaml files; ConfigStore schemas excluded)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if p.stem not in SCHEMA_NAMES)
+    """The option names of a config group (its yaml files)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -101,16 +90,27 @@ def resolve_resume(resume: str | None) -> str | None:
     return str(path)
 
 
-def build(cfg: DictConfig) -> dict[str, Any]:
-    """Instantiate and validate everything a run needs, writing nothing. Raises ConfigError."""
-    from prunelab.models import check_input_fits
-
+def validate_top_level(cfg: DictConfig) -> float:
+    """Checks that need no heavy import: sparsity, epochs, pruner=none vs sparsity, resume."""
     sparsity = validate_sparsity(cfg.get("sparsity"))
     epochs = cfg.get("epochs")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs={epochs!r} must be an integer >= 1")
-    check_pruner_name(cfg.pruner.name)
+    if cfg.pruner.name == "none" and sparsity > 0:
+        raise ConfigError(f"pruner=none cannot reach sparsity={sparsity}; use sparsity=0 or a "
+                          f"pruning method")
+    resolve_resume(cfg.get("resume"))
+    return sparsity
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate and validate everything a run needs, writing nothing. Raises ConfigError."""
+    from prunelab.models import check_input_fits
+    from prunelab.pruning import PruningCallback, check_pruner_name
+
+    sparsity = validate_top_level(cfg)
     try:
+        check_pruner_name(cfg.pruner.name)
         datamodule = instantiate(cfg.data)
         model_name = _choice("model", _target_name(cfg.model))
         net = instantiate(cfg.model, input_shape=tuple(datamodule.input_shape),
@@ -134,6 +134,21 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Train, prune, test and measure one model; write ``results.json``; return the results."""
+    validate_top_level(cfg)  # before the heavy imports: a bad value is answered at once
+    import pytorch_lightning as pl
+    import torch
+
+    from prunelab.module import ClassifierModule
+    from prunelab.pruning import FinalSparsityCheckpoint
+    from prunelab.results import (
+        config_hash,
+        measure_model,
+        package_versions,
+        print_summary,
+        write_json_atomic,
+    )
+
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 on torch 2.14
     start = time.perf_counter()
     if output_dir is None:
         output_dir = HydraConfig.get().runtime.output_dir
