@@ -13,12 +13,13 @@ backward, optimizer step; no validation) of:
 * ``prunelab``        -- Lightning + ``ClassifierModule`` + ``PruningCallback`` (magnitude pruner,
                          ``OneShot(0)`` to 0.9 sparsity: pruned at the start of the warm-up epoch,
                          masks re-applied after every optimizer step in the timed epochs).
-* ``modelpruning_dl`` -- as ``modelpruning`` but fed by a standard
-                         ``torch.utils.data.DataLoader(TensorDataset(...))`` (``num_workers=0``)
-                         over the same samples in the same order: the configuration users typically
-                         have (reference).
+* ``modelpruning_dl`` -- the configuration users typically have (reference): a typical
+                         LightningModule (:class:`TypicalClassifier`: automatic optimization,
+                         per-step ``self.log`` and torchmetrics accuracy) + ``ModelPruning`` fed by
+                         a standard ``torch.utils.data.DataLoader(TensorDataset(...))``
+                         (``num_workers=0``) over the same samples in the same order.
 
-The two ``modelpruning`` contenders use the same ``ClassifierModule`` as ``prunelab`` (same
+``modelpruning`` uses the same ``ClassifierModule`` as ``prunelab`` (same
 ``training_step``, same logging and torchmetrics accuracy), so ``prunelab`` vs ``modelpruning``
 compares the pruning mechanisms only; ModelPruning prunes the same tensors (weights of the
 Linear/Conv layers), layer by layer like prunelab's ``magnitude`` pruner.
@@ -29,7 +30,15 @@ Diagnostic contenders (not run by default; pass them to ``--contenders``) split 
 * ``pl_minimal``      -- Lightning with a minimal LightningModule (loss only: no ``self.log``, no
                          torchmetrics), no pruning: Lightning's own loop overhead.
 * ``pl_minimal_prune``-- the minimal LightningModule + ``PruningCallback``: the callback's cost.
+* ``pl_minimal_mp``   -- the minimal LightningModule + ``ModelPruning`` (same settings as
+                         ``modelpruning``): the two pruning mechanisms compared without the module.
 * ``pl_dense``        -- ``ClassifierModule`` without any pruning callback: the module's cost.
+* ``pl_typical``     -- the typical user LightningModule (automatic optimization, per-step
+                         ``self.log`` and torchmetrics), no pruning.
+* ``prunelab_tbl``    -- ``prunelab`` fed by prunelab's own ``TensorBatchLoader`` (what the
+                         ``MNISTDataModule`` serves) over the same tensors, unshuffled, so the
+                         batches are equal (copies made by indexing every epoch): prunelab's
+                         realistic counterpart of ``modelpruning_dl``.
 
 Method: for every repetition the contenders run one after another (A B C D A B C D ...); each run
 builds a fresh copy of the same initial network, trains ``1 + epochs_per_rep`` epochs and the
@@ -68,6 +77,7 @@ from torch import nn
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelPruning
+from torchmetrics.classification import MulticlassAccuracy
 
 from prunelab.models import build_model
 from prunelab.module import ClassifierModule
@@ -78,10 +88,11 @@ from prunelab.pruning.schedules import OneShot
 
 SPARSITY = 0.9
 DEFAULT_CONTENDERS = ("bare", "modelpruning", "prunelab", "modelpruning_dl")
-DIAGNOSTIC_CONTENDERS = ("bare_masked", "pl_minimal", "pl_minimal_prune", "pl_dense")
+DIAGNOSTIC_CONTENDERS = ("bare_masked", "pl_minimal", "pl_minimal_prune", "pl_minimal_mp",
+                         "pl_dense", "pl_typical", "prunelab_tbl")
 ALL_CONTENDERS = DEFAULT_CONTENDERS + DIAGNOSTIC_CONTENDERS
 
-#: model name -> (input shape, default number of samples, targets: max ratio of prunelab to bare)
+#: model -> input shape, default samples per epoch, target (max prunelab / bare epoch-time ratio)
 MODELS: dict[str, dict[str, Any]] = {
     "mlp": {"input_shape": (1, 28, 28), "subset": 20000, "target": 1.3,
             "data": "MNIST (bundled IDX files, normalized)", "label": "LeNet-300-100"},
@@ -94,25 +105,13 @@ MODELS: dict[str, dict[str, Any]] = {
 # data
 # ---------------------------------------------------------------------------------------------
 def load_mnist(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` MNIST training samples as float tensors (via ``MNISTDataModule`` when available)."""
-    try:
-        from prunelab.data import MNISTDataModule
+    """``n`` MNIST training samples (bundled IDX files, normalized) from ``MNISTDataModule``."""
+    from prunelab.data import MNISTDataModule
 
-        dm = MNISTDataModule(subset=n, seed=seed, val_size=5000)
-        dm.setup("fit")
-        x, y = dm.data_train
-        return x.contiguous(), y.long()
-    except ImportError:  # pragma: no cover - data package not there yet: read the IDX files
-        from pathlib import Path
-
-        from prunelab.data.idx import read_idx
-
-        root = Path(__import__("prunelab").__file__).parent / "data" / "mnist"
-        x = torch.from_numpy(read_idx(root / "train-images-idx3-ubyte.gz")).float().div_(255.0)
-        y = torch.from_numpy(read_idx(root / "train-labels-idx1-ubyte.gz")).long()
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-        x = ((x[perm] - 0.1307) / 0.3081).unsqueeze(1)
-        return x.contiguous(), y[perm]
+    dm = MNISTDataModule(subset=n, seed=seed, val_size=5000)
+    dm.setup("fit")
+    x, y = dm.data_train
+    return x.contiguous(), y.long()
 
 
 def synthetic_cifar(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,6 +218,30 @@ class MinimalModule(pl.LightningModule):
         return self.optimizer_factory(params=self.parameters())
 
 
+class TypicalClassifier(pl.LightningModule):
+    """The LightningModule users typically write (reference for ``modelpruning_dl``): automatic
+    optimization, ``self.log`` of the loss and a torchmetrics accuracy on every step."""
+
+    def __init__(self, net: nn.Module, num_classes: int,
+                 optimizer: Callable[..., torch.optim.Optimizer]):
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_acc.update(logits.detach(), y)
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(params=self.parameters())
+
+
 def prunable_modules(net: nn.Module) -> list[tuple[nn.Module, str]]:
     """``(module, "weight")`` for exactly the tensors prunelab's default pruner prunes."""
     out = []
@@ -228,19 +251,21 @@ def prunable_modules(net: nn.Module) -> list[tuple[nn.Module, str]]:
     return out
 
 
-def run_lightning(kind: str, net: nn.Module, batches, loader, epochs: int, lr: float,
-                  momentum: float, num_classes: int) -> dict[str, list[float]]:
+def run_lightning(kind: str, net: nn.Module, batches, loaders: dict[str, Any], epochs: int,
+                  lr: float, momentum: float, num_classes: int) -> dict[str, list[float]]:
     optimizer = functools.partial(torch.optim.SGD, lr=lr, momentum=momentum)
     timer = EpochTimer()
     callbacks: list[pl.Callback] = [timer]
-    if kind in ("pl_minimal", "pl_minimal_prune"):
+    if kind in ("pl_minimal", "pl_minimal_prune", "pl_minimal_mp"):
         module: pl.LightningModule = MinimalModule(net, optimizer)
+    elif kind in ("modelpruning_dl", "pl_typical"):
+        module = TypicalClassifier(net, num_classes=num_classes, optimizer=optimizer)
     else:
         module = ClassifierModule(net, num_classes=num_classes, optimizer=optimizer)
-    if kind in ("prunelab", "pl_minimal_prune"):
+    if kind in ("prunelab", "pl_minimal_prune", "prunelab_tbl"):
         pruner = Pruner("magnitude", score="magnitude", scope="layer")
         callbacks.append(PruningCallback(pruner, OneShot(0), SPARSITY))
-    elif kind in ("modelpruning", "modelpruning_dl"):
+    elif kind in ("modelpruning", "modelpruning_dl", "pl_minimal_mp"):
         callbacks.append(ModelPruning(
             "l1_unstructured", parameters_to_prune=prunable_modules(net), amount=SPARSITY,
             use_global_unstructured=False, apply_pruning=lambda epoch: epoch == 0,
@@ -251,7 +276,7 @@ def run_lightning(kind: str, net: nn.Module, batches, loader, epochs: int, lr: f
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, deterministic=False,
     )
-    trainer.fit(module, train_dataloaders=loader if kind == "modelpruning_dl" else batches)
+    trainer.fit(module, train_dataloaders=loaders.get(kind, batches))
     times = timer.epoch_times()
     if len(times["wall"]) != epochs:
         raise RuntimeError(f"{kind}: expected {epochs} epoch times, got {len(times['wall'])}")
@@ -283,11 +308,20 @@ def bench_model(name: str, args: argparse.Namespace, contenders: Sequence[str]) 
     else:
         x, y = synthetic_cifar(n, args.seed)
     batches, xs, ys = make_batches(x, y, args.batch_size, args.seed)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs, ys),
-                                         batch_size=args.batch_size, shuffle=False, num_workers=0)
-    # the DataLoader contender must see exactly the same batches
-    for (a, b), (c, d) in zip(batches, loader):
-        assert torch.equal(a, c) and torch.equal(b, d)
+    loaders: dict[str, Any] = {
+        "modelpruning_dl": torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(xs, ys), batch_size=args.batch_size, shuffle=False,
+            num_workers=0),
+    }
+    if "prunelab_tbl" in contenders:
+        from prunelab.data import TensorBatchLoader
+
+        loaders["prunelab_tbl"] = TensorBatchLoader(xs, ys, batch_size=args.batch_size, shuffle=False)
+    # the loader-fed contenders must see exactly the same batches
+    for loader in loaders.values():
+        assert len(loader) == len(batches)
+        for (a, b), (c, d) in zip(batches, loader):
+            assert torch.equal(a, c) and torch.equal(b, d)
     torch.manual_seed(args.seed)
     template = build_model(name, spec["input_shape"], 10)
     epochs = 1 + args.epochs_per_rep
@@ -302,7 +336,7 @@ def bench_model(name: str, args: argparse.Namespace, contenders: Sequence[str]) 
                 times = run_bare(net, batches, epochs, args.lr, args.momentum,
                                  masked=kind == "bare_masked")
             else:
-                times = run_lightning(kind, net, batches, loader, epochs, args.lr, args.momentum, 10)
+                times = run_lightning(kind, net, batches, loaders, epochs, args.lr, args.momentum, 10)
             times["loadavg_1min"] = os.getloadavg()[0]
             raw[kind].append(times)
             print(f"  rep {rep} {kind:<17} wall " + " ".join(f"{t:.3f}" for t in times["wall"])

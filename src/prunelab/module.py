@@ -1,4 +1,17 @@
-"""The LightningModule: cross-entropy classification with torchmetrics accuracy."""
+"""The LightningModule: cross-entropy classification with accuracy metrics.
+
+The training step is kept lean, because on small networks Lightning's per-step machinery costs
+as much as the network itself (see BENCHMARKS.md):
+
+- optimization is *manual* (``automatic_optimization = False``): zero_grad, ``manual_backward``
+  and the optimizer step are called here, which skips the closure machinery of automatic
+  optimization (about 0.3-0.5 ms per step); precision plugins and strategies still apply because
+  the step goes through ``manual_backward`` and the ``LightningOptimizer``. Gradient clipping is a
+  module argument (``gradient_clip_val``), LR schedulers are stepped here (per epoch or per step);
+- training loss and accuracy are accumulated on the device in one tensor and logged once per
+  epoch (``self.log`` costs about 0.5 ms per call); validation and test use torchmetrics;
+- Lightning's per-hook bookkeeping attribute bypasses ``nn.Module.__setattr__``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+SCHEDULER_INTERVALS = ("epoch", "step")
+
 
 class ClassifierModule(pl.LightningModule):
     """Wraps a plain ``nn.Module`` classifier (``self.net``).
@@ -21,48 +36,114 @@ class ClassifierModule(pl.LightningModule):
         optimizer: a partial of a ``torch.optim`` class taking the parameters (Hydra ``_partial_``).
         lr_scheduler: an optional partial taking the optimizer.
         scheduler_interval: ``epoch`` or ``step``.
+        gradient_clip_val: clip gradients to this norm (``None``: no clipping).
+        regularizer: an optional callable returning a penalty added to the training loss
+            (logged as ``train/penalty``).
         config: the run's resolved config, saved as hyperparameters (the network object is not).
     """
 
     def __init__(self, net: nn.Module, num_classes: int,
                  optimizer: Callable[..., torch.optim.Optimizer],
                  lr_scheduler: Callable[..., Any] | None = None,
-                 scheduler_interval: str = "epoch", config: Mapping | None = None):
+                 scheduler_interval: str = "epoch", gradient_clip_val: float | None = None,
+                 regularizer: Callable[[], torch.Tensor] | None = None,
+                 config: Mapping | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler"])
+        if scheduler_interval not in SCHEDULER_INTERVALS:
+            raise ValueError(f"scheduler_interval={scheduler_interval!r}; allowed: "
+                             f"{', '.join(SCHEDULER_INTERVALS)}")
+        self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler", "regularizer"])
+        self.automatic_optimization = False
         self.net = net
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.scheduler_interval = scheduler_interval
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.gradient_clip_val = gradient_clip_val
+        self.regularizer = regularizer
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.extra_loss_fns: list[Callable[[nn.Module], torch.Tensor]] = []
+        self._train_sums: torch.Tensor | None = None  # loss * n, correct, n, penalty * steps
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets ``_current_fx_name`` around every hook call (about 30 times per training
+        # step); ``nn.Module.__setattr__`` spends ~7 us on each checking for parameters and
+        # submodules, which this plain string never is.
+        if name == "_current_fx_name":
+            self.__dict__[name] = value
+            return
+        super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _shared_step(self, batch, stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
+    def loss(self, batch) -> torch.Tensor:
+        """The task loss of a batch (used by gradient-based pruning scores too)."""
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    # -- training ---------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._train_sums = torch.zeros(4, device=self.device)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        opt = self.optimizers()
+        opt.zero_grad()
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        total = loss
+        penalty = self.regularizer() if self.regularizer is not None else None
+        if penalty is not None:
+            total = loss + penalty
+        self.manual_backward(total)
+        if self.gradient_clip_val:
+            self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val,
+                                gradient_clip_algorithm="norm")
+        opt.step()
+        if self.scheduler_interval == "step":
+            self._step_scheduler()
+        with torch.no_grad():
+            sums = self._train_sums
+            n = y.shape[0]
+            sums[0] += loss.detach() * n
+            sums[1] += (logits.detach().argmax(1) == y).sum()
+            sums[2] += n
+            if penalty is not None:
+                sums[3] += penalty.detach()
+        return total.detach()
+
+    def on_train_epoch_end(self) -> None:
+        s = self._train_sums
+        if s is not None and float(s[2]) > 0:
+            n = s[2]
+            self.log("train/loss", s[0] / n, sync_dist=True)
+            self.log("train/acc", s[1] / n, prog_bar=True, sync_dist=True)
+            if self.regularizer is not None:
+                steps = max(1, self.trainer.num_training_batches)
+                self.log("train/penalty", s[3] / steps, sync_dist=True)
+        if self.scheduler_interval == "epoch":
+            self._step_scheduler()
+
+    def _step_scheduler(self) -> None:
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def _eval_step(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
-        metric.update(logits.detach(), y)
-        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True,
-                 prog_bar=stage != "train", batch_size=y.shape[0])
+        metric.update(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=y.shape[0], sync_dist=True)
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._shared_step(batch, "train", self.train_acc)
-        for fn in self.extra_loss_fns:
-            loss = loss + fn(self.net)
-        return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val", self.val_acc)
+        self._eval_step(batch, "val", self.val_acc)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test", self.test_acc)
+        self._eval_step(batch, "test", self.test_acc)
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(params=self.parameters())

@@ -121,7 +121,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         callback = PruningCallback(pruner, schedule, sparsity)
         callback.bind(net)
         if callback.events:
-            schedule.validate(epochs, sparsity)
+            schedule.validate(int(cfg.epochs), sparsity)
     except ConfigError:
         raise
     except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
@@ -163,7 +163,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     lr_sched = instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
     module = ClassifierModule(net, num_classes=int(dm.num_classes),
                               optimizer=instantiate(cfg.optimizer), lr_scheduler=lr_sched,
-                              config=resolved)
+                              scheduler_interval=cfg.module.scheduler_interval,
+                              gradient_clip_val=cfg.module.gradient_clip_val, config=resolved)
     ckpt = FinalSparsityCheckpoint(dirpath=str(out / "checkpoints"), filename="best",
                                    monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
                                    save_last=cfg.checkpoint.save_last, save_top_k=1,
