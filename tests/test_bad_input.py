@@ -12,7 +12,8 @@ CASES = {
     "sparsity_negative": (["sparsity=-0.1"], "sparsity=-0.1 is outside the allowed range [0, 1)"),
     "sparsity_nan": (["sparsity=abc"], "sparsity='abc' is not a number; allowed: a number in [0, 1)"),
     "unknown_pruner": (["pruner=magnitud"],
-                       "unknown pruner='magnitud'; known: global_magnitude, magnitude, none, random"),
+                       "unknown pruner='magnitud'; known: global_magnitude, magnitude, nm, none, "
+                       "random, sensitivity, snip, structured, taylor"),
     "unknown_model": (["model=resnet21"], "unknown model='resnet21'; known: conv2, conv4, conv6"),
     "unknown_data": (["data=imagenet"], "unknown data='imagenet'; known: cifar10, cifar100"),
     "unknown_schedule": (["schedule=cubic"], "unknown schedule='cubic'; known: gradual, iterative, "
@@ -25,21 +26,44 @@ CASES = {
                            "pruner=none cannot reach sparsity=0.5"),
     "model_does_not_fit": (["model=vgg16"], "model=vgg16 does not fit input_shape=(1, 28, 28)"),
     "resume_missing": (["resume=/nonexistent/run"], "resume='/nonexistent/run': no checkpoint"),
+    "unknown_norm": (["pruner=structured", "pruner.norm=3"], "pruner.norm=3 is not one of 1, 2"),
+    "n_not_below_m": (["pruner=nm", "pruner.n=4", "pruner.m=4"],
+                      "pruner.n=4 and pruner.m=4: need integers with 1 <= n < m"),
+    "m_not_dividing": (["pruner=nm", "model=lenet5"],
+                       "pruner=nm: features.0.weight has input dimension 1, not a multiple of m=4"),
+    "nm_wrong_sparsity": (["pruner=nm", "sparsity=0.7"],
+                          "pruner=nm keeps n=2 of every m=4: sparsity must be 0.5"),
+    "profile_unknown_layers": (["pruner=sensitivity", "pruner.profile={tmp}/profile.yaml"],
+                               "pruner.profile names layers the model does not prune: conv9.weight"),
+    "profile_missing": (["pruner=sensitivity"], "pruner=sensitivity needs pruner.profile=<yaml>"),
+    "unknown_regularizer": (["regularizer=l2"], "unknown regularizer='l2'; known: group_l1, l1, none"),
+}
+
+SENSITIVITY_CASES = {
+    "sens_missing_run": (["run=/nonexistent/run"], "run='/nonexistent/run' does not exist"),
+    "sens_not_prunelab": (["run={tmp}/other.ckpt"], "is not a prunelab checkpoint"),
+    "sens_no_run": ([], "run= is required"),
 }
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
     """Launch every bad command at once (they fail fast), then collect."""
+    import torch
+
     tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "profile.yaml").write_text("target_sparsity: 0.5\nlayers:\n  conv9.weight: 0.5\n")
+    torch.save({"weights": torch.zeros(3)}, tmp / "other.ckpt")
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     procs = {}
-    for name, (args, _) in CASES.items():
-        run_dir = tmp / name
-        cmd = [sys.executable, "-m", "prunelab.train", "debug=fast", f"hydra.run.dir={run_dir}",
-               *args]
-        procs[name] = (subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True), run_dir)
+    for module, cases, pre in (("prunelab.train", CASES, ["debug=fast"]),
+                               ("prunelab.sensitivity", SENSITIVITY_CASES, [])):
+        for name, (args, _) in cases.items():
+            run_dir = tmp / name
+            args = [a.replace("{tmp}", str(tmp)) for a in args]
+            cmd = [sys.executable, "-m", module, *pre, f"hydra.run.dir={run_dir}", *args]
+            procs[name] = (subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True), run_dir)
     out = {}
     for name, (p, run_dir) in procs.items():
         stdout, stderr = p.communicate(timeout=300)
@@ -47,10 +71,10 @@ def outcomes(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(CASES) + sorted(SENSITIVITY_CASES))
 def test_bad_input_is_one_line_error_and_writes_no_result(outcomes, case):
     rc, stdout, stderr, run_dir = outcomes[case]
-    expected = CASES[case][1]
+    expected = {**CASES, **SENSITIVITY_CASES}[case][1]
     assert rc != 0
     errors = [ln for ln in stderr.splitlines() if ln.startswith("prunelab: error: ")]
     assert len(errors) == 1, stderr[-2000:]
@@ -58,3 +82,4 @@ def test_bad_input_is_one_line_error_and_writes_no_result(outcomes, case):
     assert "Traceback" not in stderr
     assert not (run_dir / "results.json").exists()
     assert not (run_dir / "checkpoints").exists()
+    assert not (run_dir / "profile.yaml").exists()

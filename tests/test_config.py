@@ -26,6 +26,14 @@ def test_defaults_compose_to_a_magnitude_run():
     assert (cfg.schedule.start_epoch, cfg.schedule.end_epoch) == (1, 6)
 
 
+def test_method_specific_default_sparsity(tmp_path):
+    assert compose_train("pruner=nm").sparsity == 0.5
+    assert compose_train("pruner=nm", "pruner.n=1", "pruner.m=4").sparsity == 0.75
+    profile = tmp_path / "p.yaml"
+    profile.write_text("target_sparsity: 0.85\nlayers: {a.weight: 0.9}\n")
+    assert compose_train("pruner=sensitivity", f"pruner.profile={profile}").sparsity == 0.85
+
+
 def test_pruner_none_defaults_to_zero_sparsity():
     assert compose_train("pruner=none").sparsity == 0.0
     assert compose_train("pruner=none", "sparsity=0.3").sparsity == 0.3  # rejected later, at run
@@ -40,8 +48,11 @@ def test_registries_match_config_files():
 def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
     options = known_options(group)
     assert options, f"group {group} has no options"
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("target_sparsity: 0.6\nlayers: {features.0.weight: 0.7, classifier.weight: 0.2}\n")
     for opt in options:
-        cfg = compose_train(f"{group}={opt}")
+        extra = [f"pruner.profile={profile}"] if (group, opt) == ("pruner", "sensitivity") else []
+        cfg = compose_train(f"{group}={opt}", *extra)
         OmegaConf.resolve(cfg)
         if group == "data" or group == "experiment":
             dm = instantiate(cfg.data)
@@ -53,6 +64,7 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
         if group in ("pruner", "experiment"):
             pruner = instantiate(cfg.pruner)
             assert pruner.name == cfg.pruner.name
+            pruner.check_sparsity(cfg.sparsity)  # each preset's default sparsity is valid for it
         if group in ("schedule", "experiment", "debug"):
             sched = instantiate(cfg.schedule)
             sched.validate(cfg.epochs, 0.5)
@@ -92,7 +104,8 @@ def test_schedule_epochs_follow_run_length():
 
 def test_check_overrides_lists_known_names():
     with pytest.raises(ConfigError, match="unknown pruner='magnitud'; known: global_magnitude, "
-                                          "magnitude, none, random"):
+                                          "magnitude, nm, none, random, sensitivity, snip, "
+                                          "structured, taylor"):
         check_overrides(["pruner=magnitud"])
     with pytest.raises(ConfigError, match="unknown model='resnet21'"):
         check_overrides(["model=mlp,resnet21"])

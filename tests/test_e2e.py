@@ -32,7 +32,7 @@ def test_run_prints_summary(magnitude_run):
     out = proc.stdout
     assert "prunelab summary" in out
     assert "model=mlp data=mnist pruner=magnitude schedule=gradual seed=0" in out
-    assert "0.7000 (target 0.7000)" in out
+    assert "0.7000 of weights (target 0.7000)" in out
     assert str(run_dir / "results.json") in out.replace("\n", "").replace("│", "").replace(" ", "") \
         or "results.json" in out
 
@@ -98,3 +98,22 @@ def test_multirun_two_jobs(tmp_path):
     assert any("pruner=random" in d for d in dirs)
     results = {json.loads((sweep / d / "results.json").read_text())["pruner"]: d for d in dirs}
     assert set(results) == {"magnitude", "random"}
+    # the sweep summary: one row per method
+    summary = (sweep / "summary.md").read_text().splitlines()
+    assert len(summary) == 4 and summary[0].startswith("| data | model | pruner |")
+    assert any("| magnitude |" in ln for ln in summary) and any("| random |" in ln for ln in summary)
+    assert (sweep / "summary.csv").is_file()
+
+
+def test_compare_methods_experiment_is_one_multirun(tmp_path):
+    sweep = tmp_path / "cmp"
+    p = run_train(["-m", "experiment=compare_methods", *FAST, "measure.latency=false",
+                   "pruner=taylor,snip", "sparsity=0.8",  # the command line narrows the sweep
+                   f"hydra.sweep.dir={sweep}"], tmp_path, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [ln for ln in (sweep / "summary.md").read_text().splitlines()[2:]]
+    assert sorted(ln.split("|")[3].strip() for ln in rows) == ["snip", "taylor"]
+    for d in sweep.iterdir():
+        if d.is_dir():
+            res = json.loads((d / "results.json").read_text())
+            assert res["sparsity"]["global"] == pytest.approx(0.8, abs=1e-4)

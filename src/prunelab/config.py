@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 Scope = Enum("Scope", {"layer": "layer", "global": "global"})
 Steps = Enum("Steps", {"geometric": "geometric", "linear": "linear"})
+Granularity = Enum("Granularity", {g: g for g in ("unstructured", "structured", "nm")})
 
 
 @dataclass
@@ -24,6 +25,14 @@ class PrunerConf:
     name: str = "magnitude"
     score: Optional[str] = "magnitude"
     scope: Scope = Scope["layer"]
+    granularity: Granularity = Granularity["unstructured"]
+    norm: int = 1  # structured: rank channels by the L1 (1) or L2 (2) norm of their weights
+    n: int = 2  # N:M: keep n ...
+    m: int = 4  # ... of every m consecutive input weights
+    skip_incompatible: bool = False  # N:M: skip layers whose input dim is not a multiple of m
+    at_init: bool = False  # prune once before training (SNIP), ignoring the schedule
+    score_batches: int = 10  # batches for gradient scores gathered outside training
+    profile: Optional[str] = None  # sensitivity profile YAML (pruner=sensitivity)
     include: Optional[list[str]] = None
     exclude: list[str] = field(default_factory=list)
     seed: int = "${seed}"  # type: ignore[assignment]  # interpolation, resolved to an int
@@ -62,10 +71,30 @@ def _epochs_frac(frac: Any, *, _root_) -> int:
     return int(round(float(frac) * int(epochs)))
 
 
+def _nm_sparsity(n: Any, m: Any) -> float:
+    """``${nm_sparsity:2,4}`` -> 1 - n/m, the sparsity N:M pruning reaches."""
+    return 1.0 - int(n) / int(m)
+
+
+def _profile_sparsity(path: Any) -> float:
+    """``${profile_sparsity:<yaml>}`` -> the target sparsity a sensitivity profile was made for
+    (0.5 while no profile is given; the pruner then asks for one)."""
+    if path in (None, "", "None"):
+        return 0.5
+    from prunelab.pruning.pruner import load_profile
+
+    return load_profile(path)["target_sparsity"]
+
+
+RESOLVERS = {"epochs_frac": _epochs_frac, "nm_sparsity": _nm_sparsity,
+             "profile_sparsity": _profile_sparsity}
+
+
 def register_configs() -> None:
     """Register schemas and resolvers (idempotent; called on import)."""
-    if not OmegaConf.has_resolver("epochs_frac"):
-        OmegaConf.register_new_resolver("epochs_frac", _epochs_frac)
+    for name, fn in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
     cs = ConfigStore.instance()
     cs.store(group="schema/pruner", name="base_pruner", node=PrunerConf)
     cs.store(group="schema/schedule", name="base_oneshot", node=OneShotConf)

@@ -58,6 +58,7 @@ def measure_model(net: nn.Module, prunable: Sequence[str], input_shape: Sequence
     out: dict[str, Any] = {
         "sparsity": {"global": sp["global"], "per_layer": sp["per_layer"],
                      "zeros": sp["zeros"], "prunable": sp["total"]},
+        "channel_sparsity": channel_sparsity(cpu_net, prunable),
         "params": measure.count_params(cpu_net),
     }
     macs = measure.count_macs(cpu_net, tuple(input_shape))
@@ -70,6 +71,22 @@ def measure_model(net: nn.Module, prunable: Sequence[str], input_shape: Sequence
         out["latency_ms"] = {k: v["median_ms"] for k, v in lat.items()}
         out["latency_detail"] = lat
     return out
+
+
+def channel_sparsity(net: nn.Module, names: Sequence[str]) -> dict[str, Any]:
+    """Fraction of output channels / neurons whose weights are all zero, global and per layer."""
+    params = dict(net.named_parameters())
+    per_layer, dead, total = {}, 0, 0
+    for n in names:
+        w = params[n].detach()
+        if w.dim() < 2:
+            continue
+        zero = int((w.reshape(w.shape[0], -1) == 0).all(1).sum())
+        per_layer[n] = zero / w.shape[0]
+        dead += zero
+        total += w.shape[0]
+    return {"global": dead / total if total else 0.0, "per_layer": per_layer,
+            "pruned_channels": dead, "channels": total}
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -107,7 +124,9 @@ def summary_rows(res: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = [
         ("run", f"model={res['model']} data={res['data']} pruner={res['pruner']} "
                 f"schedule={res['schedule']} seed={res['seed']}"),
-        ("sparsity", f"{res['sparsity']['global']:.4f} (target {res['target_sparsity']:.4f})"),
+        ("sparsity", f"{res['sparsity']['global']:.4f} of weights (target "
+                     f"{res['target_sparsity']:.4f}), {res['channel_sparsity']['global']:.4f} of "
+                     f"channels"),
         ("test acc", f"{res['test_acc']:.4f}  (loss {res['test_loss']:.4f})"),
         ("best val acc", "n/a" if res["best_val_acc"] is None else f"{res['best_val_acc']:.4f}"),
         ("params", f"{_fmt_count(res['params']['nonzero'])} non-zero / "

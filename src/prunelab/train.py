@@ -26,8 +26,8 @@ from prunelab.config import register_configs
 
 CONF_DIR = Path(__file__).parent / "conf"
 #: Config groups whose options are checked before Hydra starts (one-line error on a typo).
-CHECKED_GROUPS = ("data", "model", "pruner", "schedule", "optimizer", "lr_scheduler", "hardware",
-                  "trainer", "logger", "experiment", "debug")
+CHECKED_GROUPS = ("data", "model", "pruner", "schedule", "optimizer", "lr_scheduler", "regularizer",
+                  "hardware", "trainer", "logger", "experiment", "debug")
 
 
 class ConfigError(ValueError):
@@ -90,6 +90,25 @@ def resolve_resume(resume: str | None) -> str | None:
     return str(path)
 
 
+_INPUT_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError)
+
+
+def _as_config_error(exc: BaseException) -> BaseException:
+    """A user-input error (also when Hydra's instantiate wrapped it) as a one-line ConfigError;
+    anything else is returned unchanged (a bug: keep its traceback)."""
+    from hydra.errors import InstantiationException
+
+    from prunelab.data import DataError
+
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if not isinstance(exc, (*_INPUT_ERRORS, DataError)):
+        return exc
+    msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    msg = msg.strip()
+    return ConfigError(msg.splitlines()[0] if msg else repr(exc))
+
+
 def validate_top_level(cfg: DictConfig) -> float:
     """Checks that need no heavy import: sparsity, epochs, pruner=none vs sparsity, resume."""
     sparsity = validate_sparsity(cfg.get("sparsity"))
@@ -120,15 +139,18 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         schedule = instantiate(cfg.schedule)
         callback = PruningCallback(pruner, schedule, sparsity)
         callback.bind(net)
-        if callback.events:
+        if callback.events and not pruner.at_init:
             schedule.validate(int(cfg.epochs), sparsity)
+        regularizer = None
+        if cfg.get("regularizer"):
+            regularizer = instantiate(cfg.regularizer)(params=list(callback.masks.params.values()))
     except ConfigError:
         raise
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
-        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        raise ConfigError(msg.strip().splitlines()[0] if msg.strip() else repr(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - only user-input errors are turned into ConfigError
+        raise _as_config_error(exc) from exc
     return {"datamodule": datamodule, "net": net, "pruner": pruner, "schedule": schedule,
             "callback": callback, "sparsity": sparsity, "model_name": model_name,
+            "regularizer": regularizer,
             "resume": resolve_resume(cfg.get("resume"))}
 
 
@@ -164,7 +186,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     module = ClassifierModule(net, num_classes=int(dm.num_classes),
                               optimizer=instantiate(cfg.optimizer), lr_scheduler=lr_sched,
                               scheduler_interval=cfg.module.scheduler_interval,
-                              gradient_clip_val=cfg.module.gradient_clip_val, config=resolved)
+                              gradient_clip_val=cfg.module.gradient_clip_val,
+                              regularizer=parts["regularizer"], config=resolved)
     ckpt = FinalSparsityCheckpoint(dirpath=str(out / "checkpoints"), filename="best",
                                    monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
                                    save_last=cfg.checkpoint.save_last, save_top_k=1,
@@ -189,6 +212,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "data": _choice("data", _target_name(cfg.data)),
         "pruner": parts["pruner"].name,
         "scope": parts["pruner"].scope,
+        "granularity": parts["pruner"].granularity,
+        "skipped_layers": list(parts["pruner"].skipped),
         "schedule": _choice("schedule", parts["schedule"].name),
         "seed": int(cfg.seed),
         "epochs": int(cfg.epochs),

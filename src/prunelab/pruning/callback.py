@@ -49,6 +49,8 @@ class PruningCallback(pl.Callback):
         if pruner.is_dense and sparsity > 0:
             raise PruningConfigError(f"pruner=none cannot reach sparsity={sparsity}; use sparsity=0 "
                                      f"or a pruning method")
+        if not pruner.is_dense and sparsity > 0:
+            pruner.check_sparsity(sparsity)
         self.pruner = pruner
         self.schedule = schedule
         self.sparsity = float(sparsity)
@@ -58,11 +60,17 @@ class PruningCallback(pl.Callback):
         self.events_done: list[int] = []
         self.rewind_state: dict[str, torch.Tensor] | None = None
         self._pending: dict[str, Any] | None = None
+        self._wg: dict[str, torch.Tensor] | None = None  # accumulated |w * grad| (gradient scores)
+        self._accumulating = False
 
     # -- schedule position ----------------------------------------------------------------------
     @property
     def events(self) -> dict[int, float]:
-        return {} if self.pruner.is_dense or self.sparsity == 0 else self.schedule.events(self.sparsity)
+        if self.pruner.is_dense or self.sparsity == 0:
+            return {}
+        if self.pruner.at_init:
+            return {0: self.sparsity}
+        return self.schedule.events(self.sparsity)
 
     def at_target(self) -> bool:
         """Whether every scheduled pruning event has been applied."""
@@ -76,7 +84,7 @@ class PruningCallback(pl.Callback):
     def bind(self, net: torch.nn.Module) -> MaskSet:
         """Resolve the prunable parameters of ``net`` (idempotent)."""
         if self.masks is None:
-            self.masks = MaskSet(self.pruner.resolve(net))
+            self.masks = self.pruner.prepare(net)
             if self._pending is not None:
                 self._load(self._pending)
                 self._pending = None
@@ -84,13 +92,15 @@ class PruningCallback(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.bind(target_network(pl_module))
-        if stage == "fit" and self.events:
+        if stage == "fit" and self.events and not self.pruner.at_init:
             self.schedule.validate(trainer.max_epochs, self.sparsity)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.masks is not None
         # parameters may have been moved or replaced (device transfer, checkpoint restore)
-        self.masks.rebind(self.pruner.resolve(target_network(pl_module)))
+        net = target_network(pl_module)
+        params = self.pruner.resolve(net)
+        self.masks.rebind(params, self.pruner.coupled_for(net, list(params)))
         self.masks.apply_()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -101,17 +111,87 @@ class PruningCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        target = self.events.get(epoch)
-        if target is None or epoch in self.events_done:
+        events = self.events
+        target = events.get(epoch)
+        if target is not None and epoch not in self.events_done:
+            stats = None
+            if self.pruner.needs_gradients:
+                if self._wg is None:  # nothing gathered (event at epoch 0, at_init, or a resume)
+                    self._wg = self._gather_from_batches(trainer, pl_module)
+                stats = self._reduced_stats(trainer)
+            self.prune_to(target, event=len(self.events_done), stats=stats)
+            self.events_done.append(epoch)
+            self._wg = None
+        # gradient scores: accumulate |w * grad| during the epoch before the next event only
+        nxt = epoch + 1
+        self._accumulating = (self.pruner.needs_gradients and nxt in events
+                              and nxt not in self.events_done)
+        if self._accumulating:
+            self._wg = {n: torch.zeros_like(p, dtype=torch.float32)
+                        for n, p in self.masks.params.items()}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not self._accumulating:
             return
-        self.prune_to(target, event=len(self.events_done))
-        self.events_done.append(epoch)
+        with torch.no_grad():
+            for n, p in self.masks.params.items():
+                if p.grad is not None:
+                    self._wg[n].add_((p.detach() * p.grad).abs().float())
+
+    def _gather_from_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule
+                             ) -> dict[str, torch.Tensor]:
+        """|w * dL/dw| summed over ``pruner.score_batches`` training batches, without an optimizer
+        step and without changing BatchNorm statistics (SNIP's procedure)."""
+        net = target_network(pl_module)
+        params = self.masks.params
+        names = list(params)
+        loader = (trainer.datamodule.train_dataloader() if trainer.datamodule is not None
+                  else trainer.train_dataloader)
+        buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
+        was_training = net.training
+        net.train()
+        acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+        seen = 0
+        for batch in loader:
+            if seen >= self.pruner.score_batches:
+                break
+            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+            loss_fn = getattr(pl_module, "loss", None)
+            if callable(loss_fn):
+                loss = loss_fn(batch)
+            else:
+                x, y = batch
+                loss = torch.nn.functional.cross_entropy(net(x), y)
+            grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+            with torch.no_grad():
+                for n, g in zip(names, grads):
+                    if g is not None:
+                        acc[n].add_((params[n].detach() * g).abs().float())
+            seen += 1
+        with torch.no_grad():
+            for k, v in net.named_buffers():
+                v.copy_(buffers[k])
+        net.train(was_training)
+        if seen == 0:
+            raise RuntimeError("gradient scores need at least one training batch")
+        return acc
+
+    def _reduced_stats(self, trainer: pl.Trainer) -> dict[str, dict]:
+        """Per-parameter stats for the score functions; summed across ranks under DDP so that
+        every rank selects the same masks."""
+        out = {}
+        for n, t in self._wg.items():
+            if trainer.world_size > 1:
+                t = trainer.strategy.reduce(t, reduce_op="sum")
+            out[n] = {"wg": t}
+        return out
 
     @torch.no_grad()
-    def prune_to(self, target: float, event: int = 0) -> None:
+    def prune_to(self, target: float, event: int = 0, stats: dict | None = None) -> None:
         """Recompute the masks at the cumulative ``target`` and zero the pruned weights."""
         assert self.masks is not None
-        new = self.pruner.compute_masks(self.masks.params, self.masks.as_dict(), target, event=event)
+        new = self.pruner.compute_masks(self.masks.params, self.masks.as_dict(), target,
+                                        event=event, stats=stats)
         self.masks.update(new)
         self.masks.apply_()
 

@@ -20,10 +20,23 @@ class MaskSet:
     optimizer step (momentum and weight decay would otherwise regrow them).
     """
 
-    def __init__(self, params: Mapping[str, nn.Parameter]):
+    def __init__(self, params: Mapping[str, nn.Parameter],
+                 coupled: Mapping[str, Mapping[str, nn.Parameter]] | None = None):
+        """``coupled``: for structured pruning, per prunable weight the 1-D parameters indexed by
+        its output channels (bias, BatchNorm weight and bias); an output channel with no kept
+        element zeroes their entries too, so that the channel's output is exactly zero."""
         if not params:
             raise ValueError("MaskSet needs at least one parameter")
         self._params: dict[str, nn.Parameter] = dict(params)
+        self._coupled: dict[str, dict[str, nn.Parameter]] = {
+            w: dict(c) for w, c in (coupled or {}).items() if c
+        }
+        for w, group in self._coupled.items():
+            for cname, cp in group.items():
+                if cp.dim() != 1 or cp.shape[0] != self._params[w].shape[0]:
+                    raise ValueError(f"coupled parameter {cname!r} of shape {tuple(cp.shape)} does "
+                                     f"not index the output channels of {w!r}")
+        self._coupled_factors: dict[str, torch.Tensor] = {}
         self._masks: dict[str, torch.Tensor] = {
             n: torch.ones_like(p, dtype=torch.bool) for n, p in self._params.items()
         }
@@ -77,18 +90,30 @@ class MaskSet:
 
     def _refresh_factors(self) -> None:
         self._factors = {}
+        self._coupled_factors = {}
         for n, p in self._params.items():
             m = self._masks[n]
             if m.device != p.device:
                 m = m.to(p.device)
                 self._masks[n] = m
             self._factors[n] = m.to(dtype=p.dtype)
+            if n in self._coupled:
+                keep = m.reshape(m.shape[0], -1).any(1)
+                for cname, cp in self._coupled[n].items():
+                    self._coupled_factors[cname] = keep.to(device=cp.device, dtype=cp.dtype)
 
-    def rebind(self, params: Mapping[str, nn.Parameter]) -> None:
+    @property
+    def coupled(self) -> dict[str, dict[str, nn.Parameter]]:
+        return {w: dict(c) for w, c in self._coupled.items()}
+
+    def rebind(self, params: Mapping[str, nn.Parameter],
+               coupled: Mapping[str, Mapping[str, nn.Parameter]] | None = None) -> None:
         """Point the masks at new parameter objects (same names and shapes), e.g. after a copy."""
         if set(params) != set(self._params):
             raise KeyError("rebind needs exactly the same parameter names")
         self._params = dict(params)
+        if coupled is not None:
+            self._coupled = {w: dict(c) for w, c in coupled.items() if c}
         self._refresh_factors()
 
     # -- application --------------------------------------------------------------------------
@@ -100,6 +125,11 @@ class MaskSet:
         if params[0].device != factors[0].device or params[0].dtype != factors[0].dtype:
             self._refresh_factors()
             factors = [self._factors[n] for n in self._params]
+        if self._coupled_factors:
+            for group in self._coupled.values():
+                for cname, cp in group.items():
+                    params.append(cp)
+                    factors.append(self._coupled_factors[cname])
         torch._foreach_mul_(params, factors)
 
     @torch.no_grad()

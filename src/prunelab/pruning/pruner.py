@@ -1,30 +1,51 @@
 """The pruner: which parameters are prunable, how they are scored, and how masks are selected.
 
 One :class:`Pruner` class covers every method: the importance criterion is a registered score
-function injected by name (``score``), the selection scope is ``layer`` or ``global``. Named
-presets (``PRUNERS``) are what ``pruner=<name>`` selects; each has a config file.
+function injected by name (``score``), the selection scope is ``layer`` or ``global``, and the
+granularity is ``unstructured`` (elements), ``structured`` (output channels / neurons) or ``nm``
+(N kept in every M consecutive inputs). Named presets (``PRUNERS``) are what ``pruner=<name>``
+selects; each has a config file.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from prunelab.pruning.scores import ScoreContext, get_score
+from prunelab.pruning.granularity import (
+    channel_keep,
+    channel_scores,
+    coupled_parameters,
+    expand_channels,
+    nm_compatible,
+    nm_mask,
+    select_channels,
+)
+from prunelab.pruning.masks import MaskSet
+from prunelab.pruning.scores import GRADIENT_SCORES, ScoreContext, get_score
 from prunelab.pruning.selection import SCOPES, select_masks
 
 #: Layer types whose ``weight`` is prunable by default.
 DEFAULT_PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+GRANULARITIES = ("unstructured", "structured", "nm")
+NORMS = (1, 2)
 
-#: Registered pruner presets: config name -> (score, scope). ``none`` is the dense baseline.
+#: Registered pruner presets (config name -> what its config file sets). ``none`` = dense.
 PRUNERS: dict[str, dict] = {
-    "none": {"score": None, "scope": "layer"},
+    "none": {"score": None},
     "magnitude": {"score": "magnitude", "scope": "layer"},
     "global_magnitude": {"score": "magnitude", "scope": "global"},
     "random": {"score": "random", "scope": "layer"},
+    "structured": {"score": "magnitude", "granularity": "structured", "norm": 1},
+    "taylor": {"score": "taylor", "scope": "layer"},
+    "snip": {"score": "snip", "scope": "global", "at_init": True},
+    "nm": {"score": "magnitude", "granularity": "nm", "n": 2, "m": 4},
+    "sensitivity": {"score": "magnitude", "scope": "layer", "profile": "<yaml>"},
 }
 
 
@@ -46,41 +67,119 @@ def default_prunable(model: nn.Module) -> list[str]:
     return out
 
 
+def load_profile(path: str | Path) -> dict:
+    """A sensitivity profile: ``{"target_sparsity": float, "layers": {name: sparsity}}``."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise PruningConfigError(f"pruner.profile={str(path)!r} does not exist; allowed: a YAML "
+                                 f"written by python -m prunelab.sensitivity")
+    data = yaml.safe_load(p.read_text()) or {}
+    layers = data.get("layers")
+    target = data.get("target_sparsity")
+    if not isinstance(layers, dict) or not layers or not isinstance(target, (int, float)) \
+            or not 0 < target < 1:
+        raise PruningConfigError(f"pruner.profile={str(path)!r} is not a sensitivity profile "
+                                 f"(needs target_sparsity in (0, 1) and a non-empty layers map)")
+    for name, s in layers.items():
+        if not isinstance(s, (int, float)) or not 0 <= s < 1:
+            raise PruningConfigError(f"pruner.profile: layer {name!r} has sparsity {s!r}; allowed: "
+                                     f"[0, 1)")
+    return {"target_sparsity": float(target), "layers": {k: float(v) for k, v in layers.items()}}
+
+
 class Pruner:
     """Prunes the parameters selected by ``include``/``exclude`` globs.
 
     Args:
         name: the preset name (for reports); must be a registered pruner.
-        score: registered score name (``magnitude``, ``random``, ...); ``None`` for ``none``.
+        score: registered score name (``magnitude``, ``random``, ``taylor``, ``snip``);
+            ``None`` for ``none``.
         scope: ``layer`` (every tensor to the target) or ``global`` (one threshold overall).
+        granularity: ``unstructured``, ``structured`` (whole output channels / neurons) or ``nm``.
+        norm: structured magnitude ranks channels by the L1 (1) or L2 (2) norm of their weights.
+        n, m: N:M sparsity keeps ``n`` of every ``m`` consecutive input weights.
+        skip_incompatible: N:M skips (and reports) layers whose input dimension is not a multiple
+            of ``m`` instead of failing.
+        at_init: prune once, before training, to the final target (SNIP), ignoring the schedule.
+        score_batches: batches used for gradient scores when none were gathered during training
+            (always the case for ``at_init``).
+        profile: a sensitivity profile YAML giving per-layer targets (``pruner=sensitivity``).
         include: glob patterns on parameter names; ``None`` = weights of Linear/Conv layers.
         exclude: glob patterns removed from the included set.
         seed: seeds the generator of stochastic scores (same seed, same masks).
-        default_sparsity: the run's ``sparsity`` when the command does not set one (0 for ``none``).
+        default_sparsity: the run's ``sparsity`` when the command does not set one.
     """
 
     def __init__(self, name: str = "magnitude", score: str | None = "magnitude",
-                 scope: str = "layer", include: Sequence[str] | None = None,
-                 exclude: Sequence[str] | None = None, seed: int = 0,
-                 default_sparsity: float = 0.5):
+                 scope: str = "layer", granularity: str = "unstructured", norm: int = 1,
+                 n: int = 2, m: int = 4, skip_incompatible: bool = False, at_init: bool = False,
+                 score_batches: int = 10, profile: str | None = None,
+                 include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
+                 seed: int = 0, default_sparsity: float = 0.5):
         check_pruner_name(name)
         scope = getattr(scope, "value", scope)
+        granularity = getattr(granularity, "value", granularity)
         if scope not in SCOPES:
             raise PruningConfigError(f"pruner.scope={scope!r} is not one of {', '.join(SCOPES)}")
+        if granularity not in GRANULARITIES:
+            raise PruningConfigError(f"pruner.granularity={granularity!r} is not one of "
+                                     f"{', '.join(GRANULARITIES)}")
+        if norm not in NORMS:
+            raise PruningConfigError(f"pruner.norm={norm!r} is not one of 1, 2")
+        if granularity == "nm":
+            if not (isinstance(n, int) and isinstance(m, int) and 1 <= n < m):
+                raise PruningConfigError(f"pruner.n={n!r} and pruner.m={m!r}: need integers "
+                                         f"with 1 <= n < m")
+        if not isinstance(score_batches, int) or score_batches < 1:
+            raise PruningConfigError(f"pruner.score_batches={score_batches!r} must be an integer >= 1")
         if score is not None:
-            get_score(score)  # fail early on an unknown score name
+            try:
+                get_score(score)
+            except KeyError as exc:
+                raise PruningConfigError(str(exc.args[0])) from None
         self.name = name
         self.score = score
         self.scope = scope
+        self.granularity = granularity
+        self.norm = int(norm)
+        self.n, self.m = int(n), int(m)
+        self.skip_incompatible = bool(skip_incompatible)
+        self.at_init = bool(at_init)
+        self.score_batches = int(score_batches)
+        self.profile = load_profile(profile) if profile else None
+        if name == "sensitivity" and self.profile is None:
+            raise PruningConfigError("pruner=sensitivity needs pruner.profile=<yaml> (written by "
+                                     "python -m prunelab.sensitivity)")
         self.include = list(include) if include else None
         self.exclude = list(exclude) if exclude else []
         self.seed = int(seed)
         self.default_sparsity = float(default_sparsity)
+        self.skipped: list[str] = []
+        self._protected: frozenset[str] = frozenset()
 
+    # -- properties -------------------------------------------------------------------------------
     @property
     def is_dense(self) -> bool:
         return self.score is None
 
+    @property
+    def needs_gradients(self) -> bool:
+        return self.score in GRADIENT_SCORES
+
+    @property
+    def nm_sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def check_sparsity(self, sparsity: float) -> None:
+        """Method-specific constraints on the final target."""
+        if self.granularity == "nm" and not math.isclose(sparsity, self.nm_sparsity, abs_tol=1e-9):
+            raise PruningConfigError(
+                f"pruner=nm keeps n={self.n} of every m={self.m}: sparsity must be "
+                f"{self.nm_sparsity:g} (1 - n/m), got sparsity={sparsity}")
+
+    # -- parameters -------------------------------------------------------------------------------
     def resolve(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """The prunable parameters of ``model`` by name, in registration order."""
         named = dict(model.named_parameters())
@@ -94,19 +193,77 @@ class Pruner:
                     f"{', '.join(list(named)[:6])}"
                 )
         names = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in self.exclude)]
+        if self.granularity == "nm":
+            bad = [n for n in names if not nm_compatible(named[n].shape, self.m)]
+            if bad and not self.skip_incompatible:
+                shape = tuple(named[bad[0]].shape)
+                raise PruningConfigError(
+                    f"pruner=nm: {bad[0]} has input dimension {shape[1] if len(shape) > 1 else 1}, "
+                    f"not a multiple of m={self.m} (also: {', '.join(bad[1:]) or 'none'}); set "
+                    f"pruner.skip_incompatible=true to skip such layers")
+            self.skipped = bad
+            names = [n for n in names if n not in bad]
         if not names:
-            raise PruningConfigError(
-                f"pruner.exclude={self.exclude} leaves no prunable parameter"
-            )
+            raise PruningConfigError(f"pruner.exclude={self.exclude} leaves no prunable parameter")
+        if self.profile is not None:
+            unknown = sorted(set(self.profile["layers"]) - set(names))
+            if unknown:
+                raise PruningConfigError(
+                    f"pruner.profile names layers the model does not prune: {', '.join(unknown)}; "
+                    f"prunable: {', '.join(names)}")
         return {n: named[n] for n in names}
+
+    def prepare(self, model: nn.Module) -> MaskSet:
+        """Resolve the prunable parameters of ``model`` into a fresh :class:`MaskSet` (with the
+        coupled bias / BatchNorm parameters for structured pruning)."""
+        params = self.resolve(model)
+        coupled = None
+        if self.granularity == "structured":
+            named = dict(model.named_parameters())
+            coupled = {w: {c: named[c] for c in cs}
+                       for w, cs in coupled_parameters(model, list(params)).items()}
+            self._protected = frozenset(self._output_weights(model, params))
+        return MaskSet(params, coupled=coupled)
+
+    def coupled_for(self, model: nn.Module, names: Sequence[str]) -> dict | None:
+        if self.granularity != "structured":
+            return None
+        named = dict(model.named_parameters())
+        return {w: {c: named[c] for c in cs} for w, cs in coupled_parameters(model, list(names)).items()}
+
+    @staticmethod
+    def _output_weights(model: nn.Module, params: Mapping[str, nn.Parameter]) -> list[str]:
+        from prunelab.models import output_layer_name
+
+        try:
+            out = output_layer_name(model)
+        except (AttributeError, ValueError):
+            return []
+        return [n for n in params if n.rsplit(".", 1)[0] == out]
 
     def generator(self, event: int) -> torch.Generator:
         """A CPU generator seeded from the pruner seed and the pruning event index."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + event)
 
+    # -- masks ------------------------------------------------------------------------------------
+    def layer_targets(self, target: float) -> dict[str, float] | float:
+        """Per-layer targets from a profile, scaled by ``target / profile target`` (so a schedule
+        reaches the profile exactly when ``target`` equals the profile's target sparsity)."""
+        if self.profile is None:
+            return target
+        scale = target / self.profile["target_sparsity"]
+        out = {}
+        for name, s in self.profile["layers"].items():
+            t = s * scale
+            if t >= 1.0:
+                raise PruningConfigError(f"pruner.profile: layer {name} would reach sparsity {t:.3f} "
+                                         f">= 1 at target {target}")
+            out[name] = t
+        return out
+
     @torch.no_grad()
     def compute_masks(self, params: Mapping[str, torch.Tensor], old_masks: Mapping[str, torch.Tensor],
-                      target: float | Mapping[str, float], event: int = 0,
+                      target: float, event: int = 0,
                       stats: Mapping[str, dict] | None = None) -> dict[str, torch.Tensor]:
         """New keep-masks at the cumulative ``target`` sparsity."""
         if self.is_dense:
@@ -117,8 +274,25 @@ class Pruner:
             n: fn(p, ScoreContext(name=n, generator=gen, stats=(stats or {}).get(n, {})))
             for n, p in params.items()
         }
+        if self.granularity == "structured":
+            if self.score == "magnitude":
+                ch = {n: channel_scores(params[n], "norm", self.norm) for n in params}
+            else:
+                ch = {n: channel_scores(scores[n], "sum") for n in params}
+            keep = select_channels(
+                ch, {n: channel_keep(old_masks[n]) for n in params}, target, self.scope,
+                {n: params[n][0].numel() for n in params},
+                sum(p.numel() for p in params.values()), self._protected)
+            return {n: expand_channels(keep[n], params[n].shape) for n in params}
+        if self.granularity == "nm":
+            per_group = min(self.m - self.n, int(math.floor(target * self.m + 1e-9)))
+            return {n: nm_mask(scores[n], old_masks[n], self.n, self.m, per_group) for n in params}
+        if self.profile is not None:
+            targets = self.layer_targets(target)
+            full = {n: targets.get(n, 0.0) for n in params}
+            return select_masks(scores, old_masks, full, "layer")
         return select_masks(scores, old_masks, target, self.scope)
 
     def __repr__(self) -> str:
         return (f"Pruner(name={self.name!r}, score={self.score!r}, scope={self.scope!r}, "
-                f"include={self.include}, exclude={self.exclude})")
+                f"granularity={self.granularity!r}, include={self.include}, exclude={self.exclude})")

@@ -23,13 +23,18 @@ class ScoreContext:
 
 ScoreFn = Callable[[torch.Tensor, ScoreContext], torch.Tensor]
 SCORES: dict[str, ScoreFn] = {}
+#: Scores computed from accumulated ``|w * dL/dw|`` (``ctx.stats["wg"]``), which the callback
+#: gathers from training batches before each pruning step.
+GRADIENT_SCORES: set[str] = set()
 
 
-def register_score(name: str) -> Callable[[ScoreFn], ScoreFn]:
+def register_score(name: str, needs_gradients: bool = False) -> Callable[[ScoreFn], ScoreFn]:
     def deco(fn: ScoreFn) -> ScoreFn:
         if name in SCORES:
             raise ValueError(f"score {name!r} registered twice")
         SCORES[name] = fn
+        if needs_gradients:
+            GRADIENT_SCORES.add(name)
         return fn
 
     return deco
@@ -52,3 +57,25 @@ def magnitude(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
 def random(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
     """Uniform random scores from the context's seeded generator (the control baseline)."""
     return torch.rand(param.shape, generator=ctx.generator, device="cpu").to(param.device)
+
+
+def _accumulated_wg(ctx: ScoreContext, score: str) -> torch.Tensor:
+    wg = ctx.stats.get("wg")
+    if wg is None:
+        raise RuntimeError(f"score={score} needs accumulated |w * grad| for {ctx.name!r}; none was "
+                           f"gathered (is the PruningCallback driving this pruner?)")
+    return wg.float()
+
+
+@register_score("taylor", needs_gradients=True)
+def taylor(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
+    """First-order Taylor importance |w * dL/dw|, summed over the batches of the epoch before
+    the pruning step (Molchanov et al. 2017/2019)."""
+    return _accumulated_wg(ctx, "taylor")
+
+
+@register_score("snip", needs_gradients=True)
+def snip(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
+    """Connection sensitivity |w * dL/dw| at initialization over a few batches (Lee et al. 2019,
+    SNIP); the paper's normalization by the sum does not change the ranking."""
+    return _accumulated_wg(ctx, "snip")
