@@ -20,7 +20,7 @@ from pathlib import Path
 
 ARMS = {
     "dense": ["pruner=none", "sparsity=0"],
-    "gradual magnitude 90%": [],
+    "gradual global magnitude 90%": [],
 }
 
 

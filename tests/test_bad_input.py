@@ -37,6 +37,18 @@ CASES = {
                                "pruner.profile names layers the model does not prune: conv9.weight"),
     "profile_missing": (["pruner=sensitivity"], "pruner=sensitivity needs pruner.profile=<yaml>"),
     "unknown_regularizer": (["regularizer=l2"], "unknown regularizer='l2'; known: group_l1, l1, none"),
+    "profile_file_missing": (["pruner=sensitivity", "pruner.profile=/nope/profile.yaml"],
+                             "pruner.profile='/nope/profile.yaml' does not exist"),
+    "profile_scaled_past_one": (["pruner=sensitivity", "pruner.profile={tmp}/mlp_profile.yaml",
+                                 "sparsity=0.6"],
+                                "layer classifier.weight would reach sparsity 1.080"),
+    "structured_unreachable": (["pruner=structured", "sparsity=0.999"],
+                               "sparsity=0.999 is beyond what pruner=structured can reach"),
+    "gpu_without_gpu": (["hardware=gpu"], "hardware=gpu but no CUDA GPU is available"),
+    "negative_lr": (["optimizer.lr=-1"], "Invalid learning rate: -1"),
+    "trainer_epochs_cut_schedule": (["schedule=oneshot", "schedule.at_epoch=3",
+                                     "trainer.max_epochs=2"], "prunes at epoch 3 but the run has "
+                                                              "epochs=2"),
 }
 
 SENSITIVITY_CASES = {
@@ -53,6 +65,7 @@ def outcomes(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("bad")
     (tmp / "profile.yaml").write_text("target_sparsity: 0.5\nlayers:\n  conv9.weight: 0.5\n")
+    (tmp / "mlp_profile.yaml").write_text("target_sparsity: 0.5\nlayers:\n  classifier.weight: 0.9\n")
     torch.save({"weights": torch.zeros(3)}, tmp / "other.ckpt")
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     procs = {}

@@ -116,3 +116,10 @@ def test_experiments_are_global_overlays():
     cfg = compose_train("experiment=lenet300_mnist")
     assert cfg.sparsity == 0.9 and cfg.epochs == 20 and cfg.model._target_.endswith("MLP")
     assert Path(CONF_DIR / "experiment" / "lenet300_mnist.yaml").read_text().startswith("# @package")
+
+
+@pytest.mark.parametrize("experiment", known_options("experiment"))
+def test_every_experiment_shrinks_with_debug_fast(experiment):
+    cfg = compose_train(f"experiment={experiment}", "debug=fast")
+    assert cfg.epochs == 4 and cfg.data.subset == 1000
+    instantiate(cfg.schedule).validate(cfg.epochs, 0.5)

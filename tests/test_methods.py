@@ -64,8 +64,10 @@ def test_select_channels_layer_scope_exact_and_keeps_last_channel():
     keep = {k: torch.ones_like(v, dtype=torch.bool) for k, v in scores.items()}
     out = select_channels(scores, keep, 0.5, "layer", {"a": 10, "b": 10}, 60)
     assert out["a"].tolist() == [True, False, True, False] and out["b"].tolist() == [False, True]
-    out = select_channels(scores, keep, 0.99, "layer", {"a": 10, "b": 10}, 60)
+    out = select_channels(scores, keep, 0.66, "layer", {"a": 10, "b": 10}, 60)
     assert int(out["a"].sum()) == 1 and int(out["b"].sum()) == 1  # never the last channel
+    with pytest.raises(ValueError, match="cannot be reached by whole channels"):
+        select_channels(scores, keep, 0.7, "layer", {"a": 10, "b": 10}, 60)
 
 
 def test_select_channels_protected_layer_untouched_and_target_redistributed():
@@ -274,3 +276,31 @@ def test_l1_loss_grows_by_exactly_lambda_sum_abs_w(tmp_path):
                callbacks=[Capture()]).fit(module, tiny_data())
     assert got[0] == pytest.approx(expected, rel=1e-6)
     assert got[0] - base == pytest.approx(lam * sum(w.abs().sum().item() for w in weights), rel=1e-5)
+
+
+def test_taylor_accumulation_survives_checkpoint_resume(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    cb = PruningCallback(Pruner(name="taylor", score="taylor"), OneShot(1), sparsity=0.5)
+    class Stop(pl.Callback):  # interrupted after epoch 0: |w*g| gathered, epoch 1's event pending
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    fit(net, cb, 2, tmp_path, extra=[Stop()])
+    state = cb.state_dict()
+    assert state["wg"] is not None and state["accumulating"]
+    cb2 = PruningCallback(Pruner(name="taylor", score="taylor"), OneShot(1), sparsity=0.5)
+    cb2.load_state_dict(state)
+    cb2.bind(net)
+    assert all(torch.equal(cb2._wg[k], state["wg"][k]) for k in state["wg"])
+
+
+def test_structured_global_l2_compares_rms_across_fan_in():
+    # equal RMS weights in both layers; the narrow layer has one slightly weaker channel
+    a = nn.Parameter(torch.ones(4, 4))
+    b = nn.Parameter(torch.ones(4, 100))
+    a.data[2] *= 0.9
+    params = {"a": a, "b": b}
+    ones = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+    m = structured(norm=2, scope="global").compute_masks(params, ones, 4 / 416)
+    assert not m["a"][2].any() and m["b"].all()

@@ -36,11 +36,13 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per configuration (seeds combined): mean and std of test accuracy, sparsity."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        groups[tuple(r.get(k) for k in GROUP_KEYS)].append(r)
+        # runs that differ in anything but the seed (regularizer, epochs, ...) stay apart
+        groups[tuple(r.get(k) for k in GROUP_KEYS) + (r.get("group_hash"),)].append(r)
     out = []
     for key, rs in groups.items():
         accs = [r["test_acc"] for r in rs]
         row = dict(zip(GROUP_KEYS, key))
+        row["group_hash"] = key[-1]
         row.update({
             "seeds": len(rs),
             "test_acc_mean": statistics.mean(accs),

@@ -26,11 +26,24 @@ PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "omegacon
             "prunelab")
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
-    """SHA-256 (first 16 hex digits) of the result-relevant part of a resolved config."""
+#: Where the seed appears in a resolved config (left out of ``config_hash(..., seedless=True)``).
+SEED_KEYS = {"": ("seed",), "data": ("seed",), "pruner": ("seed",)}
+
+
+def config_hash(config: Mapping[str, Any], seedless: bool = False) -> str:
+    """SHA-256 (first 16 hex digits) of the result-relevant part of a resolved config.
+
+    ``seedless=True`` also leaves out the seeds: runs that differ only by seed share it (sweep
+    reports group seeds by it)."""
     cfg = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
-    for key, subkeys in NON_RESULT_SUBKEYS.items():
-        if isinstance(cfg.get(key), Mapping):
+    drop = {key: list(sub) for key, sub in NON_RESULT_SUBKEYS.items()}
+    if seedless:
+        for key, sub in SEED_KEYS.items():
+            drop.setdefault(key, []).extend(sub)
+    for key, subkeys in drop.items():
+        if key == "":
+            cfg = {k: v for k, v in cfg.items() if k not in subkeys}
+        elif isinstance(cfg.get(key), Mapping):
             cfg[key] = {k: v for k, v in cfg[key].items() if k not in subkeys}
     blob = json.dumps(cfg, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

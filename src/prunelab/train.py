@@ -7,6 +7,7 @@ trainer and logger groups; :func:`run` does the work and returns the results, so
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -102,7 +103,7 @@ def _as_config_error(exc: BaseException) -> BaseException:
 
     while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
         exc = exc.__cause__
-    if not isinstance(exc, (*_INPUT_ERRORS, DataError)):
+    if not isinstance(exc, (*_INPUT_ERRORS, DataError)) or os.environ.get("HYDRA_FULL_ERROR") == "1":
         return exc
     msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     msg = msg.strip()
@@ -111,7 +112,14 @@ def _as_config_error(exc: BaseException) -> BaseException:
 
 def validate_top_level(cfg: DictConfig) -> float:
     """Checks that need no heavy import: sparsity, epochs, pruner=none vs sparsity, resume."""
-    sparsity = validate_sparsity(cfg.get("sparsity"))
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        value = cfg.get("sparsity")
+    except OmegaConfBaseException as exc:  # e.g. a resolver reading a missing profile
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise ConfigError(str(cause).strip().splitlines()[0]) from exc
+    sparsity = validate_sparsity(value)
     epochs = cfg.get("epochs")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs={epochs!r} must be an integer >= 1")
@@ -140,7 +148,14 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         callback = PruningCallback(pruner, schedule, sparsity)
         callback.bind(net)
         if callback.events and not pruner.at_init:
-            schedule.validate(int(cfg.epochs), sparsity)
+            schedule.validate(int(cfg.trainer.get("max_epochs") or cfg.epochs), sparsity)
+        if cfg.hardware.accelerator == "gpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("hardware=gpu but no CUDA GPU is available here; allowed: "
+                                  "hardware=cpu")
+        instantiate(cfg.optimizer)(params=list(net.parameters()))  # bad lr etc. fail here
         regularizer = None
         if cfg.get("regularizer"):
             regularizer = instantiate(cfg.regularizer)(params=list(callback.masks.params.values()))
@@ -228,6 +243,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "train_time_s": train_time,
         "wall_time_s": time.perf_counter() - start,
         "config_hash": config_hash(resolved),
+        "group_hash": config_hash(resolved, seedless=True),
         "versions": package_versions(),
         "results_path": str(out / "results.json"),
     }
@@ -244,9 +260,14 @@ def _error(msg: str) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
+    from hydra.types import RunMode
+
     try:
         results = run(cfg)
     except ConfigError as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            print(f"prunelab: error: {exc}", file=sys.stderr)
+            raise  # Hydra marks this job failed; the sweep's other jobs still run
         _error(str(exc))
     return float(results["best_val_acc"] if results["best_val_acc"] is not None
                  else results["test_acc"])

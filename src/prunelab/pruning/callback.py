@@ -85,6 +85,11 @@ class PruningCallback(pl.Callback):
         """Resolve the prunable parameters of ``net`` (idempotent)."""
         if self.masks is None:
             self.masks = self.pruner.prepare(net)
+            reach = self.pruner.max_sparsity(self.masks.params)
+            if self.sparsity > reach:
+                raise PruningConfigError(
+                    f"sparsity={self.sparsity} is beyond what pruner={self.pruner.name} can reach on "
+                    f"this model ({reach:.4f}: the output layer and one channel per layer stay)")
             if self._pending is not None:
                 self._load(self._pending)
                 self._pending = None
@@ -215,6 +220,8 @@ class PruningCallback(pl.Callback):
             "sparsity": self.sparsity,
             "pruner": self.pruner.name,
             "rewind_state": self.rewind_state,
+            "wg": None if self._wg is None else {k: v.detach().cpu() for k, v in self._wg.items()},
+            "accumulating": self._accumulating,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -228,6 +235,11 @@ class PruningCallback(pl.Callback):
             self.masks.load_state_dict(state["masks"])
         self.events_done = list(state.get("events_done", []))
         self.rewind_state = state.get("rewind_state")
+        wg = state.get("wg")
+        if wg is not None:
+            params = self.masks.params
+            self._wg = {k: v.to(params[k].device) for k, v in wg.items()}
+        self._accumulating = bool(state.get("accumulating", False))
 
 
 class FinalSparsityCheckpoint(ModelCheckpoint):

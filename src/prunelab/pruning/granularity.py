@@ -47,15 +47,16 @@ def expand_channels(keep: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 def select_channels(scores: Mapping[str, torch.Tensor], old_keep: Mapping[str, torch.Tensor],
                     target: float, scope: str, channel_sizes: Mapping[str, int],
                     total_elements: int, protected: frozenset[str] = frozenset(),
-                    normalize_global: bool = True) -> dict[str, torch.Tensor]:
+                    normalizers: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
     """Per-channel keep vectors so that ``round(target * total_elements)`` weights are zero, as
     closely as whole channels allow (within one channel of the smallest eligible layer for global
     scope, one channel per layer for layer scope).
 
     Old pruned channels stay pruned; the last channel of a layer is never pruned; ``protected``
     layers keep all their channels (their weights still count in ``total_elements``). Global scope
-    compares ``score / channel_size`` when ``normalize_global`` (so that layers of different fan-in
-    compare), ties broken by layer order then index.
+    compares ``score / normalizers[layer]`` (default: the channel size, so that layers of
+    different fan-in compare), ties broken by layer order then index. A target that whole
+    channels cannot reach (every eligible layer down to one channel) raises ``ValueError``.
     """
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target sparsity {target} outside [0, 1)")
@@ -65,6 +66,10 @@ def select_channels(scores: Mapping[str, torch.Tensor], old_keep: Mapping[str, t
     if not names or goal == 0:
         return out
     eligible = sum(channel_sizes[n] * old_keep[n].numel() for n in names)
+    keepable = sum(channel_sizes[n] for n in names)  # one channel per eligible layer stays
+    if goal > eligible - keepable:
+        raise ValueError(f"target sparsity {target} cannot be reached by whole channels: the "
+                         f"output layer and one channel per layer stay")
     if scope == "layer":
         ratio = min(1.0, goal / eligible)
         for n in names:
@@ -85,7 +90,7 @@ def select_channels(scores: Mapping[str, torch.Tensor], old_keep: Mapping[str, t
         keep = old_keep[n]
         alive[n] = int(keep.sum())
         pruned += int((~keep).sum()) * channel_sizes[n]
-        s = scores[n].float() / (channel_sizes[n] if normalize_global else 1)
+        s = scores[n].float() / (normalizers[n] if normalizers is not None else channel_sizes[n])
         for ci in torch.nonzero(keep).flatten().tolist():
             entries.append((float(s[ci]), li, ci))
     entries.sort()

@@ -178,6 +178,8 @@ class Pruner:
             raise PruningConfigError(
                 f"pruner=nm keeps n={self.n} of every m={self.m}: sparsity must be "
                 f"{self.nm_sparsity:g} (1 - n/m), got sparsity={sparsity}")
+        if self.profile is not None:
+            self.layer_targets(sparsity)  # every layer's scaled target must stay below 1
 
     # -- parameters -------------------------------------------------------------------------------
     def resolve(self, model: nn.Module) -> dict[str, nn.Parameter]:
@@ -224,6 +226,16 @@ class Pruner:
                        for w, cs in coupled_parameters(model, list(params)).items()}
             self._protected = frozenset(self._output_weights(model, params))
         return MaskSet(params, coupled=coupled)
+
+    def max_sparsity(self, params: Mapping[str, torch.Tensor]) -> float:
+        """The highest sparsity this pruner can reach on ``params`` (structured: all but one
+        channel of every unprotected layer; otherwise just below 1)."""
+        if self.granularity != "structured":
+            return 1.0
+        total = sum(p.numel() for p in params.values())
+        removable = sum(p.numel() - p[0].numel() for n, p in params.items()
+                        if n not in self._protected)
+        return removable / total
 
     def coupled_for(self, model: nn.Module, names: Sequence[str]) -> dict | None:
         if self.granularity != "structured":
@@ -275,14 +287,17 @@ class Pruner:
             for n, p in params.items()
         }
         if self.granularity == "structured":
+            sizes = {n: params[n][0].numel() for n in params}
             if self.score == "magnitude":
                 ch = {n: channel_scores(params[n], "norm", self.norm) for n in params}
+                # global scope compares a per-weight value: the norm / size^(1/p)
+                normalizers = {n: sizes[n] ** (1.0 / self.norm) for n in params}
             else:
                 ch = {n: channel_scores(scores[n], "sum") for n in params}
+                normalizers = {n: float(sizes[n]) for n in params}
             keep = select_channels(
-                ch, {n: channel_keep(old_masks[n]) for n in params}, target, self.scope,
-                {n: params[n][0].numel() for n in params},
-                sum(p.numel() for p in params.values()), self._protected)
+                ch, {n: channel_keep(old_masks[n]) for n in params}, target, self.scope, sizes,
+                sum(p.numel() for p in params.values()), self._protected, normalizers)
             return {n: expand_channels(keep[n], params[n].shape) for n in params}
         if self.granularity == "nm":
             per_group = min(self.m - self.n, int(math.floor(target * self.m + 1e-9)))
