@@ -1,0 +1,58 @@
+"""ClassifierModule: epoch metrics, LR scheduling and clipping under manual optimization."""
+
+import functools
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from prunelab.module import ClassifierModule
+
+
+def data(n=100, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=32)  # last batch has 4 samples
+
+
+def trainer(epochs=1):
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False)
+
+
+def test_epoch_train_metrics_equal_sample_weighted_means():
+    torch.manual_seed(0)
+    net = nn.Linear(5, 3)
+    loader = data()
+    with torch.no_grad():
+        x, y = loader.dataset.tensors
+        logits = net(x)
+        loss = F.cross_entropy(logits, y).item()
+        acc = (logits.argmax(1) == y).float().mean().item()
+    module = ClassifierModule(net, 3, optimizer=functools.partial(torch.optim.SGD, lr=0.0))
+    t = trainer()
+    t.fit(module, loader)
+    assert t.callback_metrics["train/loss"].item() == pytest.approx(loss, rel=1e-5)
+    assert t.callback_metrics["train/acc"].item() == pytest.approx(acc, rel=1e-6)
+    assert t.global_step == 4  # optimizer steps counted under manual optimization
+
+
+def test_lr_scheduler_steps_per_epoch_and_clipping_applies():
+    net = nn.Linear(5, 3)
+    sched = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+    module = ClassifierModule(net, 3, optimizer=functools.partial(torch.optim.SGD, lr=1.0),
+                              lr_scheduler=sched, gradient_clip_val=1e-3)
+    before = net.weight.detach().clone()
+    trainer(epochs=2).fit(module, data())
+    assert module.optimizers().param_groups[0]["lr"] == pytest.approx(0.25)
+    # 8 steps with gradient norm clipped to 1e-3 and lr <= 1: the weights barely move
+    assert (net.weight.detach() - before).norm() <= 8 * 1e-3 + 1e-6
+
+
+def test_bad_scheduler_interval():
+    with pytest.raises(ValueError, match="scheduler_interval='batch'; allowed: epoch, step"):
+        ClassifierModule(nn.Linear(5, 3), 3, optimizer=torch.optim.SGD, scheduler_interval="batch")
