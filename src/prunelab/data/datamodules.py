@@ -63,7 +63,9 @@ __all__ = [
 ]
 
 #: Directory of the MNIST IDX files shipped with the package.
-BUNDLED_MNIST_DIR = Path(__file__).resolve().parent / "mnist"
+#: ``data/mnist`` at the top of the repository (src/prunelab/data -> repository root); the files
+#: stay out of the package so that the source tree keeps large data under ``data/``.
+BUNDLED_MNIST_DIR = Path(__file__).resolve().parents[3] / "data" / "mnist"
 
 #: Name of the checksum file (SHA-256 of the decompressed IDX files).
 CHECKSUM_FILE = "SHA256SUMS.uncompressed"
@@ -427,8 +429,9 @@ class MNISTDataModule(_IDXDataModule):
         if self.root is None:
             if self.find_files() is None:
                 raise DataError(
-                    f"mnist files missing from the package directory {BUNDLED_MNIST_DIR} "
-                    "(broken install?): reinstall prunelab or set data.root=<dir>"
+                    f"mnist files missing from the bundled directory {BUNDLED_MNIST_DIR} "
+                    "(install prunelab from its repository with pip install -e .) or set "
+                    "data.root=<dir>"
                 )
             return
         super().prepare_files()
