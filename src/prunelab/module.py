@@ -62,8 +62,10 @@ class ClassifierModule(pl.LightningModule):
         self.regularizer = regularizer
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self._train_sums: torch.Tensor | None = None  # loss * n, correct, penalty (summed)
+        self._train_sums: torch.Tensor | None = None  # loss * n, correct (summed over the epoch)
+        self._penalty_sum: torch.Tensor | None = None  # regularizer penalty summed over steps
         self._train_seen = 0  # samples in the epoch's sums
+        self._train_steps = 0
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets ``_current_fx_name`` around every hook call (about 30 times per training
@@ -84,8 +86,9 @@ class ClassifierModule(pl.LightningModule):
 
     # -- training ---------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        self._train_sums = torch.zeros(3, device=self.device)
-        self._train_seen = 0
+        self._train_sums = torch.zeros(2, device=self.device)
+        self._penalty_sum = torch.zeros((), device=self.device)
+        self._train_seen = self._train_steps = 0
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -107,9 +110,11 @@ class ClassifierModule(pl.LightningModule):
         with torch.no_grad():  # one fused update of the epoch sums (small ops cost ~10 us each)
             n = y.shape[0]
             correct = (logits.detach().argmax(1) == y).sum()
-            pen = penalty.detach() if penalty is not None else loss.new_zeros(())
-            self._train_sums.add_(torch.stack((loss.detach() * n, correct.to(loss.dtype), pen)))
+            self._train_sums.add_(torch.stack((loss.detach() * n, correct.to(loss.dtype))))
+            if penalty is not None:
+                self._penalty_sum.add_(penalty.detach())
             self._train_seen += n
+            self._train_steps += 1
         return total.detach()
 
     def on_train_epoch_end(self) -> None:
@@ -119,8 +124,7 @@ class ClassifierModule(pl.LightningModule):
             self.log("train/loss", s[0] / n, sync_dist=True)
             self.log("train/acc", s[1] / n, prog_bar=True, sync_dist=True)
             if self.regularizer is not None:
-                steps = max(1, self.trainer.num_training_batches)
-                self.log("train/penalty", s[2] / steps, sync_dist=True)
+                self.log("train/penalty", self._penalty_sum / self._train_steps, sync_dist=True)
         if self.scheduler_interval == "epoch":
             self._step_scheduler()
 

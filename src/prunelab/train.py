@@ -110,8 +110,8 @@ def _as_config_error(exc: BaseException) -> BaseException:
     return ConfigError(msg.splitlines()[0] if msg else repr(exc))
 
 
-def validate_top_level(cfg: DictConfig) -> float:
-    """Checks that need no heavy import: sparsity, epochs, pruner=none vs sparsity, resume."""
+def validate_top_level(cfg: DictConfig) -> dict[str, Any]:
+    """Checks that need no heavy import: sparsity, epochs, resume. Returns the checked values."""
     from omegaconf.errors import OmegaConfBaseException
 
     try:
@@ -123,21 +123,19 @@ def validate_top_level(cfg: DictConfig) -> float:
     epochs = cfg.get("epochs")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs={epochs!r} must be an integer >= 1")
-    if cfg.pruner.name == "none" and sparsity > 0:
-        raise ConfigError(f"pruner=none cannot reach sparsity={sparsity}; use sparsity=0 or a "
-                          f"pruning method")
-    resolve_resume(cfg.get("resume"))
-    return sparsity
+    return {"sparsity": sparsity, "resume": resolve_resume(cfg.get("resume"))}
 
 
-def build(cfg: DictConfig) -> dict[str, Any]:
-    """Instantiate and validate everything a run needs, writing nothing. Raises ConfigError."""
+def build(cfg: DictConfig, checked: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Instantiate and validate everything a run needs, writing nothing. Raises ConfigError.
+
+    ``checked``: the result of :func:`validate_top_level` if the caller already ran it."""
     from prunelab.models import check_input_fits
-    from prunelab.pruning import PruningCallback, check_pruner_name
+    from prunelab.pruning import PruningCallback
 
-    sparsity = validate_top_level(cfg)
+    checked = checked if checked is not None else validate_top_level(cfg)
+    sparsity = checked["sparsity"]
     try:
-        check_pruner_name(cfg.pruner.name)
         datamodule = instantiate(cfg.data)
         model_name = _choice("model", _target_name(cfg.model))
         net = instantiate(cfg.model, input_shape=tuple(datamodule.input_shape),
@@ -165,13 +163,12 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         raise _as_config_error(exc) from exc
     return {"datamodule": datamodule, "net": net, "pruner": pruner, "schedule": schedule,
             "callback": callback, "sparsity": sparsity, "model_name": model_name,
-            "regularizer": regularizer,
-            "resume": resolve_resume(cfg.get("resume"))}
+            "regularizer": regularizer, "resume": checked["resume"]}
 
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Train, prune, test and measure one model; write ``results.json``; return the results."""
-    validate_top_level(cfg)  # before the heavy imports: a bad value is answered at once
+    checked = validate_top_level(cfg)  # before the heavy imports: a bad value is answered at once
     import pytorch_lightning as pl
     import torch
 
@@ -193,7 +190,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.hardware.get("threads"):
         torch.set_num_threads(int(cfg.hardware.threads))
-    parts = build(cfg)
+    parts = build(cfg, checked)
     dm, net, callback = parts["datamodule"], parts["net"], parts["callback"]
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 

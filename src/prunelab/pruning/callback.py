@@ -103,9 +103,7 @@ class PruningCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.masks is not None
         # parameters may have been moved or replaced (device transfer, checkpoint restore)
-        net = target_network(pl_module)
-        params = self.pruner.resolve(net)
-        self.masks.rebind(params, self.pruner.coupled_for(net, list(params)))
+        self.masks.rebind(*self.pruner.bindings(target_network(pl_module)))
         self.masks.apply_()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -156,17 +154,17 @@ class PruningCallback(pl.Callback):
         was_training = net.training
         net.train()
         acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+        loss_fn = getattr(pl_module, "loss", None)
+        if not callable(loss_fn):
+            def loss_fn(batch):
+                x, y = batch
+                return torch.nn.functional.cross_entropy(net(x), y)
         seen = 0
         for batch in loader:
             if seen >= self.pruner.score_batches:
                 break
             batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-            loss_fn = getattr(pl_module, "loss", None)
-            if callable(loss_fn):
-                loss = loss_fn(batch)
-            else:
-                x, y = batch
-                loss = torch.nn.functional.cross_entropy(net(x), y)
+            loss = loss_fn(batch)
             grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
             with torch.no_grad():
                 for n, g in zip(names, grads):

@@ -108,29 +108,27 @@ def select_channels(scores: Mapping[str, torch.Tensor], old_keep: Mapping[str, t
     return out
 
 
-def following_norm(model: nn.Module, module_name: str) -> str | None:
-    """The BatchNorm right after ``module_name`` in module order that normalizes its outputs."""
+def _following_norms(model: nn.Module) -> dict[str, str]:
+    """Layer name -> the BatchNorm right after it in module order that normalizes its outputs."""
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    for i, (n, m) in enumerate(leaves):
-        if n == module_name and i + 1 < len(leaves):
-            nxt_name, nxt = leaves[i + 1]
-            out = getattr(m, "out_channels", getattr(m, "out_features", None))
-            if isinstance(nxt, nn.modules.batchnorm._BatchNorm) and nxt.num_features == out:
-                return nxt_name
-    return None
+    out = {}
+    for (name, mod), (nxt_name, nxt) in zip(leaves, leaves[1:]):
+        width = getattr(mod, "out_channels", getattr(mod, "out_features", None))
+        if isinstance(nxt, nn.modules.batchnorm._BatchNorm) and nxt.num_features == width:
+            out[name] = nxt_name
+    return out
 
 
 def coupled_parameters(model: nn.Module, weight_names: list[str]) -> dict[str, list[str]]:
     """For each prunable weight, the parameters whose entries belong to the same output channel:
     its layer's bias and the affine weight and bias of the BatchNorm that follows it."""
     params = dict(model.named_parameters())
+    norms = _following_norms(model)
     out = {}
     for wname in weight_names:
         mod_name = wname.rsplit(".", 1)[0] if "." in wname else ""
-        names = []
-        if f"{mod_name}.bias" in params and params[f"{mod_name}.bias"] is not None:
-            names.append(f"{mod_name}.bias")
-        bn = following_norm(model, mod_name)
+        names = [f"{mod_name}.bias"] if f"{mod_name}.bias" in params else []
+        bn = norms.get(mod_name)
         if bn is not None:
             names += [f"{bn}.{p}" for p in ("weight", "bias") if f"{bn}.{p}" in params]
         out[wname] = names

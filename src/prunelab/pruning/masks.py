@@ -36,7 +36,6 @@ class MaskSet:
                 if cp.dim() != 1 or cp.shape[0] != self._params[w].shape[0]:
                     raise ValueError(f"coupled parameter {cname!r} of shape {tuple(cp.shape)} does "
                                      f"not index the output channels of {w!r}")
-        self._coupled_factors: dict[str, torch.Tensor] = {}
         self._masks: dict[str, torch.Tensor] = {
             n: torch.ones_like(p, dtype=torch.bool) for n, p in self._params.items()
         }
@@ -90,7 +89,7 @@ class MaskSet:
 
     def _refresh_factors(self) -> None:
         self._factors = {}
-        self._coupled_factors = {}
+        coupled_factors = {}
         for n, p in self._params.items():
             m = self._masks[n]
             if m.device != p.device:
@@ -100,7 +99,14 @@ class MaskSet:
             if n in self._coupled:
                 keep = m.reshape(m.shape[0], -1).any(1)
                 for cname, cp in self._coupled[n].items():
-                    self._coupled_factors[cname] = keep.to(device=cp.device, dtype=cp.dtype)
+                    coupled_factors[cname] = keep.to(device=cp.device, dtype=cp.dtype)
+        # the flat lists apply_() multiplies, built once per mask change, not once per step
+        self._apply_params = list(self._params.values())
+        self._apply_factors = [self._factors[n] for n in self._params]
+        for group in self._coupled.values():
+            for cname, cp in group.items():
+                self._apply_params.append(cp)
+                self._apply_factors.append(coupled_factors[cname])
 
     @property
     def coupled(self) -> dict[str, dict[str, nn.Parameter]]:
@@ -120,17 +126,10 @@ class MaskSet:
     @torch.no_grad()
     def apply_(self) -> None:
         """Zero every pruned element in place (one fused multiply over all tensors)."""
-        params = list(self._params.values())
-        factors = [self._factors[n] for n in self._params]
-        if params[0].device != factors[0].device or params[0].dtype != factors[0].dtype:
+        first, factor = self._apply_params[0], self._apply_factors[0]
+        if first.device != factor.device or first.dtype != factor.dtype:  # module moved or cast
             self._refresh_factors()
-            factors = [self._factors[n] for n in self._params]
-        if self._coupled_factors:
-            for group in self._coupled.values():
-                for cname, cp in group.items():
-                    params.append(cp)
-                    factors.append(self._coupled_factors[cname])
-        torch._foreach_mul_(params, factors)
+        torch._foreach_mul_(self._apply_params, self._apply_factors)
 
     @torch.no_grad()
     def apply_to_grads_(self) -> None:

@@ -215,17 +215,21 @@ class Pruner:
                     f"prunable: {', '.join(names)}")
         return {n: named[n] for n in names}
 
-    def prepare(self, model: nn.Module) -> MaskSet:
-        """Resolve the prunable parameters of ``model`` into a fresh :class:`MaskSet` (with the
-        coupled bias / BatchNorm parameters for structured pruning)."""
+    def bindings(self, model: nn.Module) -> tuple[dict[str, nn.Parameter], dict | None]:
+        """The prunable parameters of ``model`` and, for structured pruning, the bias / BatchNorm
+        parameters coupled to each one's output channels (``MaskSet``'s two arguments)."""
         params = self.resolve(model)
-        coupled = None
-        if self.granularity == "structured":
-            named = dict(model.named_parameters())
-            coupled = {w: {c: named[c] for c in cs}
-                       for w, cs in coupled_parameters(model, list(params)).items()}
-            self._protected = frozenset(self._output_weights(model, params))
-        return MaskSet(params, coupled=coupled)
+        if self.granularity != "structured":
+            return params, None
+        named = dict(model.named_parameters())
+        coupled = {w: {c: named[c] for c in cs}
+                   for w, cs in coupled_parameters(model, list(params)).items()}
+        self._protected = frozenset(self._output_weights(model, params))
+        return params, coupled
+
+    def prepare(self, model: nn.Module) -> MaskSet:
+        """A fresh :class:`MaskSet` over ``model``'s prunable (and coupled) parameters."""
+        return MaskSet(*self.bindings(model))
 
     def max_sparsity(self, params: Mapping[str, torch.Tensor]) -> float:
         """The highest sparsity this pruner can reach on ``params`` (structured: all but one
@@ -236,12 +240,6 @@ class Pruner:
         removable = sum(p.numel() - p[0].numel() for n, p in params.items()
                         if n not in self._protected)
         return removable / total
-
-    def coupled_for(self, model: nn.Module, names: Sequence[str]) -> dict | None:
-        if self.granularity != "structured":
-            return None
-        named = dict(model.named_parameters())
-        return {w: {c: named[c] for c in cs} for w, cs in coupled_parameters(model, list(names)).items()}
 
     @staticmethod
     def _output_weights(model: nn.Module, params: Mapping[str, nn.Parameter]) -> list[str]:
@@ -280,15 +278,18 @@ class Pruner:
         """New keep-masks at the cumulative ``target`` sparsity."""
         if self.is_dense:
             raise PruningConfigError("pruner=none does not prune; use sparsity=0")
-        fn = get_score(self.score)
-        gen = self.generator(event)
-        scores = {
-            n: fn(p, ScoreContext(name=n, generator=gen, stats=(stats or {}).get(n, {})))
-            for n, p in params.items()
-        }
+        if self.granularity == "structured" and self.score == "magnitude":
+            scores = None  # channels are ranked by the norm of their weights directly
+        else:
+            fn = get_score(self.score)
+            gen = self.generator(event)
+            scores = {
+                n: fn(p, ScoreContext(name=n, generator=gen, stats=(stats or {}).get(n, {})))
+                for n, p in params.items()
+            }
         if self.granularity == "structured":
             sizes = {n: params[n][0].numel() for n in params}
-            if self.score == "magnitude":
+            if scores is None:
                 ch = {n: channel_scores(params[n], "norm", self.norm) for n in params}
                 # global scope compares a per-weight value: the norm / size^(1/p)
                 normalizers = {n: sizes[n] ** (1.0 / self.norm) for n in params}

@@ -59,23 +59,20 @@ def random(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
     return torch.rand(param.shape, generator=ctx.generator, device="cpu").to(param.device)
 
 
-def _accumulated_wg(ctx: ScoreContext, score: str) -> torch.Tensor:
+def accumulated_wg(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
+    """|w * dL/dw| summed over batches, gathered by the PruningCallback (``ctx.stats["wg"]``).
+
+    Registered twice; the two methods differ in *when* the callback gathers it:
+    ``taylor``: first-order Taylor importance over the batches of the epoch before each pruning
+    step (Molchanov et al. 2017/2019); ``snip``: connection sensitivity at initialization over a
+    few batches (Lee et al. 2019; its normalization by the sum does not change the ranking).
+    """
     wg = ctx.stats.get("wg")
     if wg is None:
-        raise RuntimeError(f"score={score} needs accumulated |w * grad| for {ctx.name!r}; none was "
-                           f"gathered (is the PruningCallback driving this pruner?)")
+        raise RuntimeError(f"gradient scores need accumulated |w * grad| for {ctx.name!r}; none "
+                           f"was gathered (is the PruningCallback driving this pruner?)")
     return wg.float()
 
 
-@register_score("taylor", needs_gradients=True)
-def taylor(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
-    """First-order Taylor importance |w * dL/dw|, summed over the batches of the epoch before
-    the pruning step (Molchanov et al. 2017/2019)."""
-    return _accumulated_wg(ctx, "taylor")
-
-
-@register_score("snip", needs_gradients=True)
-def snip(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
-    """Connection sensitivity |w * dL/dw| at initialization over a few batches (Lee et al. 2019,
-    SNIP); the paper's normalization by the sum does not change the ranking."""
-    return _accumulated_wg(ctx, "snip")
+register_score("taylor", needs_gradients=True)(accumulated_wg)
+register_score("snip", needs_gradients=True)(accumulated_wg)
