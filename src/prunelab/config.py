@@ -86,8 +86,33 @@ def _profile_sparsity(path: Any) -> float:
     return load_profile(path)["target_sparsity"]
 
 
+@dataclass
+class LotteryConf:
+    """``python -m prunelab.lottery``: iterative magnitude pruning with rewinding."""
+
+    levels: int = 12  # pruning levels after the dense level 0 (runs levels 0..levels)
+    prune_fraction: float = 0.2  # fraction of the remaining weights pruned per level
+    output_fraction: Optional[float] = None  # the output layer's fraction (null: prune_fraction)
+    layer_fractions: dict[str, float] = field(default_factory=dict)  # glob -> fraction per level
+    scope: str = "layer"  # layer | global (layers with their own fraction stay layer-wise)
+    rewind_step: int = 0  # 0 = rewind to initialization; k = to iteration k of level 0
+    rewind_epoch: Optional[int] = None  # alternative to rewind_step: the start of this epoch
+    control: str = "none"  # none | random_reinit | random_mask
+    masks_from: Optional[str] = None  # controls: a finished ticket run (control=none) to take masks from
+    include: Optional[list[str]] = None  # prunable parameter globs (null: Linear/Conv weights)
+    exclude: list[str] = field(default_factory=list)
+
+
+def _lottery_dir(resume: Any, override_dirname: Any) -> str:
+    """The run directory of ``prunelab.lottery``: ``resume`` if given, else one named by the
+    command's overrides, so that rerunning the same command continues the same run."""
+    if resume not in (None, "", "None"):
+        return str(resume)
+    return f"outputs/lottery/{override_dirname or 'default'}"
+
+
 RESOLVERS = {"epochs_frac": _epochs_frac, "nm_sparsity": _nm_sparsity,
-             "profile_sparsity": _profile_sparsity}
+             "profile_sparsity": _profile_sparsity, "lottery_dir": _lottery_dir}
 
 
 def register_configs() -> None:
@@ -100,6 +125,7 @@ def register_configs() -> None:
     cs.store(group="schema/schedule", name="base_oneshot", node=OneShotConf)
     cs.store(group="schema/schedule", name="base_iterative", node=IterativeConf)
     cs.store(group="schema/schedule", name="base_gradual", node=GradualConf)
+    cs.store(group="schema/lottery", name="base_lottery", node=LotteryConf)
 
 
 register_configs()

@@ -2,7 +2,9 @@
 
 ``python -m prunelab.report <sweep dir>`` prints the table and writes ``summary.csv`` and
 ``summary.md`` beside the runs; Hydra multiruns of ``prunelab.train`` do the same at their end
-(:class:`prunelab.hydra_callbacks.SweepSummary`).
+(:class:`prunelab.hydra_callbacks.SweepSummary`). Lottery runs (``prunelab.lottery``) below the
+directory get their own report: ``lottery_report.md|csv`` (mean and spread over seeds per control
+and level) and ``lottery.png`` (accuracy against percent of weights remaining).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def collect(directory: str | Path) -> list[dict[str, Any]]:
             res = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
+        if res.get("kind") == "lottery_level":
+            continue  # a level of a lottery run: see collect_lottery
         res["run_dir"] = str(path.parent)
         rows.append(res)
     return rows
@@ -84,10 +88,151 @@ def markdown(summary: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- lottery tickets ---------------------------------------------------------------------------------
+CONTROL_ORDER = {"none": 0, "random_reinit": 1, "random_mask": 2}
+
+
+def collect_lottery(directory: str | Path) -> list[dict[str, Any]]:
+    """The finished levels of every lottery run under ``directory`` (a control's own copy of its
+    ticket, ``<run>/ticket/``, is left out: the ticket run itself is counted)."""
+    from prunelab.lottery import read_levels
+
+    rows = []
+    for meta in sorted(Path(directory).rglob("lottery.json")):
+        try:
+            if json.loads(meta.read_text()).get("internal"):
+                continue
+        except (OSError, json.JSONDecodeError):
+            continue
+        rows.extend(read_levels(meta.parent))
+    return rows
+
+
+def lottery_curves(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (config, control, level), seeds combined: mean and std of test accuracy."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r.get("group_hash"), r["control"], r["level"])].append(r)
+    out = []
+    for (g, control, level), rs in groups.items():
+        accs = [r["test_acc"] for r in rs]
+        lasts = [r["test_acc_last"] for r in rs]
+        its = [r["best_val_iteration"] for r in rs if r.get("best_val_iteration") is not None]
+        out.append({
+            "model": rs[0].get("model"), "data": rs[0].get("data"), "group_hash": g,
+            "control": control, "level": level,
+            "percent_remaining": statistics.mean(r["percent_remaining"] for r in rs),
+            "seeds": len(rs),
+            "test_acc_mean": statistics.mean(accs),
+            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "test_acc_last_mean": statistics.mean(lasts),
+            "best_val_iteration_mean": statistics.mean(its) if its else None,
+            "iterations": max(r["iterations"] for r in rs),
+            "wall_time_s": statistics.mean(r["wall_time_s"] for r in rs),
+        })
+    out.sort(key=lambda r: (str(r["group_hash"]), CONTROL_ORDER.get(r["control"], 9), r["level"]))
+    return out
+
+
+LOTTERY_COLUMNS = [("model", "model"), ("control", "control"), ("level", "level"),
+                   ("percent_remaining", "% weights"), ("test_acc_mean", "test acc"),
+                   ("test_acc_std", "std"), ("test_acc_last_mean", "test acc (last)"),
+                   ("best_val_iteration_mean", "best-val it"), ("seeds", "seeds"),
+                   ("iterations", "its/level"), ("wall_time_s", "wall s")]
+
+
+def _lfmt(key: str, v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if key in ("test_acc_mean", "test_acc_std", "test_acc_last_mean"):
+        return f"{100 * v:.2f}"
+    if key == "percent_remaining":
+        return f"{v:.2f}"
+    if key in ("best_val_iteration_mean", "wall_time_s"):
+        return f"{v:.0f}" if key == "best_val_iteration_mean" else f"{v:.1f}"
+    return str(v)
+
+
+def write_table(stem: Path, curves: Sequence[dict[str, Any]]) -> str:
+    """``<stem>.md`` and ``<stem>.csv`` of lottery curves; returns the markdown."""
+    stem = Path(stem)
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(curves[0]))
+        w.writeheader()
+        w.writerows(curves)
+    lines = ["| " + " | ".join(h for _, h in LOTTERY_COLUMNS) + " |",
+             "|" + "---|" * len(LOTTERY_COLUMNS)]
+    for r in curves:
+        lines.append("| " + " | ".join(_lfmt(k, r[k]) for k, _ in LOTTERY_COLUMNS) + " |")
+    md = "\n".join(lines) + "\n"
+    stem.with_suffix(".md").write_text(md)
+    return md
+
+
+def plot_lottery(curves: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Test accuracy against percent of weights remaining (log axis, decreasing to the right),
+    one line per control (error bars: std over seeds), the dense level as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in curves:
+        series[(r["group_hash"], r["control"])].append(r)
+    several = len({g for g, _ in series}) > 1
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    banded = set()
+    for (g, control), rs in series.items():
+        rs = sorted(rs, key=lambda r: r["level"])
+        dense = [r for r in rs if r["level"] == 0]
+        if dense and g not in banded:
+            m, s = 100 * dense[0]["test_acc_mean"], 100 * dense[0]["test_acc_std"]
+            ax.axhspan(m - max(s, 0.01), m + max(s, 0.01), color="grey", alpha=0.25,
+                       label="dense" + (f" ({rs[0]['model']})" if several else ""))
+            banded.add(g)
+        label = control if control != "none" else "winning ticket"
+        if several:
+            label = f"{rs[0]['model']}/{rs[0]['data']} {label}"
+        ax.errorbar([r["percent_remaining"] for r in rs], [100 * r["test_acc_mean"] for r in rs],
+                    yerr=[100 * r["test_acc_std"] for r in rs], marker="o", ms=3, capsize=2,
+                    label=label)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("percent of weights remaining")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "lottery tickets")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_lottery_report(directory: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
+    """``lottery_report.md|csv`` and ``lottery.png`` for the lottery runs under ``directory``."""
+    directory = Path(directory)
+    curves = lottery_curves(collect_lottery(directory))
+    if not curves:
+        return []
+    md = write_table(directory / "lottery_report", curves)
+    seeds = max(r["seeds"] for r in curves)
+    plot_lottery(curves, directory / "lottery.png",
+                 title=f"lottery tickets, mean of {seeds} seed(s)")
+    if not quiet:
+        print(md, end="")
+        print(f"wrote {directory / 'lottery_report.md'}, lottery_report.csv and lottery.png")
+    return curves
+
+
 def write_report(directory: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
     directory = Path(directory)
+    lottery = write_lottery_report(directory, quiet=quiet)
     summary = summarize(collect(directory))
     if not summary:
+        if lottery:
+            return lottery
         raise FileNotFoundError(f"no results.json under {directory}")
     with open(directory / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(summary[0]))
@@ -104,7 +249,7 @@ def write_report(directory: str | Path, quiet: bool = False) -> list[dict[str, A
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m prunelab.report <directory with results.json files>", file=sys.stderr)
+        print("usage: python -m prunelab.report <directory with prunelab.train or prunelab.lottery runs>", file=sys.stderr)
         sys.exit(2)
     try:
         write_report(args[0])

@@ -40,7 +40,7 @@ def known_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def check_overrides(argv: list[str]) -> None:
+def check_overrides(argv: list[str], groups: tuple[str, ...] = CHECKED_GROUPS) -> None:
     """Reject unknown group options (``pruner=magnitud``) with a one-line error listing the known
     ones, before Hydra composes anything."""
     for arg in argv:
@@ -51,12 +51,15 @@ def check_overrides(argv: list[str]) -> None:
         if key.startswith("override "):
             key = key[len("override "):]
         key = key.strip("/")
-        if key not in CHECKED_GROUPS or "(" in value or value in ("", "null"):
+        if key not in groups or "(" in value or value in ("", "null"):
             continue
         known = known_options(key)
         for v in value.split(","):
             if v not in known:
                 raise ConfigError(f"unknown {key}={v!r}; known: {', '.join(known)}")
+            if groups is CHECKED_GROUPS and key == "experiment" and v.startswith("lth_"):
+                raise ConfigError(f"experiment={v} is a lottery-ticket experiment: run python -m "
+                                  f"prunelab.lottery experiment={v}")
 
 
 def _choice(group: str, default: str) -> str:
