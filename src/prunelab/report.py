@@ -198,6 +198,14 @@ def plot_lottery(curves: Sequence[dict[str, Any]], path: Path, title: str = "") 
                     yerr=[100 * r["test_acc_std"] for r in rs], marker="o", ms=3, capsize=2,
                     label=label)
     ax.set_xscale("log")
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    xs = [r["percent_remaining"] for r in curves]
+    ticks = [t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1)
+             if min(xs) / 1.5 <= t <= max(xs) * 1.01]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.invert_xaxis()
     ax.set_xlabel("percent of weights remaining")
     ax.set_ylabel("test accuracy (%)")
