@@ -1,0 +1,123 @@
+"""Unstructured sparsity on the CPU: Linear layers through a CSR kernel, where that is faster.
+
+A sparse kernel pays off only above some sparsity, layer size and batch size, and where exactly
+depends on the CPU, so :func:`sparsify` measures: for every Linear layer it times the dense
+``F.linear`` and the CSR product (int32 indices, ``torch.addmm`` with a contiguous ``x^T``) on
+inputs of the layer's real shape at each batch size asked for, and swaps in :class:`SparseLinear`
+only where the sparse one is faster at every batch size. Every decision and timing is returned.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _csr32(weight: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        csr = weight.detach().to_sparse_csr()
+        return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32),
+                                       csr.col_indices().to(torch.int32), csr.values(),
+                                       csr.shape)
+
+
+class SparseLinear(nn.Module):
+    """``nn.Linear`` with its weight stored as a CSR matrix (only the non-zeros)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", _csr32(linear.weight))
+        bias = linear.bias.detach().clone() if linear.bias is not None else \
+            torch.zeros(linear.out_features, dtype=linear.weight.dtype)
+        self.register_buffer("bias", bias.reshape(-1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        y = torch.addmm(self.bias, self.weight, x2.t().contiguous()).t()
+        return y.reshape(*lead, self.out_features)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.weight.values().numel())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}"
+
+
+def _median_ms(fn, x: torch.Tensor, warmup: int, runs: int) -> float:
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn(x)
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t)
+    times.sort()
+    return 1e3 * times[len(times) // 2]
+
+
+@dataclass
+class LayerChoice:
+    name: str
+    shape: tuple[int, int]
+    sparsity: float
+    dense_ms: dict[int, float]
+    sparse_ms: dict[int, float]
+    sparse: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "sparsity": self.sparsity,
+                "dense_ms": self.dense_ms, "sparse_ms": self.sparse_ms, "sparse": self.sparse,
+                "speedup": {b: self.dense_ms[b] / self.sparse_ms[b] for b in self.dense_ms}}
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)
+
+
+@torch.no_grad()
+def sparsify(model: nn.Module, batch_sizes: Sequence[int] = (1, 64), min_sparsity: float = 0.5,
+             warmup: int = 20, runs: int = 100, threads: int | None = None,
+             ) -> tuple[nn.Module, list[LayerChoice]]:
+    """Swap (in place) each Linear of ``model`` with at least ``min_sparsity`` zeros for a
+    :class:`SparseLinear` where the CSR kernel measured faster at every batch size. Returns the
+    model and one :class:`LayerChoice` per candidate layer (both timings, the decision)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    choices = []
+    try:
+        for name, mod in list(model.named_modules()):
+            if not isinstance(mod, nn.Linear):
+                continue
+            w = mod.weight.detach()
+            sparsity = float((w == 0).float().mean())
+            if sparsity < min_sparsity:
+                continue
+            cand = SparseLinear(mod)
+            dense_ms, sparse_ms = {}, {}
+            for b in batch_sizes:
+                x = torch.randn(int(b), mod.in_features, generator=torch.Generator().manual_seed(b))
+                dense_ms[int(b)] = _median_ms(lambda t: F.linear(t, mod.weight, mod.bias), x,
+                                              warmup, runs)
+                sparse_ms[int(b)] = _median_ms(cand, x, warmup, runs)
+            faster = all(sparse_ms[b] < dense_ms[b] for b in dense_ms)
+            choices.append(LayerChoice(name, tuple(w.shape), sparsity, dense_ms, sparse_ms, faster))
+            if faster:
+                _set_module(model, name, cand)
+    finally:
+        torch.set_num_threads(previous)
+    return model, choices

@@ -1,0 +1,376 @@
+"""From a pruned run to a deployable model: variants, measured side by side, and ONNX export.
+
+``python -m prunelab.measure run=<run dir>`` builds, from the run's best checkpoint:
+
+- ``dense``: the pruned network as trained (zeros stored, dense kernels);
+- ``sparse``: Linear layers through the CSR kernel where measurement says it is faster
+  (:func:`prunelab.compress.sparse.sparsify`; only when some Linear is at least half zeros);
+- ``compact``: dead channels removed (:func:`prunelab.compress.compact.compact`; only when the
+  run's structured pruning left whole channels at zero);
+- ``int8``: post-training int8 quantization of the compact (else the dense) network.
+
+and measures each at the same time, in alternating order: latency (warm-up, median of at least
+``runs`` runs, ``torch.inference_mode``, threads from ``threads``), test accuracy, size on disk of
+the file it would ship as. ``python -m prunelab.export run=<run dir> format=onnx [compact=true]
+[quantize=int8]`` writes an ONNX file, checks it with onnxruntime against PyTorch and prints its
+size and latency beside the dense model's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from prunelab.runs import RunError, load_run, locate_checkpoint
+
+
+class DeployError(RunError):
+    """Bad input to measure / export (one-line message)."""
+
+
+@dataclass
+class MeasureConf:
+    run: Optional[str] = None  # a prunelab.train run directory or checkpoint
+    checkpoint: str = "best"  # best | last
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
+    runs: int = 50  # timed runs per batch size (median), after warmup
+    warmup: int = 10
+    rounds: int = 3  # the variants are timed in turn, this many times (A B C A B C ...)
+    threads: Optional[int] = None  # torch threads (null: PyTorch's default)
+    sparse: bool = True  # try the CSR path for sparse Linear layers
+    quantize: bool = True  # add the int8 variant
+    calibration_batches: int = 8  # static quantization (conv nets)
+    eval_batches: Optional[int] = None  # test batches for accuracy (null: the whole test set)
+    out: Optional[str] = None  # output directory (default: <run>/deploy)
+
+
+@dataclass
+class ExportConf:
+    run: Optional[str] = None
+    checkpoint: str = "best"
+    format: str = "onnx"
+    compact: bool = False
+    quantize: str = "none"  # none | int8
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
+    runs: int = 50
+    threads: Optional[int] = None
+    atol: float = 1e-4  # float export: max |onnxruntime - torch|
+    out: Optional[str] = None  # default: <run>/export
+
+
+def parse_args(schema: type, argv: Sequence[str]) -> Any:
+    """``key=value`` arguments over a dataclass schema; unknown keys and bad types are one-line
+    errors."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise DeployError(f"argument {bad[0]!r} is not key=value; allowed keys: "
+                          f"{', '.join(schema.__dataclass_fields__)}")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(list(argv)))
+    except OmegaConfBaseException as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DeployError(f"{first}; allowed keys: {', '.join(schema.__dataclass_fields__)}") \
+            from None
+    return cfg
+
+
+# -- loading -----------------------------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    cfg: Any
+    net: nn.Module
+    dm: Any
+    ckpt: Path
+    run_dir: Path
+    prunable: list[str]
+    input_shape: tuple[int, ...]
+    results: dict[str, Any]
+
+
+def load(run: str | None, checkpoint: str = "best") -> LoadedRun:
+    from prunelab.pruning import Pruner
+
+    ckpt = locate_checkpoint(run, checkpoint)
+    cfg, net, dm = load_run(ckpt)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    pcfg = cfg.get("pruner") or {}
+    prunable = list(Pruner(include=pcfg.get("include"), exclude=pcfg.get("exclude"))
+                    .resolve(net))
+    res_path = run_dir / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.is_file() else {}
+    return LoadedRun(cfg, net.float().cpu().eval(), dm, ckpt, run_dir, prunable,
+                     tuple(dm.input_shape), results)
+
+
+def structured_report(run: LoadedRun) -> tuple[nn.Module, Any]:
+    """The compact network and its report; a DeployError when nothing can be removed."""
+    from prunelab.compress.compact import compact
+
+    small, report = compact(run.net, run.input_shape)
+    if report.params_after >= report.params_before:
+        zeros = sum(int((dict(run.net.named_parameters())[n] == 0).sum()) for n in run.prunable)
+        kind = run.results.get("granularity") or run.cfg.get("pruner", {}).get("granularity")
+        raise DeployError(
+            f"run={str(run.run_dir)!r} has no whole channel at zero ({zeros} zero weights, "
+            f"granularity={kind}): compaction removes nothing; prune channels with "
+            f"pruner=structured, or use the sparse (CSR) path of python -m prunelab.measure for "
+            f"unstructured sparsity")
+    return small, report
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def accuracy(net: nn.Module, loader, max_batches: int | None = None) -> float:
+    correct = total = 0
+    with torch.inference_mode():
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            pred = net(x.float().cpu()).argmax(1)
+            correct += int((pred == y.cpu()).sum())
+            total += int(y.numel())
+    return correct / max(total, 1)
+
+
+def time_alternating(models: dict[str, nn.Module], input_shape: Sequence[int],
+                     batch_sizes: Sequence[int], runs: int, warmup: int, rounds: int,
+                     threads: int | None) -> dict[str, dict[str, float]]:
+    """Median latency (ms) per model and batch size, the models timed in turn (A B C A B C ...)
+    for ``rounds`` rounds of ``runs`` runs after ``warmup`` runs each."""
+    from statistics import median
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batch_sizes} for k in models}
+    try:
+        with torch.inference_mode():
+            for b in batch_sizes:
+                x = torch.randn(int(b), *input_shape, generator=torch.Generator().manual_seed(b))
+                for m in models.values():
+                    m.eval()
+                    for _ in range(warmup):
+                        m(x)
+                for _ in range(rounds):
+                    for k, m in models.items():
+                        for _ in range(runs):
+                            t = time.perf_counter()
+                            m(x)
+                            times[k][b].append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(previous)
+    return {k: {f"batch_{b}": 1e3 * median(v) for b, v in d.items()} for k, d in times.items()}
+
+
+def file_size(obj: Any, path: Path) -> int:
+    torch.save(obj, path)
+    return path.stat().st_size
+
+
+def measure_run(conf: Any) -> dict[str, Any]:
+    """Build the variants of a run and measure them side by side (see the module doc)."""
+    from prunelab.compress.compact import CompactionError, compact
+    from prunelab.compress.quantize import count_int8_zeros, quantize_int8, save_int8_sparse
+    from prunelab.compress.sparse import sparsify
+    from prunelab.measure import count_macs, save_sparse_state_dict
+
+    if not conf.batch_sizes or any(b < 1 for b in conf.batch_sizes):
+        raise DeployError(f"batch_sizes={list(conf.batch_sizes)} must be integers >= 1")
+    if conf.runs < 1:
+        raise DeployError(f"runs={conf.runs} must be >= 1")
+    run = load(conf.run, conf.checkpoint)
+    out = Path(conf.out) if conf.out else run.run_dir / "deploy"
+    out.mkdir(parents=True, exist_ok=True)
+    run.dm.setup("fit")
+    run.dm.setup("test")
+    models: dict[str, nn.Module] = {"dense": run.net}
+    info: dict[str, dict[str, Any]] = {"dense": {
+        "file": "model_dense.pt", "bytes": file_size(run.net.state_dict(), out / "model_dense.pt"),
+        "macs": count_macs(run.net, run.input_shape)["dense"]}}
+    info["dense"]["sparse_file_bytes"] = _sparse_bytes(run.net, out, save_sparse_state_dict)
+    if conf.sparse:
+        sp, choices = sparsify(copy.deepcopy(run.net), batch_sizes=conf.batch_sizes,
+                               threads=conf.threads)
+        if choices:
+            models["sparse"] = sp
+            info["sparse"] = {"file": "model_sparse.pt", "bytes": info["dense"]["sparse_file_bytes"],
+                              "macs": count_macs(run.net, run.input_shape)["effective"],
+                              "layers": [c.as_dict() for c in choices]}
+    base = run.net
+    try:
+        small, report = compact(run.net, run.input_shape)
+    except CompactionError:
+        small, report = None, None
+    if report is not None and report.params_after < report.params_before:
+        models["compact"] = small
+        base = small
+        info["compact"] = {"file": "model_compact.pt",
+                           "bytes": file_size(small.state_dict(), out / "model_compact.pt"),
+                           "macs": count_macs(small, run.input_shape)["dense"],
+                           "compaction": report.as_dict()}
+    if conf.quantize:
+        calib = [x for i, (x, _) in zip(range(conf.calibration_batches),
+                                        run.dm.train_dataloader())]
+        q, mode = quantize_int8(base, run.input_shape, calib)
+        models["int8"] = q
+        info["int8"] = {"file": "model_int8_sparse.pt", "mode": mode,
+                        "of": "compact" if base is not run.net else "dense",
+                        "bytes": save_int8_sparse(q, out / "model_int8_sparse.pt"),
+                        "int8_zeros": count_int8_zeros(q)}
+    latency = time_alternating(models, run.input_shape, conf.batch_sizes, conf.runs, conf.warmup,
+                               conf.rounds, conf.threads)
+    loader = run.dm.test_dataloader()
+    for k, m in models.items():
+        info[k]["latency_ms"] = latency[k]
+        info[k]["test_acc"] = accuracy(m, loader, conf.eval_batches)
+    dense = info["dense"]
+    for k, v in info.items():
+        v["speedup"] = {b: dense["latency_ms"][b] / v["latency_ms"][b] for b in v["latency_ms"]}
+        v["size_ratio"] = dense["bytes"] / v["bytes"]
+        if "macs" in v:
+            v["macs_reduction"] = dense["macs"] / max(v["macs"], 1)
+    result = {"run": str(run.run_dir), "checkpoint": str(run.ckpt), "threads": conf.threads
+              or torch.get_num_threads(), "batch_sizes": list(conf.batch_sizes),
+              "runs": conf.runs, "rounds": conf.rounds, "variants": info,
+              "model": run.results.get("model"), "pruner": run.results.get("pruner"),
+              "sparsity": run.results.get("sparsity", {}).get("global")}
+    (out / "measure.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print_table(result)
+    print(f"wrote {out / 'measure.json'}")
+    return result
+
+
+def _sparse_bytes(net: nn.Module, out: Path, save) -> int:
+    path = out / "model_sparse.pt"
+    save(net.state_dict(), path)
+    return path.stat().st_size
+
+
+def print_table(result: dict[str, Any]) -> None:
+    bs = result["batch_sizes"]
+    head = ["variant", "test acc", "size", "x smaller"] + [f"ms @{b}" for b in bs] + \
+        [f"speedup @{b}" for b in bs] + ["MACs /"]
+    lines = [" | ".join(head)]
+    for k, v in result["variants"].items():
+        row = [k, f"{100 * v['test_acc']:.2f}", f"{v['bytes'] / 1e3:.1f} KB", f"{v['size_ratio']:.1f}"]
+        row += [f"{v['latency_ms'][f'batch_{b}']:.3f}" for b in bs]
+        row += [f"{v['speedup'][f'batch_{b}']:.2f}" for b in bs]
+        row += [f"{v['macs_reduction']:.2f}" if "macs_reduction" in v else "-"]
+        lines.append(" | ".join(row))
+    print(f"run {result['run']} ({result['threads']} threads)")
+    print("\n".join(lines))
+
+
+# -- export ------------------------------------------------------------------------------------------
+def export_run(conf: Any) -> dict[str, Any]:
+    """Write an ONNX file of the run, validate it with onnxruntime, measure it."""
+    import warnings
+
+    if conf.format != "onnx":
+        raise DeployError(f"format={conf.format!r}; allowed: onnx")
+    if conf.quantize not in ("none", "int8"):
+        raise DeployError(f"quantize={conf.quantize!r}; allowed: none, int8")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DeployError("format=onnx needs onnx and onnxruntime: pip install "
+                          "'prunelab[deploy]'") from None
+    run = load(conf.run, conf.checkpoint)
+    net = run.net
+    if conf.compact:
+        net, _ = structured_report(run)
+    out = Path(conf.out) if conf.out else run.run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "model" + ("_compact" if conf.compact else "") + ("_int8" if conf.quantize == "int8" else "")
+    fp32 = out / f"{stem.replace('_int8', '')}.onnx"
+    x = torch.randn(4, *run.input_shape, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (x,), str(fp32), dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"},
+                                                                 "logits": {0: "batch"}},
+                          opset_version=17)
+    path = fp32
+    if conf.quantize == "int8":
+        import logging
+
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        path = out / f"{stem}.onnx"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # onnxruntime's advice to pre-process first
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+    # PyTorch first: onnxruntime's idle worker threads would otherwise share the cores
+    lat_dense = time_alternating({"dense": run.net}, run.input_shape, conf.batch_sizes, conf.runs,
+                                 10, 1, conf.threads)["dense"]
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if conf.threads:
+        opts.intra_op_num_threads = int(conf.threads)
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        ref = run.net(x).numpy()
+    got = sess.run(None, {"input": x.numpy()})[0]
+    diff = float(abs(got - ref).max())
+    agree = float((got.argmax(1) == ref.argmax(1)).mean())
+    if conf.quantize == "none" and diff > conf.atol:
+        raise DeployError(f"the ONNX model differs from PyTorch by {diff:.2e} > atol={conf.atol}")
+    lat_onnx = _ort_latency(sess, run.input_shape, conf.batch_sizes, conf.runs)
+    dense_bytes = file_size(run.net.state_dict(), out / "model_dense.pt")
+    result = {"run": str(run.run_dir), "onnx": str(path), "bytes": path.stat().st_size,
+              "dense_bytes": dense_bytes, "max_abs_diff": diff, "argmax_agreement": agree,
+              "latency_ms": lat_onnx, "dense_latency_ms": lat_dense, "compact": conf.compact,
+              "quantize": conf.quantize}
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.1f} KB; dense PyTorch weights "
+          f"{dense_bytes / 1e3:.1f} KB)")
+    print(f"onnxruntime vs PyTorch: max |diff| {diff:.2e}, same class on {100 * agree:.1f}% of the "
+          f"check batch")
+    for b in conf.batch_sizes:
+        k = f"batch_{b}"
+        print(f"batch {b}: onnxruntime {lat_onnx[k]:.3f} ms, dense PyTorch {lat_dense[k]:.3f} ms")
+    return result
+
+
+def _ort_latency(sess, input_shape, batch_sizes, runs) -> dict[str, float]:
+    from statistics import median
+
+    out = {}
+    for b in batch_sizes:
+        x = torch.randn(int(b), *input_shape).numpy()
+        for _ in range(10):
+            sess.run(None, {"input": x})
+        ts = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            sess.run(None, {"input": x})
+            ts.append(time.perf_counter() - t)
+        out[f"batch_{b}"] = 1e3 * median(ts)
+    return out
+
+
+def cli(fn, schema: type, argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        fn(parse_args(schema, args))
+    except RunError as exc:
+        print(f"prunelab: error: {exc}", file=sys.stderr)
+        sys.exit(2)

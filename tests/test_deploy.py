@@ -1,0 +1,186 @@
+"""Deployment: measured variants of a run, int8 zeros, ONNX round trip, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from prunelab.compress.quantize import (
+    count_int8_zeros,
+    decode_int8_sparse,
+    encode_int8_sparse,
+    int8_weights,
+    quantize_int8,
+)
+from prunelab.compress.sparse import SparseLinear, sparsify
+from prunelab.models import build_model
+from prunelab.pruning import Pruner
+
+FAST = ["debug=fast", "data.subset=400", "epochs=2", "measure.latency=false",
+        "trainer.enable_progress_bar=false", "logger=none"]
+
+
+def cli(module, args, cwd, timeout=300):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("deploy")
+    procs = {
+        "structured": subprocess.Popen(
+            [sys.executable, "-m", "prunelab.train", *FAST, "model=lenet5", "pruner=structured",
+             "sparsity=0.5", f"hydra.run.dir={tmp / 'structured'}"], cwd=tmp,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+        "unstructured": subprocess.Popen(
+            [sys.executable, "-m", "prunelab.train", *FAST, "pruner=magnitude", "sparsity=0.9",
+             f"hydra.run.dir={tmp / 'unstructured'}"], cwd=tmp,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
+    }
+    for name, p in procs.items():
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    return tmp
+
+
+def pruned_mlp(sparsity):
+    torch.manual_seed(0)
+    net = build_model("mlp", input_shape=(1, 28, 28), num_classes=10).eval()
+    p = Pruner(name="magnitude")
+    masks = p.prepare(net)
+    masks.update(p.compute_masks(masks.params, masks.as_dict(), sparsity))
+    masks.apply_()
+    return net
+
+
+def test_int8_keeps_every_pruned_weight_at_zero():
+    net = pruned_mlp(0.9)
+    q, mode = quantize_int8(net, (1, 28, 28))
+    assert mode == "dynamic"
+    ints = int8_weights(q)
+    for name, p in net.named_parameters():
+        if name.endswith("weight"):
+            layer = name.rsplit(".", 1)[0]
+            assert bool((ints[layer]["int8"][p == 0] == 0).all())
+    zeros = count_int8_zeros(q)
+    assert zeros["zeros"] >= sum(int((p == 0).sum()) for n, p in net.named_parameters()
+                                 if n.endswith("weight"))
+    decoded = decode_int8_sparse(encode_int8_sparse(q))
+    assert all(torch.equal(decoded[n], w["int8"]) for n, w in ints.items())
+
+
+def test_static_int8_for_conv_nets_counts_zeros_per_channel():
+    torch.manual_seed(0)
+    net = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10).eval()
+    p = Pruner(name="magnitude")
+    masks = p.prepare(net)
+    masks.update(p.compute_masks(masks.params, masks.as_dict(), 0.8))
+    masks.apply_()
+    q, mode = quantize_int8(net, (1, 28, 28), [torch.randn(8, 1, 28, 28) for _ in range(2)])
+    assert mode == "static"
+    assert count_int8_zeros(q)["global"] >= 0.8 - 1e-6
+    x = torch.randn(4, 1, 28, 28)
+    assert (q(x) - net(x)).abs().max() < 0.5
+
+
+def test_sparse_linear_matches_dense_and_choice_is_measured():
+    net = pruned_mlp(0.95)
+    x = torch.randn(3, 1, 28, 28)
+    ref = net(x)
+    layer = SparseLinear(net.features[0])
+    h = torch.flatten(x, 1)
+    assert torch.allclose(layer(h), net.features[0](h), atol=1e-5)
+    model, choices = sparsify(net, batch_sizes=(1, 8), warmup=2, runs=5)
+    assert len(choices) == 3
+    for c in choices:  # every decision follows its own measurement
+        assert c.sparse == all(c.sparse_ms[b] < c.dense_ms[b] for b in (1, 8))
+        swapped = isinstance(model.get_submodule(c.name), SparseLinear)
+        assert swapped == c.sparse
+    assert torch.allclose(model(x), ref, atol=1e-5)
+
+
+def test_measure_cli_compares_variants(runs):
+    proc = cli("prunelab.measure", [f"run={runs / 'structured'}", "runs=3", "rounds=1",
+                                    "warmup=1", "eval_batches=2"], runs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((runs / "structured" / "deploy" / "measure.json").read_text())
+    v = res["variants"]
+    assert {"dense", "compact", "int8"} <= set(v)
+    assert v["compact"]["test_acc"] == v["dense"]["test_acc"]  # the same function
+    assert v["compact"]["bytes"] < 0.5 * v["dense"]["bytes"]
+    assert v["compact"]["macs_reduction"] > 2
+    assert v["int8"]["of"] == "compact" and v["int8"]["bytes"] < v["compact"]["bytes"] / 3
+    for k in v:
+        assert set(v[k]["latency_ms"]) == {"batch_1", "batch_64"}
+        assert (runs / "structured" / "deploy" / v[k]["file"]).stat().st_size == v[k]["bytes"]
+    assert "compact |" in proc.stdout and "int8 |" in proc.stdout
+
+
+def test_measure_cli_on_unstructured_run_counts_int8_zeros(runs):
+    proc = cli("prunelab.measure", [f"run={runs / 'unstructured'}", "runs=3", "rounds=1",
+                                    "warmup=1", "eval_batches=2", "batch_sizes=[1]"], runs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((runs / "unstructured" / "deploy" / "measure.json").read_text())
+    results = json.loads((runs / "unstructured" / "results.json").read_text())
+    v = res["variants"]
+    assert "compact" not in v and {"dense", "sparse", "int8"} <= set(v)
+    assert v["int8"]["int8_zeros"]["zeros"] >= results["sparsity"]["zeros"]
+    assert v["int8"]["bytes"] * 8 <= v["dense"]["bytes"]  # 90% sparse int8: under 1/8 of fp32
+
+
+def test_onnx_export_round_trip(runs):
+    import onnxruntime as ort
+
+    from prunelab.deploy import load
+
+    proc = cli("prunelab.export", [f"run={runs / 'structured'}", "format=onnx", "compact=true",
+                                   "runs=3"], runs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    path = runs / "structured" / "export" / "model_compact.onnx"
+    assert path.is_file() and "onnxruntime vs PyTorch" in proc.stdout
+    run = load(str(runs / "structured"))
+    x = torch.randn(5, 1, 28, 28)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+    with torch.no_grad():
+        assert (got - run.net(x)).abs().max() <= 1e-4
+    # the compact graph really is smaller: its weight initializers hold fewer numbers
+    import onnx
+
+    n_onnx = sum(int(torch.tensor(t.dims).prod()) for t in onnx.load(str(path)).graph.initializer)
+    assert n_onnx < 0.5 * sum(p.numel() for p in run.net.parameters())
+
+
+def test_onnx_int8_export(runs):
+    proc = cli("prunelab.export", [f"run={runs / 'unstructured'}", "quantize=int8", "runs=3",
+                                   "batch_sizes=[1]"], runs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((runs / "unstructured" / "export" / "model_int8.json").read_text())
+    assert res["argmax_agreement"] >= 0.75 and res["bytes"] < res["dense_bytes"] / 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["compact=true"], "has no whole channel at zero"),
+    (["formt=onnx"], "Key 'formt' not in 'ExportConf'"),
+    (["quantize=int4"], "quantize='int4'; allowed: none, int8"),
+    (["format=tflite"], "format='tflite'; allowed: onnx"),
+])
+def test_export_bad_input(runs, args, message):
+    before = sorted(p.name for p in (runs / "unstructured").iterdir())
+    proc = cli("prunelab.export", [f"run={runs / 'unstructured'}", *args], runs)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunelab: error:") and message in lines[0]
+    assert sorted(p.name for p in (runs / "unstructured").iterdir()) == before
+
+
+def test_export_missing_run(tmp_path):
+    proc = cli("prunelab.export", [f"run={tmp_path / 'nope'}"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"prunelab: error: run='{tmp_path / 'nope'}' does not exist; "
+                                   f"allowed: a prunelab run directory or a .ckpt file")
