@@ -184,3 +184,18 @@ def test_export_missing_run(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"prunelab: error: run='{tmp_path / 'nope'}' does not exist; "
                                    f"allowed: a prunelab run directory or a .ckpt file")
+
+
+def test_train_with_a_teacher_records_it(runs):
+    out = runs / "student"
+    proc = cli("prunelab.train", [*FAST, "pruner=magnitude", "sparsity=0.95",
+                                  f"distill.teacher={runs / 'unstructured'}", "distill.alpha=0.5",
+                                  f"hydra.run.dir={out}"], runs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["distill"]["alpha"] == 0.5 and res["distill"]["teacher"].endswith("best.ckpt")
+    bad = cli("prunelab.train", [*FAST, f"distill.teacher={runs / 'nope'}",
+                                 f"hydra.run.dir={runs / 'student2'}"], runs)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("prunelab: error: distill.teacher=")
+    assert not (runs / "student2" / "results.json").exists()

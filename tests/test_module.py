@@ -56,3 +56,42 @@ def test_lr_scheduler_steps_per_epoch_and_clipping_applies():
 def test_bad_scheduler_interval():
     with pytest.raises(ValueError, match="scheduler_interval='batch'; allowed: epoch, step"):
         ClassifierModule(nn.Linear(5, 3), 3, optimizer=torch.optim.SGD, scheduler_interval="batch")
+
+
+def test_kd_loss_equals_the_hand_computed_value():
+    import math
+
+    from prunelab.distill import kd_loss
+
+    s = torch.tensor([[2.0, 0.0, -1.0]])
+    t = torch.tensor([[1.0, 1.0, 0.0]])
+    y = torch.tensor([0])
+    T, alpha = 2.0, 0.75
+
+    def softmax(v):
+        e = [math.exp(a) for a in v]
+        return [a / sum(e) for a in e]
+
+    ce = -math.log(softmax([2.0, 0.0, -1.0])[0])
+    ps, pt = softmax([1.0, 0.0, -0.5]), softmax([0.5, 0.5, 0.0])
+    kl = sum(q * math.log(q / p) for p, q in zip(ps, pt))
+    expected = (1 - alpha) * ce + alpha * T * T * kl
+    assert kd_loss(s, t, y, T, alpha).item() == pytest.approx(expected, rel=1e-6)
+    assert kd_loss(s, t, y, T, 0.0).item() == pytest.approx(ce, rel=1e-6)
+
+
+def test_distillation_trains_against_the_frozen_teacher():
+    from prunelab.distill import Distiller
+
+    torch.manual_seed(0)
+    teacher = nn.Linear(4, 3)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = nn.Linear(4, 3)
+    d = Distiller(teacher, temperature=3.0, alpha=1.0)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    loss = d.loss(student(x), x, y)
+    loss.backward()
+    assert student.weight.grad is not None and teacher.weight.grad is None
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    # alpha = 1 and a student equal to the teacher: zero loss
+    assert d.loss(teacher(x), x, y).item() == pytest.approx(0.0, abs=1e-6)

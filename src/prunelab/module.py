@@ -39,6 +39,8 @@ class ClassifierModule(pl.LightningModule):
         gradient_clip_val: clip gradients to this norm (``None``: no clipping).
         regularizer: an optional callable returning a penalty added to the training loss
             (logged as ``train/penalty``).
+        distiller: an optional :class:`prunelab.distill.Distiller`; the training loss becomes
+            the knowledge-distillation loss against its frozen teacher.
         config: the run's resolved config, saved as hyperparameters (the network object is not).
     """
 
@@ -47,12 +49,13 @@ class ClassifierModule(pl.LightningModule):
                  lr_scheduler: Callable[..., Any] | None = None,
                  scheduler_interval: str = "epoch", gradient_clip_val: float | None = None,
                  regularizer: Callable[[], torch.Tensor] | None = None,
-                 config: Mapping | None = None):
+                 config: Mapping | None = None, distiller: Any = None):
         super().__init__()
         if scheduler_interval not in SCHEDULER_INTERVALS:
             raise ValueError(f"scheduler_interval={scheduler_interval!r}; allowed: "
                              f"{', '.join(SCHEDULER_INTERVALS)}")
-        self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler", "regularizer"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler", "regularizer",
+                                          "distiller"])
         self.automatic_optimization = False
         self.net = net
         self.optimizer_factory = optimizer
@@ -60,6 +63,8 @@ class ClassifierModule(pl.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.gradient_clip_val = gradient_clip_val
         self.regularizer = regularizer
+        # kept outside nn.Module's registry: the teacher is neither trained nor checkpointed
+        self.__dict__["distiller"] = distiller
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self._train_sums: torch.Tensor | None = None  # loss * n, correct (summed over the epoch)
@@ -85,6 +90,10 @@ class ClassifierModule(pl.LightningModule):
         return F.cross_entropy(self.net(x), y)
 
     # -- training ---------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if self.distiller is not None:
+            self.distiller.to(self.device)
+
     def on_train_epoch_start(self) -> None:
         self._train_sums = torch.zeros(2, device=self.device)
         self._penalty_sum = torch.zeros((), device=self.device)
@@ -96,10 +105,10 @@ class ClassifierModule(pl.LightningModule):
         opt.zero_grad()
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
-        total = loss
+        total = loss if self.distiller is None else self.distiller.loss(logits, x, y)
         penalty = self.regularizer() if self.regularizer is not None else None
         if penalty is not None:
-            total = loss + penalty
+            total = total + penalty
         self.manual_backward(total)
         if self.gradient_clip_val:
             self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val,

@@ -160,13 +160,21 @@ def build(cfg: DictConfig, checked: dict[str, Any] | None = None) -> dict[str, A
         regularizer = None
         if cfg.get("regularizer"):
             regularizer = instantiate(cfg.regularizer)(params=list(callback.masks.params.values()))
+        distiller = None
+        dcfg = cfg.get("distill") or {}
+        if dcfg.get("teacher"):
+            from prunelab.distill import load_teacher
+
+            distiller = load_teacher(str(dcfg.teacher), dcfg.get("temperature", 4.0),
+                                     dcfg.get("alpha", 0.9), int(datamodule.num_classes),
+                                     tuple(datamodule.input_shape))
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - only user-input errors are turned into ConfigError
         raise _as_config_error(exc) from exc
     return {"datamodule": datamodule, "net": net, "pruner": pruner, "schedule": schedule,
             "callback": callback, "sparsity": sparsity, "model_name": model_name,
-            "regularizer": regularizer, "resume": checked["resume"]}
+            "regularizer": regularizer, "resume": checked["resume"], "distiller": distiller}
 
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
@@ -202,7 +210,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
                               optimizer=instantiate(cfg.optimizer), lr_scheduler=lr_sched,
                               scheduler_interval=cfg.module.scheduler_interval,
                               gradient_clip_val=cfg.module.gradient_clip_val,
-                              regularizer=parts["regularizer"], config=resolved)
+                              regularizer=parts["regularizer"], config=resolved,
+                              distiller=parts["distiller"])
     ckpt = FinalSparsityCheckpoint(dirpath=str(out / "checkpoints"), filename="best",
                                    monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
                                    save_last=cfg.checkpoint.save_last, save_top_k=1,
@@ -239,6 +248,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "test_loss": float(test_metrics["test/loss"]),
         "best_val_acc": None if best_score is None else float(best_score),
         "best_checkpoint": best_path,
+        "distill": None if parts["distiller"] is None else {
+            "teacher": parts["distiller"].source, "temperature": parts["distiller"].temperature,
+            "alpha": parts["distiller"].alpha},
         **measured,
         "train_time_s": train_time,
         "wall_time_s": time.perf_counter() - start,
