@@ -45,6 +45,8 @@ CASES = {
     "structured_unreachable": (["pruner=structured", "sparsity=0.999"],
                                "sparsity=0.999 is beyond what pruner=structured can reach"),
     "gpu_without_gpu": (["hardware=gpu"], "hardware=gpu but no CUDA GPU is available"),
+    "gpu_2to4_without_gpu": (["hardware=gpu_2to4", "pruner=nm"],
+                             "hardware=gpu_2to4 but no CUDA GPU is available"),
     "negative_lr": (["optimizer.lr=-1"], "Invalid learning rate: -1"),
     "trainer_epochs_cut_schedule": (["schedule=oneshot", "schedule.at_epoch=3",
                                      "trainer.max_epochs=2"], "prunes at epoch 3 but the run has "

@@ -123,3 +123,26 @@ def test_every_experiment_shrinks_with_debug_fast(experiment):
     cfg = compose_train(f"experiment={experiment}", "debug=fast")
     assert cfg.epochs == 4 and cfg.data.subset == 1000
     instantiate(cfg.schedule).validate(cfg.epochs, 0.5)
+
+
+def test_speedup_advice_per_target():
+    from prunelab.pruning import Pruner
+    from prunelab.train import speedup_warnings
+
+    unstructured = Pruner(name="magnitude")
+    structured = Pruner(name="structured", granularity="structured")
+    nm = Pruner(name="nm", granularity="nm")
+    assert speedup_warnings(unstructured, 0.5, "cpu")
+    assert not speedup_warnings(unstructured, 0.95, "cpu")  # the CSR path may pay off
+    assert not speedup_warnings(structured, 0.5, "edge_cpu")
+    assert "semi-structured" in speedup_warnings(nm, 0.5, "cpu")[0]
+    assert speedup_warnings(unstructured, 0.5, "gpu")
+    assert not speedup_warnings(nm, 0.5, "gpu_2to4")
+    assert speedup_warnings(structured, 0.5, "gpu_2to4")
+    assert not speedup_warnings(Pruner(name="none", score=None), 0.0, "cpu")
+
+
+def test_edge_cpu_profile_measures_one_thread_batch_one():
+    cfg = compose_train("hardware=edge_cpu")
+    assert cfg.hardware.threads == 1 and list(cfg.measure.batch_sizes) == [1]
+    assert cfg.hardware.int8 is True

@@ -117,3 +117,11 @@ def test_compare_methods_experiment_is_one_multirun(tmp_path):
         if d.is_dir():
             res = json.loads((d / "results.json").read_text())
             assert res["sparsity"]["global"] == pytest.approx(0.8, abs=1e-4)
+
+
+def test_unstructured_50_to_70_percent_on_cpu_warns_it_will_not_be_faster(magnitude_run):
+    proc, run_dir = magnitude_run
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["hardware"] == "cpu"
+    assert len(res["warnings"]) == 1 and "will not run faster on hardware=cpu" in res["warnings"][0]
+    assert "prunelab: warning: unstructured sparsity=0.7 will not run faster" in proc.stderr

@@ -129,6 +129,51 @@ def validate_top_level(cfg: DictConfig) -> dict[str, Any]:
     return {"sparsity": sparsity, "resume": resolve_resume(cfg.get("resume"))}
 
 
+#: Deployment targets, and what kind of sparsity runs faster there.
+TARGETS = ("cpu", "edge_cpu", "gpu", "gpu_2to4")
+
+
+def check_hardware(hw: DictConfig, name: str) -> None:
+    """A GPU profile needs a CUDA GPU; ``gpu_2to4`` one with semi-structured sparse support."""
+    target = str(hw.get("target", "cpu"))
+    if target not in TARGETS:
+        raise ConfigError(f"hardware.target={target!r}; allowed: {', '.join(TARGETS)}")
+    if hw.accelerator != "gpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"hardware={name} but no CUDA GPU is available here; allowed: "
+                          f"hardware=cpu or hardware=edge_cpu")
+    if target == "gpu_2to4" and torch.cuda.get_device_capability() < (8, 0):
+        cap = ".".join(map(str, torch.cuda.get_device_capability()))
+        raise ConfigError(f"hardware=gpu_2to4 needs a GPU with semi-structured sparse support "
+                          f"(compute capability >= 8.0); this {torch.cuda.get_device_name()} has "
+                          f"{cap}")
+
+
+def speedup_warnings(pruner: Any, sparsity: float, target: str) -> list[str]:
+    """Why the chosen pruning will not make the model faster on ``target`` (empty if it can)."""
+    if pruner.is_dense or sparsity == 0:
+        return []
+    g = pruner.granularity
+    if target in ("cpu", "edge_cpu"):
+        if g == "unstructured" and sparsity < 0.9:
+            return [f"unstructured sparsity={sparsity:g} will not run faster on hardware={target}: "
+                    f"dense kernels skip no zeros and the CSR kernel pays off only near 90%+ "
+                    f"on large Linear layers; for speed use pruner=structured (then compaction)"]
+        if g == "nm":
+            return [f"N:M sparsity has no CPU kernel: it saves no time on hardware={target}; it "
+                    f"runs faster only on GPUs with semi-structured support (hardware=gpu_2to4)"]
+    if target == "gpu" and g == "unstructured":
+        return [f"unstructured sparsity={sparsity:g} will not run faster on GPU dense kernels; "
+                f"use pruner=nm with hardware=gpu_2to4, or pruner=structured"]
+    if target == "gpu_2to4" and not (g == "nm" and (pruner.n, pruner.m) == (2, 4)):
+        return ["hardware=gpu_2to4 speeds up 2:4 sparsity only: use pruner=nm pruner.n=2 "
+                "pruner.m=4"]
+    return []
+
+
 def build(cfg: DictConfig, checked: dict[str, Any] | None = None) -> dict[str, Any]:
     """Instantiate and validate everything a run needs, writing nothing. Raises ConfigError.
 
@@ -150,12 +195,7 @@ def build(cfg: DictConfig, checked: dict[str, Any] | None = None) -> dict[str, A
         callback.bind(net)
         if callback.events and not pruner.at_init:
             schedule.validate(int(cfg.trainer.get("max_epochs") or cfg.epochs), sparsity)
-        if cfg.hardware.accelerator == "gpu":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ConfigError("hardware=gpu but no CUDA GPU is available here; allowed: "
-                                  "hardware=cpu")
+        check_hardware(cfg.hardware, _choice("hardware", str(cfg.hardware.get("target", "cpu"))))
         instantiate(cfg.optimizer)(params=list(net.parameters()))  # bad lr etc. fail here
         regularizer = None
         if cfg.get("regularizer"):
@@ -172,7 +212,12 @@ def build(cfg: DictConfig, checked: dict[str, Any] | None = None) -> dict[str, A
         raise
     except Exception as exc:  # noqa: BLE001 - only user-input errors are turned into ConfigError
         raise _as_config_error(exc) from exc
+    target = str(cfg.hardware.get("target", "cpu"))
+    warns = speedup_warnings(pruner, sparsity, target)
+    for w in warns:
+        print(f"prunelab: warning: {w}", file=sys.stderr)
     return {"datamodule": datamodule, "net": net, "pruner": pruner, "schedule": schedule,
+            "warnings": warns,
             "callback": callback, "sparsity": sparsity, "model_name": model_name,
             "regularizer": regularizer, "resume": checked["resume"], "distiller": distiller}
 
@@ -248,6 +293,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "test_loss": float(test_metrics["test/loss"]),
         "best_val_acc": None if best_score is None else float(best_score),
         "best_checkpoint": best_path,
+        "hardware": _choice("hardware", str(cfg.hardware.get("target", "cpu"))),
+        "warnings": parts["warnings"],
         "distill": None if parts["distiller"] is None else {
             "teacher": parts["distiller"].source, "temperature": parts["distiller"].temperature,
             "alpha": parts["distiller"].alpha},
