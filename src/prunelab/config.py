@@ -37,6 +37,9 @@ class PrunerConf:
     exclude: list[str] = field(default_factory=list)
     seed: int = "${seed}"  # type: ignore[assignment]  # interpolation, resolved to an int
     default_sparsity: float = 0.5  # what `sparsity` is when the command does not set it
+    latency_budget_ms: Optional[float] = None  # latency_aware: budget of the compacted model
+    latency_batch_size: int = 1  # ... measured at this batch size
+    latency_threads: Optional[int] = None  # ... with this many threads
 
 
 @dataclass

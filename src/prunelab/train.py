@@ -193,6 +193,15 @@ def build(cfg: DictConfig, checked: dict[str, Any] | None = None) -> dict[str, A
         schedule = instantiate(cfg.schedule)
         callback = PruningCallback(pruner, schedule, sparsity)
         callback.bind(net)
+        if pruner.name == "latency_aware":
+            from prunelab.pruning.latency import check_floor
+
+            if schedule.name != "oneshot":
+                raise ConfigError(f"pruner=latency_aware prunes once: use schedule=oneshot "
+                                  f"(got schedule={schedule.name})")
+            floor_ms, full_ms = pruner.latency_range()
+            check_floor(float(pruner.latency_budget_ms), floor_ms, full_ms,
+                        pruner.latency_batch_size)
         if callback.events and not pruner.at_init:
             schedule.validate(int(cfg.trainer.get("max_epochs") or cfg.epochs), sparsity)
         check_hardware(cfg.hardware, _choice("hardware", str(cfg.hardware.get("target", "cpu"))))
@@ -294,6 +303,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "best_val_acc": None if best_score is None else float(best_score),
         "best_checkpoint": best_path,
         "hardware": _choice("hardware", str(cfg.hardware.get("target", "cpu"))),
+        "latency_aware": parts["pruner"].latency_report,
         "warnings": parts["warnings"],
         "distill": None if parts["distiller"] is None else {
             "teacher": parts["distiller"].source, "temperature": parts["distiller"].temperature,

@@ -279,13 +279,16 @@ def _set_in(module: nn.Module, n: int) -> None:
 
 
 @torch.no_grad()
-def compact(model: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, CompactionReport]:
+def compact(model: nn.Module, input_shape: Sequence[int], groups: list[ChannelGroup] | None = None
+            ) -> tuple[nn.Module, CompactionReport]:
     """A copy of ``model`` without its dead channels, and what was removed.
 
     The copy computes the same outputs (up to float rounding) in eval mode; it is an ordinary
-    module of the same class with smaller layers (see :func:`save_compact`)."""
+    module of the same class with smaller layers (see :func:`save_compact`). ``groups``: the
+    model's :func:`channel_groups`, when already known (they depend on the architecture only)."""
     model_c = copy.deepcopy(model).cpu()
-    groups = channel_groups(model_c, input_shape)
+    if groups is None:
+        groups = channel_groups(model_c, input_shape)
     modules = dict(model_c.named_modules())
     params_before = sum(p.numel() for p in model_c.parameters())
     rows, before, after = [], 0, 0

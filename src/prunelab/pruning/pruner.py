@@ -46,6 +46,8 @@ PRUNERS: dict[str, dict] = {
     "snip": {"score": "snip", "scope": "global", "at_init": True},
     "nm": {"score": "magnitude", "granularity": "nm", "n": 2, "m": 4},
     "sensitivity": {"score": "magnitude", "scope": "layer", "profile": "<yaml>"},
+    "latency_aware": {"score": "magnitude", "granularity": "structured",
+                      "latency_budget_ms": "<ms>"},
 }
 
 
@@ -110,6 +112,9 @@ class Pruner:
         exclude: glob patterns removed from the included set.
         seed: seeds the generator of stochastic scores (same seed, same masks).
         default_sparsity: the run's ``sparsity`` when the command does not set one.
+        latency_budget_ms: ``latency_aware``: the compacted model's latency budget on this
+            machine (``sparsity`` is then ignored: the budget decides how much goes).
+        latency_batch_size, latency_threads: where that latency is measured.
     """
 
     def __init__(self, name: str = "magnitude", score: str | None = "magnitude",
@@ -117,7 +122,9 @@ class Pruner:
                  n: int = 2, m: int = 4, skip_incompatible: bool = False, at_init: bool = False,
                  score_batches: int = 10, profile: str | None = None,
                  include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-                 seed: int = 0, default_sparsity: float = 0.5):
+                 seed: int = 0, default_sparsity: float = 0.5,
+                 latency_budget_ms: float | None = None, latency_batch_size: int = 1,
+                 latency_threads: int | None = None):
         check_pruner_name(name)
         scope = getattr(scope, "value", scope)
         granularity = getattr(granularity, "value", granularity)
@@ -158,6 +165,19 @@ class Pruner:
         self.default_sparsity = float(default_sparsity)
         self.skipped: list[str] = []
         self._protected: frozenset[str] = frozenset()
+        if name == "latency_aware":
+            if granularity != "structured":
+                raise PruningConfigError("pruner=latency_aware removes whole channels: "
+                                         "pruner.granularity must be structured")
+            if not isinstance(latency_budget_ms, (int, float)) or isinstance(latency_budget_ms, bool) \
+                    or latency_budget_ms <= 0:
+                raise PruningConfigError(f"pruner=latency_aware needs hardware.latency_budget_ms="
+                                         f"<milliseconds > 0>, got {latency_budget_ms!r}")
+        self.latency_budget_ms = latency_budget_ms
+        self.latency_batch_size = int(latency_batch_size)
+        self.latency_threads = latency_threads
+        self.latency_report: dict | None = None
+        self._model: nn.Module | None = None
 
     # -- properties -------------------------------------------------------------------------------
     @property
@@ -225,6 +245,7 @@ class Pruner:
         coupled = {w: {c: named[c] for c in cs}
                    for w, cs in coupled_parameters(model, list(params)).items()}
         self._protected = frozenset(self._output_weights(model, params))
+        self._model = model
         return params, coupled
 
     def prepare(self, model: nn.Module) -> MaskSet:
@@ -278,6 +299,8 @@ class Pruner:
         """New keep-masks at the cumulative ``target`` sparsity."""
         if self.is_dense:
             raise PruningConfigError("pruner=none does not prune; use sparsity=0")
+        if self.name == "latency_aware":
+            return self._latency_masks(params, old_masks)
         if self.granularity == "structured" and self.score == "magnitude":
             scores = None  # channels are ranked by the norm of their weights directly
         else:
@@ -308,6 +331,27 @@ class Pruner:
             full = {n: targets.get(n, 0.0) for n in params}
             return select_masks(scores, old_masks, full, "layer")
         return select_masks(scores, old_masks, target, self.scope)
+
+    def latency_range(self) -> tuple[float, float]:
+        """(smallest reachable, current) latency in ms of the bound model (latency_aware)."""
+        from prunelab.pruning.latency import latency_floor
+
+        return latency_floor(self._model, self._model.input_shape, list(self.resolve(self._model)),
+                             sorted(self._protected), self.latency_batch_size,
+                             self.latency_threads)
+
+    def _latency_masks(self, params: Mapping[str, torch.Tensor],
+                       old_masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from prunelab.pruning.latency import latency_aware_keeps
+
+        if self._model is None:
+            raise PruningConfigError("pruner=latency_aware must be bound to a model first")
+        keeps, self.latency_report = latency_aware_keeps(
+            self._model, self._model.input_shape, list(params), sorted(self._protected),
+            {n: channel_keep(old_masks[n]) for n in params}, float(self.latency_budget_ms),
+            self.latency_batch_size, self.latency_threads)
+        return {n: (expand_channels(keeps[n], params[n].shape) if n in keeps else old_masks[n])
+                for n in params}
 
     def __repr__(self) -> str:
         return (f"Pruner(name={self.name!r}, score={self.score!r}, scope={self.scope!r}, "

@@ -1,0 +1,234 @@
+"""Latency-aware structured pruning: channels chosen so the compacted model meets a budget.
+
+``pruner=latency_aware hardware.latency_budget_ms=<ms>`` (with ``schedule=oneshot``):
+
+1. **Latency table, measured on the target** (this machine, the hardware profile's threads and
+   first batch size): for every channel group that can shrink (see
+   :mod:`prunelab.compress.compact`), the compacted model's latency with that group cut to
+   1/8, 2/8, ... 7/8 of its channels and every other group whole. The model's latency at any
+   widths is predicted as the whole model's minus the sum of the groups' savings.
+2. **Greedy removal**: repeatedly remove, from the group where it costs the least accuracy per
+   millisecond saved, the next 1/16 of its channels with the smallest L1 norm per weight (the
+   accuracy cost is the removed channels' summed norm), until the predicted latency is within the
+   budget.
+3. **Check**: compact and measure; while the measurement is over the budget, continue with the
+   budget lowered by the overshoot (at most 5 times).
+
+A budget below the latency with every group at one channel cannot be met: that is an error that
+names the smallest reachable latency.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+GRID = 8  # table widths: k/GRID of a group's channels
+CHUNK = 16  # greedy step: 1/CHUNK of a group's channels
+
+
+class LatencyBudgetError(ValueError):
+    """The budget cannot be met (one-line message naming the closest reachable latency)."""
+
+
+def _median_ms(model: nn.Module, x: torch.Tensor, runs: int, warmup: int = 5) -> float:
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        ts = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            model(x)
+            ts.append(time.perf_counter() - t)
+    ts.sort()
+    return 1e3 * ts[len(ts) // 2]
+
+
+class LatencyModel:
+    """Measures compacted-model latency for given per-group channel keeps."""
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], groups: list, batch: int,
+                 threads: int | None, runs: int):
+        self.model = copy.deepcopy(model).float().cpu().eval()
+        self.shape = tuple(input_shape)
+        self.groups = groups
+        self.x = torch.randn(int(batch), *self.shape, generator=torch.Generator().manual_seed(0))
+        self.threads = threads
+        self.runs = runs
+        self.modules = dict(self.model.named_modules())
+
+    @torch.no_grad()
+    def measure(self, keeps: Mapping[int, torch.Tensor]) -> float:
+        """Latency (ms) of the model compacted to ``keeps`` (group index -> bool per channel)."""
+        from prunelab.compress.compact import compact
+
+        m = copy.deepcopy(self.model)
+        mods = dict(m.named_modules())
+        for gi, keep in keeps.items():
+            drop = ~keep
+            g = self.groups[gi]
+            for name in g.producers:
+                mods[name].weight[drop] = 0
+                if mods[name].bias is not None:
+                    mods[name].bias[drop] = 0
+            for name in g.norms:
+                mods[name].weight[drop] = 0
+                mods[name].bias[drop] = 0
+        small, _ = compact(m, self.shape, groups=self.groups)
+        previous = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        try:
+            return _median_ms(small, self.x, self.runs)
+        finally:
+            torch.set_num_threads(previous)
+
+
+def channel_scores(model: nn.Module, group) -> torch.Tensor:
+    """Per channel: the sum over the group's producers of the mean |w| of its row."""
+    mods = dict(model.named_modules())
+    score = torch.zeros(group.size)
+    for name in group.producers:
+        w = mods[name].weight.detach().float().cpu()
+        score += w.reshape(w.shape[0], -1).abs().mean(1)
+    return score
+
+
+def check_floor(budget_ms: float, floor_ms: float, full_ms: float, batch: int) -> None:
+    if budget_ms < floor_ms:
+        raise LatencyBudgetError(
+            f"hardware.latency_budget_ms={budget_ms:g} is below the smallest reachable latency "
+            f"on this target: {floor_ms:.3f} ms at batch {batch} with every layer down to one "
+            f"channel (the unpruned model: {full_ms:.3f} ms); closest reachable: "
+            f"latency_budget_ms={floor_ms:.3f}")
+
+
+def latency_floor(model: nn.Module, input_shape: Sequence[int], prunable: Sequence[str],
+                  protected: Sequence[str], batch: int = 1, threads: int | None = None,
+                  runs: int = 30) -> tuple[float, float]:
+    """(latency of ``model`` compacted with every shrinkable group at one channel, latency of
+    ``model`` as it is): the range a budget can be met in. Weights do not matter, shapes do."""
+    from prunelab.compress.compact import channel_groups
+
+    groups = channel_groups(model, input_shape)
+    cand = _candidates(groups, prunable, protected)
+    lat = LatencyModel(model, input_shape, groups, batch, threads, runs)
+    one = {}
+    for gi in cand:
+        k = torch.zeros(groups[gi].size, dtype=torch.bool)
+        k[0] = True
+        one[gi] = k
+    return lat.measure(one), lat.measure({})
+
+
+def _candidates(groups: list, prunable: Sequence[str], protected: Sequence[str]) -> list[int]:
+    prunable_set, protected_set = set(prunable), set(protected)
+    return [i for i, g in enumerate(groups)
+            if not g.fixed and g.producers and set(_weights(g)) <= prunable_set
+            and not set(_weights(g)) & protected_set and g.size > 1]
+
+
+def _weights(group) -> list[str]:
+    """The weight parameters of a group's producers (``<module>.weight``)."""
+    return [f"{name}.weight" for name in group.producers]
+
+
+def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: Sequence[str],
+                        protected: Sequence[str], old_keep: Mapping[str, torch.Tensor],
+                        budget_ms: float, batch: int = 1, threads: int | None = None,
+                        runs: int = 30) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Per prunable weight, the output channels to keep so that the compacted model measures
+    within ``budget_ms``; and a report (budget, dense / predicted / achieved latency, widths)."""
+    from prunelab.compress.compact import channel_groups
+
+    all_groups = channel_groups(model, input_shape)
+    cand = _candidates(all_groups, prunable, protected)
+    lat = LatencyModel(model, input_shape, all_groups, batch, threads, runs)
+    start_keep = {}
+    for gi in cand:
+        g = all_groups[gi]
+        k = torch.ones(g.size, dtype=torch.bool)
+        for name in _weights(g):  # channels already pruned stay pruned
+            k &= old_keep[name].cpu()
+        start_keep[gi] = k
+    full_ms = lat.measure(start_keep)
+    scores = {gi: channel_scores(model, all_groups[gi]) for gi in cand}
+
+    def keep_lowest_removed(gi: int, width: int) -> torch.Tensor:
+        s = scores[gi].masked_fill(~start_keep[gi], float("-inf"))
+        order = torch.sort(s, descending=True, stable=True).indices
+        keep = torch.zeros_like(start_keep[gi])
+        keep[order[:width]] = True  # pruned channels sort last: never kept again
+        return keep
+
+    floor_ms = lat.measure({gi: keep_lowest_removed(gi, 1) for gi in cand})
+    check_floor(budget_ms, floor_ms, full_ms, batch)
+    # the latency table: saving of each group at k/GRID of its channels
+    table: dict[int, list[tuple[int, float]]] = {}
+    for gi in cand:
+        n = int(start_keep[gi].sum())
+        points = [(n, 0.0)]
+        for k in range(GRID - 1, 0, -1):
+            w = max(1, round(n * k / GRID))
+            if w < points[-1][0]:
+                points.append((w, full_ms - lat.measure({gi: keep_lowest_removed(gi, w)})))
+        table[gi] = points
+
+    def saving(gi: int, w: int) -> float:
+        pts = table[gi]
+        for (w1, s1), (w2, s2) in zip(pts, pts[1:]):
+            if w2 <= w <= w1:
+                return s1 + (s2 - s1) * (w1 - w) / max(w1 - w2, 1)
+        return pts[-1][1]
+
+    widths = {gi: int(start_keep[gi].sum()) for gi in cand}
+    target = budget_ms
+    achieved = full_ms
+    checks = []
+    for _ in range(6):
+        predicted = full_ms - sum(saving(gi, widths[gi]) for gi in cand)
+        while predicted > target:
+            best, best_rate = None, None
+            for gi in cand:
+                n0 = int(start_keep[gi].sum())
+                step = max(1, n0 // CHUNK)
+                w = widths[gi] - step
+                if w < 1:
+                    continue
+                gain = saving(gi, w) - saving(gi, widths[gi])
+                if gain <= 0:
+                    gain = 1e-6  # measured no saving yet: take it only when nothing else helps
+                s = scores[gi].masked_fill(~start_keep[gi], float("inf"))
+                order = torch.sort(s, stable=True).indices  # lowest first among the kept
+                kept_order = [int(i) for i in order if start_keep[gi][i]]
+                removed = n0 - widths[gi]
+                cost = float(scores[gi][kept_order[removed:removed + step]].sum())
+                rate = cost / gain
+                if best_rate is None or rate < best_rate:
+                    best, best_rate = (gi, w), rate
+            if best is None:
+                break
+            widths[best[0]] = best[1]
+            predicted = full_ms - sum(saving(gi, widths[gi]) for gi in cand)
+        keeps = {gi: keep_lowest_removed(gi, widths[gi]) for gi in cand}
+        achieved = lat.measure(keeps)
+        checks.append({"predicted_ms": predicted, "measured_ms": achieved})
+        if achieved <= budget_ms:
+            break
+        target -= achieved - budget_ms
+    keeps = {gi: keep_lowest_removed(gi, widths[gi]) for gi in cand}
+    out = {}
+    for gi, keep in keeps.items():
+        for name in _weights(all_groups[gi]):
+            out[name] = keep.to(old_keep[name].device) & old_keep[name]
+    report = {"budget_ms": budget_ms, "batch": batch, "threads": threads, "dense_ms": full_ms,
+              "floor_ms": floor_ms, "achieved_ms": achieved, "met": achieved <= budget_ms,
+              "checks": checks,
+              "widths": {",".join(all_groups[gi].producers): [int(start_keep[gi].sum()),
+                                                               widths[gi]] for gi in cand}}
+    return out, report

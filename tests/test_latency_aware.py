@@ -1,0 +1,88 @@
+"""Latency-aware structured pruning: greedy choice against a latency table, budget floor."""
+
+import pytest
+import torch
+
+from prunelab.models import build_model
+from prunelab.pruning import Pruner
+from prunelab.pruning import latency as lat_mod
+from prunelab.pruning.latency import LatencyBudgetError, latency_aware_keeps
+
+#: synthetic costs (ms per kept channel) of lenet5's three shrinkable groups
+COST = {"features.0": 0.002, "features.2": 0.010, "classifier.0": 0.001}
+BASE = 0.05
+
+
+def fake_measure(self, keeps):
+    """A deterministic latency model: BASE + sum over groups of cost x kept channels."""
+    total = BASE
+    for gi, g in enumerate(self.groups):
+        name = g.producers[0] if g.producers else None
+        if name in COST:
+            kept = int(keeps[gi].sum()) if gi in keeps else g.size
+            total += COST[name] * kept
+    return total
+
+
+@pytest.fixture
+def lenet5(monkeypatch):
+    monkeypatch.setattr(lat_mod.LatencyModel, "measure", fake_measure)
+    torch.manual_seed(0)
+    net = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10)
+    names = ["features.0.weight", "features.2.weight", "classifier.0.weight",
+             "classifier.2.weight"]
+    old = {n: torch.ones(dict(net.named_parameters())[n].shape[0], dtype=torch.bool) for n in names}
+    return net, names, old
+
+
+def test_greedy_meets_the_budget_and_takes_the_cheapest_milliseconds_first(lenet5):
+    net, names, old = lenet5
+    full = BASE + 20 * COST["features.0"] + 50 * COST["features.2"] + 500 * COST["classifier.0"]
+    budget = full - 0.25
+    keeps, report = latency_aware_keeps(net, (1, 28, 28), names, ["classifier.2.weight"], old,
+                                        budget)
+    assert report["met"] and report["achieved_ms"] <= budget
+    assert report["dense_ms"] == pytest.approx(full)
+    assert "classifier.2.weight" not in keeps  # the output layer is never pruned
+    kept = {n: int(k.sum()) for n, k in keeps.items()}
+    # features.2 saves 0.010 ms per channel: most of the saving comes from there
+    assert kept["features.2.weight"] < 50
+    assert all(1 <= kept[n] <= old[n].numel() for n in kept)
+    # the removed channels of a layer are its smallest by L1 norm
+    w = net.features[2].weight.detach().reshape(50, -1).abs().mean(1)
+    k = keeps["features.2.weight"]
+    assert w[~k].max() <= w[k].min()
+
+
+def test_already_pruned_channels_stay_pruned(lenet5):
+    net, names, old = lenet5
+    old["features.2.weight"][:10] = False
+    keeps, _ = latency_aware_keeps(net, (1, 28, 28), names, ["classifier.2.weight"], old, 0.6)
+    assert not bool(keeps["features.2.weight"][:10].any())
+
+
+def test_a_budget_below_the_floor_names_the_closest_reachable(lenet5):
+    net, names, old = lenet5
+    floor = BASE + COST["features.0"] + COST["features.2"] + COST["classifier.0"]
+    with pytest.raises(LatencyBudgetError, match=rf"closest reachable: latency_budget_ms={floor:.3f}"):
+        latency_aware_keeps(net, (1, 28, 28), names, ["classifier.2.weight"], old, 0.01)
+
+
+def test_pruner_preset_masks_whole_channels(lenet5):
+    net, _, _ = lenet5
+    pruner = Pruner(name="latency_aware", granularity="structured", latency_budget_ms=0.5)
+    masks = pruner.prepare(net)
+    new = pruner.compute_masks(masks.params, masks.as_dict(), 0.5)
+    masks.update(new)
+    masks.apply_()
+    w = net.features[2].weight.detach().reshape(50, -1)
+    rows_zero = (w == 0).all(1)
+    assert rows_zero.any() and bool(((w == 0).all(1) | (w != 0).all(1)).all())
+    assert pruner.latency_report["achieved_ms"] <= 0.5
+
+
+def test_latency_aware_needs_a_budget():
+    from prunelab.pruning.pruner import PruningConfigError
+
+    with pytest.raises(PruningConfigError, match="needs hardware.latency_budget_ms"):
+        Pruner(name="latency_aware", granularity="structured")
