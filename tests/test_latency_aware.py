@@ -13,20 +13,29 @@ COST = {"features.0": 0.002, "features.2": 0.010, "classifier.0": 0.001}
 BASE = 0.05
 
 
-def fake_measure(self, keeps):
+def fake_build(self, keeps):
+    """Stands in for the compacted model: the keeps themselves."""
+    return dict(keeps)
+
+
+def fake_time(self, *models, rounds=3):
     """A deterministic latency model: BASE + sum over groups of cost x kept channels."""
-    total = BASE
-    for gi, g in enumerate(self.groups):
-        name = g.producers[0] if g.producers else None
-        if name in COST:
-            kept = int(keeps[gi].sum()) if gi in keeps else g.size
-            total += COST[name] * kept
-    return total
+    out = []
+    for keeps in models:
+        total = BASE
+        for gi, g in enumerate(self.groups):
+            name = g.producers[0] if g.producers else None
+            if name in COST:
+                kept = int(keeps[gi].sum()) if gi in keeps else g.size
+                total += COST[name] * kept
+        out.append(total)
+    return out
 
 
 @pytest.fixture
 def lenet5(monkeypatch):
-    monkeypatch.setattr(lat_mod.LatencyModel, "measure", fake_measure)
+    monkeypatch.setattr(lat_mod.LatencyModel, "build", fake_build)
+    monkeypatch.setattr(lat_mod.LatencyModel, "time", fake_time)
     torch.manual_seed(0)
     net = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10)
     names = ["features.0.weight", "features.2.weight", "classifier.0.weight",
@@ -86,3 +95,15 @@ def test_latency_aware_needs_a_budget():
 
     with pytest.raises(PruningConfigError, match="needs hardware.latency_budget_ms"):
         Pruner(name="latency_aware", granularity="structured")
+
+
+def test_layers_whose_removal_saves_no_time_are_left_whole(lenet5, monkeypatch):
+    net, names, old = lenet5
+    monkeypatch.setitem(COST, "features.0", 0.0)
+    monkeypatch.setitem(COST, "classifier.0", 0.0)
+    full = BASE + 50 * COST["features.2"]
+    keeps, report = latency_aware_keeps(net, (1, 28, 28), names, ["classifier.2.weight"], old,
+                                        full - 0.2)
+    kept = {n: int(k.sum()) for n, k in keeps.items()}
+    assert kept["features.0.weight"] == 20 and kept["classifier.0.weight"] == 500
+    assert kept["features.2.weight"] <= 30 and report["met"]

@@ -50,7 +50,7 @@ def _median_ms(model: nn.Module, x: torch.Tensor, runs: int, warmup: int = 5) ->
 
 
 class LatencyModel:
-    """Measures compacted-model latency for given per-group channel keeps."""
+    """Builds the compacted model for given per-group channel keeps, and times models."""
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], groups: list, batch: int,
                  threads: int | None, runs: int):
@@ -60,11 +60,10 @@ class LatencyModel:
         self.x = torch.randn(int(batch), *self.shape, generator=torch.Generator().manual_seed(0))
         self.threads = threads
         self.runs = runs
-        self.modules = dict(self.model.named_modules())
 
     @torch.no_grad()
-    def measure(self, keeps: Mapping[int, torch.Tensor]) -> float:
-        """Latency (ms) of the model compacted to ``keeps`` (group index -> bool per channel)."""
+    def build(self, keeps: Mapping[int, torch.Tensor]) -> nn.Module:
+        """The model compacted to ``keeps`` (group index -> bool per channel)."""
         from prunelab.compress.compact import compact
 
         m = copy.deepcopy(self.model)
@@ -79,14 +78,31 @@ class LatencyModel:
             for name in g.norms:
                 mods[name].weight[drop] = 0
                 mods[name].bias[drop] = 0
-        small, _ = compact(m, self.shape, groups=self.groups)
+        return compact(m, self.shape, groups=self.groups)[0].eval()
+
+    def time(self, *models: nn.Module, rounds: int = 3) -> list[float]:
+        """Median latency (ms) of each model, timed in turn for ``rounds`` rounds."""
         previous = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(int(self.threads))
+        times: list[list[float]] = [[] for _ in models]
         try:
-            return _median_ms(small, self.x, self.runs)
+            with torch.inference_mode():
+                for m in models:
+                    for _ in range(5):
+                        m(self.x)
+                for _ in range(rounds):
+                    for i, m in enumerate(models):
+                        for _ in range(self.runs):
+                            t = time.perf_counter()
+                            m(self.x)
+                            times[i].append(time.perf_counter() - t)
         finally:
             torch.set_num_threads(previous)
+        return [1e3 * sorted(t)[len(t) // 2] for t in times]
+
+    def measure(self, keeps: Mapping[int, torch.Tensor]) -> float:
+        return self.time(self.build(keeps))[0]
 
 
 def channel_scores(model: nn.Module, group) -> torch.Tensor:
@@ -156,7 +172,8 @@ def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: 
         for name in _weights(g):  # channels already pruned stay pruned
             k &= old_keep[name].cpu()
         start_keep[gi] = k
-    full_ms = lat.measure(start_keep)
+    full_model = lat.build(start_keep)
+    full_ms = lat.time(full_model)[0]
     scores = {gi: channel_scores(model, all_groups[gi]) for gi in cand}
 
     def keep_lowest_removed(gi: int, width: int) -> torch.Tensor:
@@ -168,7 +185,8 @@ def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: 
 
     floor_ms = lat.measure({gi: keep_lowest_removed(gi, 1) for gi in cand})
     check_floor(budget_ms, floor_ms, full_ms, batch)
-    # the latency table: saving of each group at k/GRID of its channels
+    # the latency table: saving of each group at k/GRID of its channels, each point timed in
+    # turn with the whole model (A B A B ...), so that drifts of the machine cancel
     table: dict[int, list[tuple[int, float]]] = {}
     for gi in cand:
         n = int(start_keep[gi].sum())
@@ -176,7 +194,10 @@ def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: 
         for k in range(GRID - 1, 0, -1):
             w = max(1, round(n * k / GRID))
             if w < points[-1][0]:
-                points.append((w, full_ms - lat.measure({gi: keep_lowest_removed(gi, w)})))
+                keeps_w = dict(start_keep)
+                keeps_w[gi] = keep_lowest_removed(gi, w)
+                t_full, t_w = lat.time(full_model, lat.build(keeps_w))
+                points.append((w, max(0.0, t_full - t_w)))
         table[gi] = points
 
     def saving(gi: int, w: int) -> float:
@@ -187,6 +208,8 @@ def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: 
         return pts[-1][1]
 
     widths = {gi: int(start_keep[gi].sum()) for gi in cand}
+    # per group, the kept channels' scores from the smallest up (the order they are removed in)
+    order_scores = {gi: torch.sort(scores[gi][start_keep[gi]]).values for gi in cand}
     target = budget_ms
     achieved = full_ms
     checks = []
@@ -197,26 +220,23 @@ def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: 
             for gi in cand:
                 n0 = int(start_keep[gi].sum())
                 step = max(1, n0 // CHUNK)
-                w = widths[gi] - step
-                if w < 1:
-                    continue
-                gain = saving(gi, w) - saving(gi, widths[gi])
-                if gain <= 0:
-                    gain = 1e-6  # measured no saving yet: take it only when nothing else helps
-                s = scores[gi].masked_fill(~start_keep[gi], float("inf"))
-                order = torch.sort(s, stable=True).indices  # lowest first among the kept
-                kept_order = [int(i) for i in order if start_keep[gi][i]]
+                s_now = saving(gi, widths[gi])
                 removed = n0 - widths[gi]
-                cost = float(scores[gi][kept_order[removed:removed + step]].sum())
-                rate = cost / gain
-                if best_rate is None or rate < best_rate:
-                    best, best_rate = (gi, w), rate
+                for w in range(widths[gi] - step, 0, -step):
+                    gain = saving(gi, w) - s_now
+                    if gain <= 1e-9:
+                        continue  # no measured saving yet: look at a smaller width
+                    cost = float(order_scores[gi][removed:n0 - w].sum())
+                    rate = cost / gain
+                    if best_rate is None or rate < best_rate:
+                        best, best_rate = (gi, w), rate
+                    break  # the first width that saves time, per group
             if best is None:
-                break
+                break  # no removal is measured to save time: stop here
             widths[best[0]] = best[1]
             predicted = full_ms - sum(saving(gi, widths[gi]) for gi in cand)
         keeps = {gi: keep_lowest_removed(gi, widths[gi]) for gi in cand}
-        achieved = lat.measure(keeps)
+        achieved = lat.time(lat.build(keeps))[0]
         checks.append({"predicted_ms": predicted, "measured_ms": achieved})
         if achieved <= budget_ms:
             break
