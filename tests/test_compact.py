@@ -129,3 +129,23 @@ def test_save_and_load_as_an_ordinary_checkpoint(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), small.eval()(x))
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in small.parameters())
+
+
+def test_structured_pruning_removes_residual_channels_jointly():
+    torch.manual_seed(0)
+    net = build_model("resnet20", input_shape=(3, 32, 32), num_classes=10).eval()
+    pruner = Pruner(name="structured", score="magnitude", granularity="structured", scope="layer")
+    masks = pruner.prepare(net)
+    masks.update(pruner.compute_masks(masks.params, masks.as_dict(), 0.45))
+    masks.apply_()
+    # the stem and the second conv of each stage-1 block write into one residual stream: they
+    # keep exactly the same channels
+    stream = ["conv1.weight"] + [f"layer1.{i}.conv2.weight" for i in range(3)]
+    assert any(set(stream) <= set(v) for v in pruner._tied.values())
+    keeps = [masks[n].reshape(16, -1).any(1) for n in stream]
+    assert all(torch.equal(keeps[0], k) for k in keeps[1:]) and not bool(keeps[0].all())
+    small, report = compact(net, (3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (net(x) - small(x)).abs().max() <= 1e-4
+    assert small.conv1.out_channels == int(keeps[0].sum())  # stream channels really removed

@@ -174,8 +174,9 @@ def test_include_exclude_globs_and_errors():
 
 def test_pruner_rejects_unknown_names():
     with pytest.raises(PruningConfigError, match="unknown pruner='magnitud'; known: "
-                                                 "global_magnitude, magnitude, nm, none, random, "
-                                                 "sensitivity, snip, structured, taylor"):
+                                                 "global_magnitude, latency_aware, magnitude, nm, "
+                                                 "none, random, sensitivity, snip, structured, "
+                                                 "taylor"):
         Pruner(name="magnitud")
     with pytest.raises(PruningConfigError, match="pruner.scope='glob'"):
         Pruner(scope="glob")

@@ -178,6 +178,8 @@ class Pruner:
         self.latency_threads = latency_threads
         self.latency_report: dict | None = None
         self._model: nn.Module | None = None
+        self._tied: dict[str, list[str]] = {}
+        self._tied_key: tuple | None = None
 
     # -- properties -------------------------------------------------------------------------------
     @property
@@ -246,7 +248,33 @@ class Pruner:
                    for w, cs in coupled_parameters(model, list(params)).items()}
         self._protected = frozenset(self._output_weights(model, params))
         self._model = model
+        self._tied = self._tied_channels(model, list(params))
         return params, coupled
+
+    def _tied_channels(self, model: nn.Module, names: list[str]) -> dict[str, list[str]]:
+        """Prunable weights whose output channels a residual addition ties together (found by
+        tracing the model; ``{first weight: [weights]}``). Empty when the model has no
+        ``input_shape`` or cannot be traced."""
+        key = (id(model), tuple(names))
+        if self._tied_key == key:
+            return self._tied
+        self._tied_key = key
+        shape = getattr(model, "input_shape", None)
+        if shape is None:
+            return {}
+        from prunelab.compress.compact import CompactionError, channel_groups
+
+        try:
+            groups = channel_groups(model, tuple(shape))
+        except CompactionError:
+            return {}
+        known = set(names)
+        out = {}
+        for g in groups:
+            weights = [f"{p}.weight" for p in g.producers]
+            if len(weights) > 1 and not g.fixed and set(weights) <= known:
+                out[weights[0]] = weights
+        return out
 
     def prepare(self, model: nn.Module) -> MaskSet:
         """A fresh :class:`MaskSet` over ``model``'s prunable (and coupled) parameters."""
@@ -319,10 +347,28 @@ class Pruner:
             else:
                 ch = {n: channel_scores(scores[n], "sum") for n in params}
                 normalizers = {n: float(sizes[n]) for n in params}
-            keep = select_channels(
-                ch, {n: channel_keep(old_masks[n]) for n in params}, target, self.scope, sizes,
-                sum(p.numel() for p in params.values()), self._protected, normalizers)
-            return {n: expand_channels(keep[n], params[n].shape) for n in params}
+            total = sum(p.numel() for p in params.values())
+            units = {u: names for u, names in self._tied.items() if set(names) <= set(params)}
+            tied = {n for names in units.values() for n in names}
+            units.update({n: [n] for n in params if n not in tied})
+            # channels tied by a residual addition are scored and kept together: the unit's
+            # score is the norm (or sum) over all of its layers' weights of that channel
+            pw = float(self.norm)
+            u_ch, u_sizes, u_norm, u_old = {}, {}, {}, {}
+            for u, names in units.items():
+                u_ch[u] = (sum(ch[n] ** pw for n in names) ** (1.0 / pw) if scores is None
+                           else sum(ch[n] for n in names))
+                u_sizes[u] = sum(sizes[n] for n in names)
+                u_norm[u] = (u_sizes[u] ** (1.0 / pw) if scores is None else float(u_sizes[u]))
+                k = channel_keep(old_masks[names[0]])
+                for n in names[1:]:
+                    k = k & channel_keep(old_masks[n])
+                u_old[u] = k
+            protected = frozenset(u for u, names in units.items() if set(names) & self._protected)
+            keep = select_channels(u_ch, u_old, target, self.scope, u_sizes, total, protected,
+                                   u_norm)
+            return {n: expand_channels(keep[u], params[n].shape)
+                    for u, names in units.items() for n in names}
         if self.granularity == "nm":
             per_group = min(self.m - self.n, int(math.floor(target * self.m + 1e-9)))
             return {n: nm_mask(scores[n], old_masks[n], self.n, self.m, per_group) for n in params}
