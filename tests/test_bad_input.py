@@ -12,7 +12,7 @@ CASES = {
     "sparsity_negative": (["sparsity=-0.1"], "sparsity=-0.1 is outside the allowed range [0, 1)"),
     "sparsity_nan": (["sparsity=abc"], "sparsity='abc' is not a number; allowed: a number in [0, 1)"),
     "unknown_pruner": (["pruner=magnitud"],
-                       "unknown pruner='magnitud'; known: global_magnitude, magnitude, nm, none, "
+                       "unknown pruner='magnitud'; known: global_magnitude, latency_aware, magnitude, nm, none, "
                        "random, sensitivity, snip, structured, taylor"),
     "unknown_model": (["model=resnet21"], "unknown model='resnet21'; known: conv2, conv4, conv6"),
     "unknown_data": (["data=imagenet"], "unknown data='imagenet'; known: cifar10, cifar100"),

@@ -51,7 +51,8 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
     profile = tmp_path / "profile.yaml"
     profile.write_text("target_sparsity: 0.6\nlayers: {features.0.weight: 0.7, classifier.weight: 0.2}\n")
     for opt in options:
-        extra = [f"pruner.profile={profile}"] if (group, opt) == ("pruner", "sensitivity") else []
+        extra = {("pruner", "sensitivity"): [f"pruner.profile={profile}"],
+                 ("pruner", "latency_aware"): ["hardware.latency_budget_ms=1.0"]}.get((group, opt), [])
         cfg = compose_train(f"{group}={opt}", *extra)
         OmegaConf.resolve(cfg)
         if group == "data" or group == "experiment":
@@ -104,7 +105,7 @@ def test_schedule_epochs_follow_run_length():
 
 def test_check_overrides_lists_known_names():
     with pytest.raises(ConfigError, match="unknown pruner='magnitud'; known: global_magnitude, "
-                                          "magnitude, nm, none, random, sensitivity, snip, "
+                                          "latency_aware, magnitude, nm, none, random, sensitivity, snip, "
                                           "structured, taylor"):
         check_overrides(["pruner=magnitud"])
     with pytest.raises(ConfigError, match="unknown model='resnet21'"):

@@ -99,10 +99,10 @@ def test_multirun_two_jobs(tmp_path):
     results = {json.loads((sweep / d / "results.json").read_text())["pruner"]: d for d in dirs}
     assert set(results) == {"magnitude", "random"}
     # the sweep summary: one row per method
-    summary = (sweep / "summary.md").read_text().splitlines()
+    summary = [ln for ln in (sweep / "report.md").read_text().splitlines() if ln.startswith("|")]
     assert len(summary) == 4 and summary[0].startswith("| data | model | pruner |")
     assert any("| magnitude |" in ln for ln in summary) and any("| random |" in ln for ln in summary)
-    assert (sweep / "summary.csv").is_file()
+    assert (sweep / "report.csv").is_file() and (sweep / "acc_vs_sparsity.png").is_file()
 
 
 def test_compare_methods_experiment_is_one_multirun(tmp_path):
@@ -111,7 +111,7 @@ def test_compare_methods_experiment_is_one_multirun(tmp_path):
                    "pruner=taylor,snip", "sparsity=0.8",  # the command line narrows the sweep
                    f"hydra.sweep.dir={sweep}"], tmp_path, timeout=400)
     assert p.returncode == 0, p.stderr[-3000:]
-    rows = [ln for ln in (sweep / "summary.md").read_text().splitlines()[2:]]
+    rows = [ln for ln in (sweep / "report.md").read_text().splitlines()[2:] if ln.startswith("|")]
     assert sorted(ln.split("|")[3].strip() for ln in rows) == ["snip", "taylor"]
     for d in sweep.iterdir():
         if d.is_dir():
@@ -125,3 +125,18 @@ def test_unstructured_50_to_70_percent_on_cpu_warns_it_will_not_be_faster(magnit
     assert res["hardware"] == "cpu"
     assert len(res["warnings"]) == 1 and "will not run faster on hardware=cpu" in res["warnings"][0]
     assert "prunelab: warning: unstructured sparsity=0.7 will not run faster" in proc.stderr
+
+
+def test_a_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
+    sweep = tmp_path / "sw"
+    p = run_train(["-m", *FAST, "measure.latency=false", "pruner=magnitude",
+                   "sparsity=0.5,1.5", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=400)
+    assert p.returncode == 1
+    assert "prunelab: error: 1 job(s) of the sweep failed" in p.stderr
+    ok = [d for d in sweep.iterdir() if (d / "results.json").is_file()]
+    assert len(ok) == 1 and "sparsity=0.5" in ok[0].name
+    bad = next(d for d in sweep.iterdir() if "sparsity=1.5" in d.name)
+    err = json.loads((bad / "error.json").read_text())
+    assert err["error"] == "sparsity=1.5 is outside the allowed range [0, 1)"
+    md = (sweep / "report.md").read_text()
+    assert "**1 job(s) without results:**" in md and "sparsity=1.5 is outside" in md

@@ -288,15 +288,15 @@ def file_hashes(directory: Path) -> dict[str, str]:
 
 def test_killed_in_level_2_resumes_there_and_keeps_levels_0_and_1(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*TINY, "epochs=8", "lottery.levels=3", f"hydra.run.dir={run_dir}"]
+    # small batches: a level takes a few hundred steps, so the kill lands inside level 2
+    args = [*TINY, "data.batch_size=8", "epochs=6", "lottery.levels=3", f"hydra.run.dir={run_dir}"]
     proc = run_lottery(args, tmp_path)
     level2 = run_dir / "level_02"
     deadline = time.time() + 240
-    while not (level2 / "start.pt").exists():
+    while not (level2 / "checkpoints" / "last.ckpt").exists():  # after level 2's first epoch
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         assert time.time() < deadline
-        time.sleep(0.005)
-    time.sleep(0.3)  # into level 2's training
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (level2 / "results.json").exists(), "level 2 finished before the kill"
@@ -307,6 +307,7 @@ def test_killed_in_level_2_resumes_there_and_keeps_levels_0_and_1(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert "levels 0, 1 finished; resuming at level 2" in out
+    assert "level 2: resuming from" in out  # from level 2's own last checkpoint
     assert "[none] level 0:" not in out and "[none] level 1:" not in out
     for lvl, hashes in before.items():
         assert file_hashes(run_dir / lvl) == hashes, lvl

@@ -95,3 +95,13 @@ def test_distillation_trains_against_the_frozen_teacher():
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
     # alpha = 1 and a student equal to the teacher: zero loss
     assert d.loss(teacher(x), x, y).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_diverged_loss_stops_the_run_with_a_clear_error():
+    module = ClassifierModule(nn.Linear(4, 2), num_classes=2,
+                              optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    module.on_train_epoch_start()
+    module._train_sums.add_(torch.tensor([float("nan"), 1.0]))
+    module._train_seen = 4
+    with pytest.raises(FloatingPointError, match="training diverged"):
+        module.on_train_epoch_end()

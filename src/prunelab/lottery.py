@@ -683,12 +683,17 @@ def _hydra_main(cfg: DictConfig) -> float:
 
     try:
         rows = run(cfg)
-    except ConfigError as exc:
-        _discard_if_empty(Path(HydraConfig.get().runtime.output_dir))
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            print(f"prunelab: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a sweep records any failure and goes on
+        out = Path(HydraConfig.get().runtime.output_dir)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            if isinstance(exc, ConfigError):
+                _discard_if_empty(out)
+                _error(str(exc))
             raise
-        _error(str(exc))
+        from prunelab.train import record_failure
+
+        record_failure(out, exc)
+        return float("nan")
     return float(rows[-1]["test_acc"])
 
 

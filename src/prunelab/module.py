@@ -129,6 +129,11 @@ class ClassifierModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         s = self._train_sums
         if s is not None and self._train_seen > 0:
+            if not bool(torch.isfinite(s[0])):  # one check per epoch: no per-step sync
+                raise FloatingPointError(
+                    f"the training loss is {float(s[0] / self._train_seen)} in epoch "
+                    f"{self.current_epoch}: training diverged (lower optimizer.lr, or set "
+                    f"module.gradient_clip_val)")
             n = self._train_seen
             self.log("train/loss", s[0] / n, sync_dist=True)
             self.log("train/acc", s[1] / n, prog_bar=True, sync_dist=True)

@@ -36,8 +36,18 @@ def collect(directory: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.mean(vals) if vals else None
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per configuration (seeds combined): mean and std of test accuracy, sparsity."""
+    """One row per configuration (seeds combined): mean and std of test accuracy; means of
+    sparsity, parameters kept, MACs kept, size and latency."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         # runs that differ in anything but the seed (regularizer, epochs, ...) stay apart
@@ -47,15 +57,26 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         accs = [r["test_acc"] for r in rs]
         row = dict(zip(GROUP_KEYS, key))
         row["group_hash"] = key[-1]
+        lat = [r.get("latency_ms") or {} for r in rs]
+        adv = [r.get("adversarial") or {} for r in rs]
         row.update({
             "seeds": len(rs),
             "test_acc_mean": statistics.mean(accs),
-            "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "test_acc_std": _std(accs),
             "sparsity": statistics.mean(r["sparsity"]["global"] for r in rs),
             "channel_sparsity": statistics.mean(r.get("channel_sparsity", {}).get("global", 0.0)
                                                 for r in rs),
+            "params_kept": _mean([r["params"]["nonzero"] / r["params"]["total"] for r in rs
+                                  if "params" in r]),
             "macs_ratio": statistics.mean(r["macs"]["effective"] / r["macs"]["dense"] for r in rs),
+            "size_kb": _mean([r["size_bytes"]["sparse_bytes"] / 1e3 for r in rs
+                              if "size_bytes" in r]),
+            "latency_b1_ms": _mean([x.get("batch_1") for x in lat]),
+            "latency_b64_ms": _mean([x.get("batch_64") for x in lat]),
+            "adv_acc": _mean([x.get("acc") for x in adv]),
             "wall_time_s": statistics.mean(r["wall_time_s"] for r in rs),
+            "per_layer": {n: statistics.mean(r["sparsity"]["per_layer"].get(n, 0.0) for r in rs)
+                          for n in (rs[0]["sparsity"].get("per_layer") or {})},
         })
         out.append(row)
     out.sort(key=lambda r: tuple(str(r[k]) for k in ("data", "model", "target_sparsity"))
@@ -63,29 +84,103 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def collect_failures(directory: str | Path) -> list[dict[str, str]]:
+    """Jobs of a sweep without ``results.json``: failed (``error.json``, written by the failing
+    job) or unfinished (a Hydra job directory, ``.hydra/``, and nothing else)."""
+    out = []
+    directory = Path(directory)
+    for d in sorted({p.parent for p in directory.rglob("error.json")}
+                    | {p.parent for p in directory.rglob(".hydra")}):
+        if (d / "results.json").is_file() or (d / "lottery.json").is_file():
+            continue
+        err = "unfinished: no results.json (killed or still running)"
+        if (d / "error.json").is_file():
+            try:
+                err = json.loads((d / "error.json").read_text()).get("error", err)
+            except (OSError, json.JSONDecodeError):
+                pass
+        out.append({"run_dir": str(d.relative_to(directory)) or ".", "error": err})
+    return out
+
+
 COLUMNS = [("data", "data"), ("model", "model"), ("pruner", "pruner"),
            ("target_sparsity", "target"), ("sparsity", "sparsity"),
            ("channel_sparsity", "channels"), ("test_acc_mean", "test acc"),
-           ("test_acc_std", "std"), ("seeds", "seeds"), ("macs_ratio", "MACs kept"),
-           ("wall_time_s", "wall s")]
+           ("test_acc_std", "std"), ("seeds", "seeds"), ("params_kept", "params kept"),
+           ("macs_ratio", "MACs kept"), ("size_kb", "size KB"), ("latency_b1_ms", "ms @1"),
+           ("latency_b64_ms", "ms @64"), ("adv_acc", "adv acc"), ("wall_time_s", "wall s")]
 
 
 def _fmt(key: str, v: Any) -> str:
-    if key in ("test_acc_mean", "test_acc_std"):
+    if v is None:
+        return "-"
+    if key in ("test_acc_mean", "test_acc_std", "adv_acc"):
         return f"{100 * v:.2f}"
-    if key in ("sparsity", "channel_sparsity", "macs_ratio", "target_sparsity"):
+    if key in ("sparsity", "channel_sparsity", "macs_ratio", "target_sparsity", "params_kept"):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
-    if key == "wall_time_s":
+    if key in ("wall_time_s", "size_kb"):
         return f"{v:.1f}"
+    if key in ("latency_b1_ms", "latency_b64_ms"):
+        return f"{v:.3f}"
     return str(v)
 
 
-def markdown(summary: Sequence[dict[str, Any]]) -> str:
+def markdown(summary: Sequence[dict[str, Any]], failures: Sequence[dict[str, str]] = ()) -> str:
     lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
     for r in summary:
         lines.append("| " + " | ".join(_fmt(k, r[k]) for k, _ in COLUMNS) + " |")
+    if failures:
+        lines += ["", f"**{len(failures)} job(s) without results:**", ""]
+        lines += [f"- `{f['run_dir']}`: {f['error']}" for f in failures]
     return "\n".join(lines) + "\n"
+
+
+def write_report(directory: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
+    """``report.md``, ``report.csv`` and the plots for the runs under ``directory`` (and the
+    lottery report for lottery runs). Raises FileNotFoundError when there is nothing to report."""
+    from prunelab.plots import plot_sweep
+
+    directory = Path(directory)
+    lottery = write_lottery_report(directory, quiet=quiet)
+    summary = summarize(collect(directory))
+    failures = collect_failures(directory)
+    if not summary:
+        if lottery:
+            return lottery
+        if failures:
+            md = markdown([], failures)
+            (directory / "report.md").write_text(md)
+            if not quiet:
+                print(md, end="")
+            return []
+        raise FileNotFoundError(f"no results.json under {directory}")
+    fields = [k for k in summary[0] if k != "per_layer"]
+    with open(directory / "report.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(summary)
+    md = markdown(summary, failures)
+    pngs = plot_sweep(summary, directory)
+    md += "\n" + "".join(f"![{p.stem}]({p.name})\n" for p in pngs)
+    (directory / "report.md").write_text(md)
+    if not quiet:
+        print(md, end="")
+        print(f"wrote {directory / 'report.md'}, report.csv and {len(pngs)} plots")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m prunelab.report <directory with prunelab.train or prunelab.lottery runs>",
+              file=sys.stderr)
+        sys.exit(2)
+    try:
+        write_report(args[0])
+    except FileNotFoundError as exc:
+        print(f"prunelab: error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 # -- lottery tickets ---------------------------------------------------------------------------------
@@ -232,38 +327,6 @@ def write_lottery_report(directory: str | Path, quiet: bool = False) -> list[dic
         print(md, end="")
         print(f"wrote {directory / 'lottery_report.md'}, lottery_report.csv and lottery.png")
     return curves
-
-
-def write_report(directory: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
-    directory = Path(directory)
-    lottery = write_lottery_report(directory, quiet=quiet)
-    summary = summarize(collect(directory))
-    if not summary:
-        if lottery:
-            return lottery
-        raise FileNotFoundError(f"no results.json under {directory}")
-    with open(directory / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(summary[0]))
-        w.writeheader()
-        w.writerows(summary)
-    md = markdown(summary)
-    (directory / "summary.md").write_text(md)
-    if not quiet:
-        print(md, end="")
-        print(f"wrote {directory / 'summary.csv'} and {directory / 'summary.md'}")
-    return summary
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m prunelab.report <directory with prunelab.train or prunelab.lottery runs>", file=sys.stderr)
-        sys.exit(2)
-    try:
-        write_report(args[0])
-    except FileNotFoundError as exc:
-        print(f"prunelab: error: {exc}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -322,6 +322,23 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     return results
 
 
+def record_failure(run_dir: Path, exc: BaseException) -> None:
+    """``error.json`` in a failed sweep job's directory (read by the sweep report)."""
+    import traceback
+
+    from prunelab.results import write_json_atomic
+
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if not isinstance(exc, ConfigError):
+        msg = f"{type(exc).__name__}: {msg}"
+    print(f"prunelab: error: {msg}", file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "error.json", {
+        "error": msg, "type": type(exc).__name__,
+        "overrides": list(HydraConfig.get().overrides.task),
+        "traceback": None if isinstance(exc, ConfigError) else traceback.format_exc()})
+
+
 def _error(msg: str) -> None:
     print(f"prunelab: error: {msg}", file=sys.stderr)
     sys.exit(2)
@@ -333,11 +350,13 @@ def _hydra_main(cfg: DictConfig) -> float:
 
     try:
         results = run(cfg)
-    except ConfigError as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            print(f"prunelab: error: {exc}", file=sys.stderr)
-            raise  # Hydra marks this job failed; the sweep's other jobs still run
-        _error(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a sweep records any failure and goes on
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            if isinstance(exc, ConfigError):
+                _error(str(exc))
+            raise
+        record_failure(Path(HydraConfig.get().runtime.output_dir), exc)
+        return float("nan")  # the other jobs still run; the sweep report lists this one
     return float(results["best_val_acc"] if results["best_val_acc"] is not None
                  else results["test_acc"])
 

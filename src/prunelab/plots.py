@@ -1,0 +1,135 @@
+"""Sweep plots: the figures a pruning paper shows, from ``report.summarize`` rows.
+
+- ``acc_vs_sparsity.png``: test accuracy against sparsity, one line per method (error bars: std
+  over seeds), the dense baseline (``pruner=none``) as a horizontal band;
+- ``acc_vs_macs.png``: test accuracy against the fraction of MACs kept;
+- ``acc_vs_latency.png``: test accuracy against measured CPU latency at batch 1 (when measured);
+- ``layer_sparsity.png``: per-layer sparsity, one row per method and sparsity (a heat map).
+
+Runs of different data sets or models go to separate panels, never onto one axis. The series
+drawn in every figure are listed in ``plots.json`` beside the images.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _panels(summary: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in summary:
+        out[(r["data"], r["model"])].append(r)
+    return dict(out)
+
+
+def _method(r: dict[str, Any]) -> str:
+    name = str(r["pruner"])
+    if r.get("granularity") not in (None, "unstructured") and r["pruner"] != "structured":
+        name += f" ({r['granularity']})"
+    return name
+
+
+def _is_dense(r: dict[str, Any]) -> bool:
+    return r["pruner"] == "none" or not r.get("target_sparsity")
+
+
+def _figure(n: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 4.5), squeeze=False)
+    return plt, fig, axes[0]
+
+
+def _xy_plot(summary, path: Path, x_key: str, x_label: str, log_x: bool = False,
+             x_scale: float = 1.0) -> dict[str, list[str]] | None:
+    panels = {k: [r for r in rs if r.get(x_key) is not None] for k, rs in _panels(summary).items()}
+    panels = {k: rs for k, rs in panels.items() if rs}
+    if not panels:
+        return None
+    plt, fig, axes = _figure(len(panels))
+    drawn: dict[str, list[str]] = {}
+    for ax, ((data, model), rs) in zip(axes, sorted(panels.items())):
+        names = []
+        dense = [r for r in rs if _is_dense(r)]
+        if dense:
+            m, s = 100 * dense[0]["test_acc_mean"], 100 * dense[0]["test_acc_std"]
+            ax.axhspan(m - max(s, 0.02), m + max(s, 0.02), color="grey", alpha=0.3,
+                       label=f"dense {m:.2f}%")
+            names.append("dense")
+        lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rs:
+            if not _is_dense(r):
+                lines[_method(r)].append(r)
+        for method, pts in sorted(lines.items()):
+            pts = sorted(pts, key=lambda r: r[x_key])
+            ax.errorbar([x_scale * r[x_key] for r in pts], [100 * r["test_acc_mean"] for r in pts],
+                        yerr=[100 * r["test_acc_std"] for r in pts], marker="o", ms=4, capsize=3,
+                        label=method)
+            names.append(method)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{model} / {data}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        drawn[f"{data}/{model}"] = names
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def _heatmap(summary, path: Path) -> dict[str, list[str]] | None:
+    panels = {k: [r for r in rs if r.get("per_layer") and not _is_dense(r)]
+              for k, rs in _panels(summary).items()}
+    panels = {k: rs for k, rs in panels.items() if rs}
+    if not panels:
+        return None
+    plt, fig, axes = _figure(len(panels))
+    drawn = {}
+    for ax, ((data, model), rs) in zip(axes, sorted(panels.items())):
+        rs = sorted(rs, key=lambda r: (_method(r), r["target_sparsity"]))
+        layers = list(rs[0]["per_layer"])
+        grid = [[r["per_layer"].get(n, 0.0) for n in layers] for r in rs]
+        im = ax.imshow(grid, aspect="auto", vmin=0.0, vmax=1.0, cmap="viridis")
+        rows = [f"{_method(r)} @{r['target_sparsity']:g}" for r in rs]
+        ax.set_yticks(range(len(rs)), rows, fontsize=7)
+        ax.set_xticks(range(len(layers)), [n.removesuffix(".weight") for n in layers],
+                      rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"per-layer sparsity, {model} / {data}")
+        fig.colorbar(im, ax=ax, fraction=0.04)
+        drawn[f"{data}/{model}"] = rows
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+def plot_sweep(summary: Sequence[dict[str, Any]], directory: str | Path) -> list[Path]:
+    """Write the sweep's figures into ``directory``; returns their paths."""
+    directory = Path(directory)
+    specs = {
+        "acc_vs_sparsity.png": lambda p: _xy_plot(summary, p, "sparsity", "sparsity (fraction of "
+                                                  "prunable weights at zero)"),
+        "acc_vs_macs.png": lambda p: _xy_plot(summary, p, "macs_ratio", "MACs kept (%)",
+                                              log_x=True, x_scale=100.0),
+        "acc_vs_latency.png": lambda p: _xy_plot(summary, p, "latency_b1_ms",
+                                                 "CPU latency at batch 1 (ms)"),
+        "layer_sparsity.png": lambda p: _heatmap(summary, p),
+    }
+    written, series = [], {}
+    for name, fn in specs.items():
+        drawn = fn(directory / name)
+        if drawn is not None:
+            written.append(directory / name)
+            series[name] = drawn
+    (directory / "plots.json").write_text(json.dumps(series, indent=2) + "\n")
+    return written
