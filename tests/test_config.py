@@ -147,3 +147,17 @@ def test_edge_cpu_profile_measures_one_thread_batch_one():
     cfg = compose_train("hardware=edge_cpu")
     assert cfg.hardware.threads == 1 and list(cfg.measure.batch_sizes) == [1]
     assert cfg.hardware.int8 is True
+
+
+def test_slurm_launcher_and_named_sweeps_compose():
+    cfg = compose_train("hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                        "hydra.launcher.gpus_per_node=1", "experiment=methods_vs_sparsity")
+    # Hydra keeps its own node out of compose()'s result unless asked; check the sweep params
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        full = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                           "experiment=methods_vs_sparsity"],
+                       return_hydra_config=True)
+    assert full.hydra.launcher.partition == "gpu" and full.hydra.launcher.timeout_min == 60
+    assert "submitit" in full.hydra.launcher._target_.lower()
+    assert full.hydra.sweeper.params.pruner == "magnitude,global_magnitude,random"
+    assert cfg.data.batch_size == 64

@@ -140,3 +140,52 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
     assert err["error"] == "sparsity=1.5 is outside the allowed range [0, 1)"
     md = (sweep / "report.md").read_text()
     assert "**1 job(s) without results:**" in md and "sparsity=1.5 is outside" in md
+
+
+def test_joblib_launcher_splits_the_cores_between_jobs(tmp_path):
+    sweep = tmp_path / "jl"
+    p = run_train(["-m", *FAST, "measure.latency=false", "pruner=magnitude,random",
+                   "sparsity=0.5", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   f"hydra.sweep.dir={sweep}"], tmp_path, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    results = [json.loads(f.read_text()) for f in sweep.glob("*/results.json")]
+    cpus = os.cpu_count() or 1
+    assert len(results) == 2 and all(r["threads"] == max(1, cpus // min(2, cpus)) for r in results)
+    assert (sweep / "report.md").is_file()
+
+
+def test_optuna_search_reports_the_best_trial(tmp_path):
+    sweep = tmp_path / "op"
+    p = run_train(["-m", "experiment=search_lr", *FAST, "measure.latency=false",
+                   "hydra.sweeper.n_trials=2", "epochs=range(2,4)", f"hydra.sweep.dir={sweep}"],
+                  tmp_path, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    import yaml
+
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trials = [json.loads(f.read_text()) for f in sweep.glob("*/results.json")]
+    assert len(trials) == 2
+    assert best["best_value"] == pytest.approx(max(t["best_val_acc"] for t in trials))
+    assert "**Best trial** (Optuna)" in (sweep / "report.md").read_text()
+
+
+def test_sweep_without_an_objective_fails_each_job_clearly(tmp_path):
+    sweep = tmp_path / "noobj"
+    p = run_train(["-m", *FAST, "objective=null", "pruner=magnitude", "sparsity=0.5",
+                   f"hydra.sweep.dir={sweep}"], tmp_path, timeout=200)
+    assert p.returncode == 1
+    assert "objective=None: a sweep needs a metric to optimize; allowed: best_val_acc, test_acc" \
+        in p.stderr
+    assert not list(sweep.glob("*/results.json"))
+
+
+def test_submitit_local_runs_the_sweep_as_slurm_would(tmp_path):
+    sweep = tmp_path / "sl"
+    p = run_train(["-m", *FAST, "measure.latency=false", "pruner=magnitude", "sparsity=0.5,0.7",
+                   "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+                   f"hydra.sweep.dir={sweep}"], tmp_path, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    sparsities = sorted(json.loads(f.read_text())["target_sparsity"]
+                        for f in sweep.glob("*/results.json"))
+    assert sparsities == [0.5, 0.7]
+    assert list(sweep.glob(".submitit/*"))  # submitit's job folders: the jobs ran through it

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 #: Config keys that do not change what a run computes (left out of ``config_hash``).
-NON_RESULT_KEYS = ("logger", "resume", "measure", "checkpoint", "hydra")
+NON_RESULT_KEYS = ("logger", "resume", "measure", "checkpoint", "hydra", "objective")
 NON_RESULT_SUBKEYS = {"hardware": ("threads",), "trainer": ("enable_progress_bar",
                                                             "enable_model_summary",
                                                             "log_every_n_steps")}

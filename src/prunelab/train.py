@@ -113,6 +113,27 @@ def _as_config_error(exc: BaseException) -> BaseException:
     return ConfigError(msg.splitlines()[0] if msg else repr(exc))
 
 
+#: What a sweep (Optuna) may optimize: results.json keys, maximized.
+OBJECTIVES = ("best_val_acc", "test_acc")
+
+
+def job_threads(cfg: DictConfig) -> int | None:
+    """Torch threads for this job: ``hardware.threads`` if set; under the joblib launcher the
+    cores split between the jobs that run at once (no oversubscription); else None (default)."""
+    if cfg.hardware.get("threads"):
+        return int(cfg.hardware.threads)
+    try:
+        launcher = HydraConfig.get().launcher
+    except ValueError:
+        return None
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    cpus = os.cpu_count() or 1
+    n = int(launcher.get("n_jobs") or -1)
+    parallel = min(cpus, n) if n > 0 else max(1, cpus + 1 + n)  # joblib: -1 = all cores
+    return max(1, cpus // parallel)
+
+
 def validate_top_level(cfg: DictConfig) -> dict[str, Any]:
     """Checks that need no heavy import: sparsity, epochs, resume. Returns the checked values."""
     from omegaconf.errors import OmegaConfBaseException
@@ -126,6 +147,10 @@ def validate_top_level(cfg: DictConfig) -> dict[str, Any]:
     epochs = cfg.get("epochs")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs={epochs!r} must be an integer >= 1")
+    objective = cfg.get("objective")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective={objective!r}: a sweep needs a metric to optimize; allowed: "
+                          f"{', '.join(OBJECTIVES)}")
     return {"sparsity": sparsity, "resume": resolve_resume(cfg.get("resume"))}
 
 
@@ -253,8 +278,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         output_dir = HydraConfig.get().runtime.output_dir
     out = Path(output_dir)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    if cfg.hardware.get("threads"):
-        torch.set_num_threads(int(cfg.hardware.threads))
+    threads = job_threads(cfg)
+    if threads:
+        torch.set_num_threads(threads)
     parts = build(cfg, checked)
     dm, net, callback = parts["datamodule"], parts["net"], parts["callback"]
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -283,7 +309,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     measured = measure_model(net, callback.masks.names, dm.input_shape, out,
                              latency=bool(m.latency), batch_sizes=list(m.batch_sizes),
                              warmup=int(m.warmup), runs=int(m.runs),
-                             threads=cfg.hardware.get("threads"), size=bool(m.size))
+                             threads=threads, size=bool(m.size))
     best_score = ckpt.best_model_score
     results = {
         "model": parts["model_name"],
@@ -303,6 +329,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "best_val_acc": None if best_score is None else float(best_score),
         "best_checkpoint": best_path,
         "hardware": _choice("hardware", str(cfg.hardware.get("target", "cpu"))),
+        "threads": torch.get_num_threads(),
         "latency_aware": parts["pruner"].latency_report,
         "warnings": parts["warnings"],
         "distill": None if parts["distiller"] is None else {
@@ -357,8 +384,8 @@ def _hydra_main(cfg: DictConfig) -> float:
             raise
         record_failure(Path(HydraConfig.get().runtime.output_dir), exc)
         return float("nan")  # the other jobs still run; the sweep report lists this one
-    return float(results["best_val_acc"] if results["best_val_acc"] is not None
-                 else results["test_acc"])
+    value = results.get(str(cfg.objective))
+    return float(value if value is not None else results["test_acc"])
 
 
 def main() -> None:
