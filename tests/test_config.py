@@ -76,6 +76,10 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
             o = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
             instantiate(cfg.lr_scheduler)(optimizer=o)
         if group == "logger" and cfg.get("logger"):
+            import importlib.util
+
+            if opt == "mlflow" and importlib.util.find_spec("mlflow") is None:
+                continue  # optional package; its absence is a one-line error (test_bad_input)
             instantiate(cfg.logger, save_dir=str(tmp_path))
         if group == "trainer" or (group == "hardware" and opt == "cpu"):
             trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(tmp_path))

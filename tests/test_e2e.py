@@ -22,7 +22,8 @@ def run_train(args, cwd, timeout=300):
 def magnitude_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     run_dir = tmp / "run"
-    proc = run_train([*FAST, "pruner=magnitude", "sparsity=0.7", f"hydra.run.dir={run_dir}"], tmp)
+    proc = run_train([*FAST, "pruner=magnitude", "sparsity=0.7", "eval.adversarial=fgsm",
+                      "eval.epsilon=0.1", "eval.batches=1", f"hydra.run.dir={run_dir}"], tmp)
     return proc, run_dir
 
 
@@ -189,3 +190,11 @@ def test_submitit_local_runs_the_sweep_as_slurm_would(tmp_path):
                         for f in sweep.glob("*/results.json"))
     assert sparsities == [0.5, 0.7]
     assert list(sweep.glob(".submitit/*"))  # submitit's job folders: the jobs ran through it
+
+
+def test_accuracy_under_attack_is_measured_and_reported(magnitude_run):
+    proc, run_dir = magnitude_run
+    adv = json.loads((run_dir / "results.json").read_text())["adversarial"]
+    assert adv["attack"] == "fgsm" and adv["epsilon"] == 0.1 and adv["samples"] > 0
+    assert 0 <= adv["acc"] < adv["clean_acc"]
+    assert "under attack" in proc.stdout

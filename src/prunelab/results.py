@@ -153,6 +153,11 @@ def summary_rows(res: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "latency_ms" in res:
         rows.append(("CPU latency", "  ".join(f"{k.replace('_', ' ')}: {v:.3f} ms"
                                               for k, v in res["latency_ms"].items())))
+    adv = res.get("adversarial")
+    if adv:
+        rows.append(("under attack", f"{adv['attack']} eps={adv['epsilon']:g}: "
+                                      f"{adv['acc']:.4f} (clean {adv['clean_acc']:.4f} on the "
+                                      f"same {adv['samples']} images)"))
     rows.append(("wall time", f"{res['wall_time_s']:.1f} s"))
     rows.append(("results", str(res["results_path"])))
     return rows

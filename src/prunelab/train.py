@@ -147,6 +147,17 @@ def validate_top_level(cfg: DictConfig) -> dict[str, Any]:
     epochs = cfg.get("epochs")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs={epochs!r} must be an integer >= 1")
+    ev = cfg.get("eval") or {}
+    attack = ev.get("adversarial")
+    if attack not in (None, "fgsm", "pgd"):
+        raise ConfigError(f"eval.adversarial={attack!r}; allowed: fgsm, pgd, null")
+    if attack is not None:
+        eps = ev.get("epsilon")
+        if isinstance(eps, bool) or not isinstance(eps, Real) or eps <= 0:
+            raise ConfigError(f"eval.epsilon={eps!r} must be a number > 0 (pixel units)")
+        steps = ev.get("steps")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"eval.steps={steps!r} must be an integer >= 1")
     objective = cfg.get("objective")
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective={objective!r}: a sweep needs a metric to optimize; allowed: "
@@ -229,6 +240,12 @@ def build(cfg: DictConfig, checked: dict[str, Any] | None = None) -> dict[str, A
                         pruner.latency_batch_size)
         if callback.events and not pruner.at_init:
             schedule.validate(int(cfg.trainer.get("max_epochs") or cfg.epochs), sparsity)
+        if "MLFlow" in str((cfg.get("logger") or {}).get("_target_", "")):
+            import importlib.util
+
+            if importlib.util.find_spec("mlflow") is None:
+                raise ConfigError("logger=mlflow needs the mlflow package (pip install mlflow); "
+                                  "allowed without it: csv, tensorboard, none")
         check_hardware(cfg.hardware, _choice("hardware", str(cfg.hardware.get("target", "cpu"))))
         instantiate(cfg.optimizer)(params=list(net.parameters()))  # bad lr etc. fail here
         regularizer = None
@@ -303,6 +320,16 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     best_path = ckpt.best_model_path or None
     test_metrics = trainer.test(module, datamodule=dm, ckpt_path=best_path, verbose=False)[0]
     train_time = time.perf_counter() - start
+    adversarial = None
+    ev = cfg.get("eval") or {}
+    if ev.get("adversarial"):
+        from prunelab.robust import adversarial_accuracy
+
+        dm.setup("test")
+        adversarial = adversarial_accuracy(
+            module.net, dm.test_dataloader(), dm, str(ev.adversarial), float(ev.epsilon),
+            steps=int(ev.steps), alpha=ev.get("alpha"), max_batches=ev.get("batches"),
+            seed=int(cfg.seed))
 
     masks_state = callback.masks.stats()
     m = cfg.measure
@@ -328,6 +355,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "test_loss": float(test_metrics["test/loss"]),
         "best_val_acc": None if best_score is None else float(best_score),
         "best_checkpoint": best_path,
+        "adversarial": adversarial,
         "hardware": _choice("hardware", str(cfg.hardware.get("target", "cpu"))),
         "threads": torch.get_num_threads(),
         "latency_aware": parts["pruner"].latency_report,

@@ -1,0 +1,95 @@
+"""Accuracy under attack: are pruned models more fragile?
+
+``python -m prunelab.train ... eval.adversarial=fgsm eval.epsilon=0.1`` measures, after training,
+the test accuracy of the final (best) model on inputs perturbed by FGSM (Goodfellow et al. 2015)
+or PGD (Madry et al. 2018; ``eval.steps`` steps of ``eval.alpha``, random start) within an
+L-infinity ball of radius ``eval.epsilon``. Epsilon is in pixel units ([0, 1] images): for
+normalized data sets it is divided by each channel's std, and the perturbed images are kept
+inside the valid pixel range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTACKS = ("fgsm", "pgd")
+
+
+def _bounds(dm: Any, shape: Sequence[int], device) -> tuple[torch.Tensor, torch.Tensor,
+                                                          torch.Tensor]:
+    """(per-channel scale of one pixel unit, lower and upper input bounds) in the model's input
+    space."""
+    c = int(shape[0])
+    view = (1, c) + (1,) * (len(shape) - 1)
+    mean = getattr(dm, "mean", ()) if getattr(dm, "normalize", False) else ()
+    if mean:
+        m = torch.tensor(dm.mean, device=device).view(view)
+        s = torch.tensor(dm.std, device=device).view(view)
+        return 1.0 / s, (0.0 - m) / s, (1.0 - m) / s
+    one = torch.ones(view, device=device)
+    if getattr(dm, "name", "") == "synthetic" or not hasattr(dm, "mean"):
+        return one, -float("inf") * one, float("inf") * one  # unbounded inputs
+    return one, 0.0 * one, one
+
+
+def fgsm(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, lo: torch.Tensor,
+         hi: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    loss = F.cross_entropy(net(x), y)
+    (grad,) = torch.autograd.grad(loss, x)
+    return torch.max(torch.min(x + eps * grad.sign(), hi), lo).detach()
+
+
+def pgd(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, lo: torch.Tensor,
+        hi: torch.Tensor, steps: int, alpha: torch.Tensor, generator: torch.Generator
+        ) -> torch.Tensor:
+    noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device)
+    adv = torch.max(torch.min(x + eps * noise, hi), lo)
+    for _ in range(steps):
+        adv = adv.detach().requires_grad_(True)
+        loss = F.cross_entropy(net(adv), y)
+        (grad,) = torch.autograd.grad(loss, adv)
+        adv = adv + alpha * grad.sign()
+        adv = torch.max(torch.min(adv, x + eps), x - eps)
+        adv = torch.max(torch.min(adv, hi), lo)
+    return adv.detach()
+
+
+def adversarial_accuracy(net: nn.Module, loader: Iterable, dm: Any, attack: str, epsilon: float,
+                         steps: int = 10, alpha: float | None = None,
+                         max_batches: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Clean and attacked accuracy of ``net`` on (up to ``max_batches`` of) ``loader``."""
+    if attack not in ATTACKS:
+        raise ValueError(f"eval.adversarial={attack!r}; allowed: {', '.join(ATTACKS)} (or null)")
+    if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon <= 0:
+        raise ValueError(f"eval.epsilon={epsilon!r} must be a number > 0 (pixel units)")
+    was_training = net.training
+    net.eval()
+    param = next(net.parameters())
+    gen = torch.Generator().manual_seed(seed)
+    correct = clean = total = 0
+    try:
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = x.to(param.device, param.dtype), y.to(param.device)
+            unit, lo, hi = _bounds(dm, x.shape[1:], x.device)
+            eps = epsilon * unit
+            if attack == "fgsm":
+                adv = fgsm(net, x, y, eps, lo, hi)
+            else:
+                step = (alpha if alpha is not None else 2.5 * epsilon / steps) * unit
+                adv = pgd(net, x, y, eps, lo, hi, steps, step, gen)
+            with torch.no_grad():
+                correct += int((net(adv).argmax(1) == y).sum())
+                clean += int((net(x).argmax(1) == y).sum())
+            total += int(y.numel())
+    finally:
+        net.train(was_training)
+    return {"attack": attack, "epsilon": float(epsilon), "steps": steps if attack == "pgd" else 1,
+            "acc": correct / max(total, 1), "clean_acc": clean / max(total, 1), "samples": total}
