@@ -56,6 +56,8 @@ CASES = {
     "negative_epsilon": (["eval.adversarial=fgsm", "eval.epsilon=-1"],
                          "eval.epsilon=-1 must be a number > 0"),
     "mlflow_missing": (["logger=mlflow"], "logger=mlflow needs the mlflow package"),
+    "ddp_more_devices_than_cores": (["trainer=ddp", "trainer.devices=64"],
+                                    "devices=64 but this machine has"),
     "gpu_2to4_without_gpu": (["hardware=gpu_2to4", "pruner=nm"],
                              "hardware=gpu_2to4 but no CUDA GPU is available"),
     "negative_lr": (["optimizer.lr=-1"], "Invalid learning rate: -1"),

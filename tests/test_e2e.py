@@ -198,3 +198,38 @@ def test_accuracy_under_attack_is_measured_and_reported(magnitude_run):
     assert adv["attack"] == "fgsm" and adv["epsilon"] == 0.1 and adv["samples"] > 0
     assert 0 <= adv["acc"] < adv["clean_acc"]
     assert "under attack" in proc.stdout
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path):
+    """Two gloo ranks with batch 32 each see, batch by batch, the 64 samples one process sees
+    with batch 64 (the loader shards every epoch's permutation by rank), so the maths says the
+    runs match up to float summation order."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    common = [*FAST, "measure.latency=false", "pruner=magnitude", "sparsity=0.7"]
+    procs = {
+        "ddp": subprocess.Popen([sys.executable, "-m", "prunelab.train", *common, "trainer=ddp",
+                                 "data.batch_size=32", f"hydra.run.dir={tmp_path / 'ddp'}"],
+                                cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        "one": subprocess.Popen([sys.executable, "-m", "prunelab.train", *common,
+                                 "data.batch_size=64", f"hydra.run.dir={tmp_path / 'one'}"],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True),
+    }
+    for name, p in procs.items():
+        _, err = p.communicate(timeout=400)
+        assert p.returncode == 0, (name, err[-3000:])
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    # masks gathered from both ranks after every pruning event, and equal
+    assert ddp["ddp"]["world_size"] == 2 and ddp["ddp"]["masks_equal"] is True
+    assert ddp["ddp"]["events_checked"] >= 1
+    assert ddp["test_acc"] == pytest.approx(one["test_acc"], abs=2e-3)
+    assert ddp["test_loss"] == pytest.approx(one["test_loss"], abs=1e-3)
+    a = torch.load(tmp_path / "ddp" / "model_dense.pt")
+    b = torch.load(tmp_path / "one" / "model_dense.pt")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
+    assert all(torch.equal(a[k] == 0, b[k] == 0) for k in a if k.endswith("weight"))
+    # one results.json, one checkpoint set: written by rank 0 only
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["best.ckpt",
+                                                                                  "last.ckpt"]

@@ -114,8 +114,13 @@ def _lottery_dir(resume: Any, override_dirname: Any) -> str:
     return f"outputs/lottery/{override_dirname or 'default'}"
 
 
+def _ddp_backend(accelerator: Any) -> str:
+    """``${ddp_backend:${hardware.accelerator}}``: gloo on CPUs, nccl on GPUs."""
+    return "nccl" if str(accelerator) == "gpu" else "gloo"
+
+
 RESOLVERS = {"epochs_frac": _epochs_frac, "nm_sparsity": _nm_sparsity,
-             "profile_sparsity": _profile_sparsity, "lottery_dir": _lottery_dir}
+             "profile_sparsity": _profile_sparsity, "lottery_dir": _lottery_dir, "ddp_backend": _ddp_backend}
 
 
 def register_configs() -> None:

@@ -188,6 +188,22 @@ def check_hardware(hw: DictConfig, name: str) -> None:
                           f"{cap}")
 
 
+def check_devices(cfg: DictConfig) -> None:
+    """More DDP processes than devices (GPUs, or CPU cores) is an error, not a slow run."""
+    devices = cfg.trainer.get("devices")
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices <= 1:
+        return
+    if cfg.hardware.accelerator == "gpu":
+        import torch
+
+        have, what = torch.cuda.device_count(), "CUDA GPUs"
+    else:
+        have, what = os.cpu_count() or 1, "CPU cores"
+    if devices > have:
+        raise ConfigError(f"devices={devices} but this machine has {have} {what}; allowed: "
+                          f"1..{have}")
+
+
 def speedup_warnings(pruner: Any, sparsity: float, target: str) -> list[str]:
     """Why the chosen pruning will not make the model faster on ``target`` (empty if it can)."""
     if pruner.is_dense or sparsity == 0:
@@ -246,6 +262,7 @@ def build(cfg: DictConfig, checked: dict[str, Any] | None = None) -> dict[str, A
             if importlib.util.find_spec("mlflow") is None:
                 raise ConfigError("logger=mlflow needs the mlflow package (pip install mlflow); "
                                   "allowed without it: csv, tensorboard, none")
+        check_devices(cfg)
         check_hardware(cfg.hardware, _choice("hardware", str(cfg.hardware.get("target", "cpu"))))
         instantiate(cfg.optimizer)(params=list(net.parameters()))  # bad lr etc. fail here
         regularizer = None
@@ -331,6 +348,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             steps=int(ev.steps), alpha=ev.get("alpha"), max_batches=ev.get("batches"),
             seed=int(cfg.seed))
 
+    if not trainer.is_global_zero:  # DDP: rank 0 measures and writes the results
+        return {"rank": trainer.global_rank, "test_acc": float(test_metrics["test/acc"]),
+                "best_val_acc": None, "results_path": None}
     masks_state = callback.masks.stats()
     m = cfg.measure
     measured = measure_model(net, callback.masks.names, dm.input_shape, out,
@@ -356,6 +376,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "best_val_acc": None if best_score is None else float(best_score),
         "best_checkpoint": best_path,
         "adversarial": adversarial,
+        "ddp": callback.rank_check or None,
         "hardware": _choice("hardware", str(cfg.hardware.get("target", "cpu"))),
         "threads": torch.get_num_threads(),
         "latency_aware": parts["pruner"].latency_report,
@@ -371,9 +392,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "versions": package_versions(),
         "results_path": str(out / "results.json"),
     }
-    if trainer.is_global_zero:
-        write_json_atomic(out / "results.json", results)
-        print_summary(results)
+    write_json_atomic(out / "results.json", results)
+    print_summary(results)
     return results
 
 

@@ -62,6 +62,7 @@ class PruningCallback(pl.Callback):
         self._pending: dict[str, Any] | None = None
         self._wg: dict[str, torch.Tensor] | None = None  # accumulated |w * grad| (gradient scores)
         self._accumulating = False
+        self.rank_check: dict[str, Any] = {}  # DDP: masks gathered and compared after each event
 
     # -- schedule position ----------------------------------------------------------------------
     @property
@@ -124,6 +125,8 @@ class PruningCallback(pl.Callback):
                 stats = self._reduced_stats(trainer)
             self.prune_to(target, event=len(self.events_done), stats=stats)
             self.events_done.append(epoch)
+            if trainer.world_size > 1:
+                self.check_ranks(trainer)
             self._wg = None
         # gradient scores: accumulate |w * grad| during the epoch before the next event only
         nxt = epoch + 1
@@ -190,6 +193,19 @@ class PruningCallback(pl.Callback):
         return out
 
     @torch.no_grad()
+    def check_ranks(self, trainer: pl.Trainer) -> None:
+        """Gather every rank's masks and check they are identical (DDP): a mismatch would let
+        the ranks train different networks, so it stops the run."""
+        flat = torch.cat([self.masks[n].reshape(-1) for n in self.masks]).to(torch.uint8)
+        gathered = trainer.strategy.all_gather(flat)  # (world_size, numel)
+        equal = bool((gathered == gathered[0:1]).all())
+        self.rank_check = {"world_size": int(trainer.world_size), "masks_equal": equal,
+                           "events_checked": self.rank_check.get("events_checked", 0) + 1}
+        if not equal:
+            raise RuntimeError(f"pruning masks differ across the {trainer.world_size} DDP ranks "
+                               f"after pruning event {len(self.events_done)}")
+
+    @torch.no_grad()
     def prune_to(self, target: float, event: int = 0, stats: dict | None = None) -> None:
         """Recompute the masks at the cumulative ``target`` and zero the pruned weights."""
         assert self.masks is not None
@@ -203,12 +219,15 @@ class PruningCallback(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         stats = self.masks.stats()
-        pl_module.log("prune/sparsity", stats["global"], prog_bar=True)
-        pl_module.log("prune/target", self.current_target())
-        pl_module.log("prune/at_target", float(self.at_target()))
+        # the same value on every rank (masks are checked equal): sync_dist only silences
+        # Lightning's distributed-logging advice
+        sync = trainer.world_size > 1
+        pl_module.log("prune/sparsity", stats["global"], prog_bar=True, sync_dist=sync)
+        pl_module.log("prune/target", self.current_target(), sync_dist=sync)
+        pl_module.log("prune/at_target", float(self.at_target()), sync_dist=sync)
         if self.log_per_layer:
             for name, s in stats["per_layer"].items():
-                pl_module.log(f"sparsity/{name}", s)
+                pl_module.log(f"sparsity/{name}", s, sync_dist=sync)
 
     # -- checkpointing --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
