@@ -1,7 +1,8 @@
 """Sweep reports: collect ``results.json`` files under a directory into one table.
 
-``python -m prunelab.report <sweep dir>`` prints the table and writes ``summary.csv`` and
-``summary.md`` beside the runs; Hydra multiruns of ``prunelab.train`` do the same at their end
+``python -m prunelab.report <sweep dir>`` prints the table and writes ``report.md``,
+``report.csv`` and the plots of :mod:`prunelab.plots` beside the runs, listing the jobs that
+failed or did not finish; Hydra multiruns of ``prunelab.train`` do the same at their end
 (:class:`prunelab.hydra_callbacks.SweepSummary`). Lottery runs (``prunelab.lottery``) below the
 directory get their own report: ``lottery_report.md|csv`` (mean and spread over seeds per control
 and level) and ``lottery.png`` (accuracy against percent of weights remaining).
