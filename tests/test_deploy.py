@@ -199,3 +199,20 @@ def test_train_with_a_teacher_records_it(runs):
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("prunelab: error: distill.teacher=")
     assert not (runs / "student2" / "results.json").exists()
+
+
+def test_quantization_aware_finetuning_keeps_pruned_weights_at_int8_zero():
+    from prunelab.compress.quantize import qat_int8
+
+    net = pruned_mlp(0.9)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 28, 28, generator=gen)
+    y = net(x).argmax(1)  # learnable targets: the float model's own predictions
+    q = qat_int8(net, (1, 28, 28), [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)],
+                 epochs=2, lr=1e-4)
+    zeros = count_int8_zeros(q)
+    pruned = sum(int((p == 0).sum()) for n, p in net.named_parameters() if n.endswith("weight"))
+    assert zeros["zeros"] >= pruned and zeros["total"] == 266_200
+    for name, w in int8_weights(q).items():  # every pruned position is int8 0
+        assert bool((w["int8"][dict(net.named_parameters())[f"{name}.weight"] == 0] == 0).all())
+    assert float((q(x).argmax(1) == y).float().mean()) >= 0.9

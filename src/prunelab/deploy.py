@@ -7,7 +7,9 @@
   (:func:`prunelab.compress.sparse.sparsify`; only when some Linear is at least half zeros);
 - ``compact``: dead channels removed (:func:`prunelab.compress.compact.compact`; only when the
   run's structured pruning left whole channels at zero);
-- ``int8``: post-training int8 quantization of the compact (else the dense) network.
+- ``int8``: post-training int8 quantization of the compact (else the dense) network;
+- ``int8_qat`` (``qat_epochs=N``): the same after N epochs of quantization-aware fine-tuning
+  with the pruned weights held at zero.
 
 and measures each at the same time, in alternating order: latency (warm-up, median of at least
 ``runs`` runs, ``torch.inference_mode``, threads from ``threads``), test accuracy, size on disk of
@@ -49,6 +51,9 @@ class MeasureConf:
     sparse: bool = True  # try the CSR path for sparse Linear layers
     quantize: bool = True  # add the int8 variant
     calibration_batches: int = 8  # static quantization (conv nets)
+    qat_epochs: int = 0  # > 0: add an int8_qat variant, fine-tuned quantization-aware first
+    qat_lr: float = 1e-4
+    qat_batches: Optional[int] = 200  # training batches per QAT epoch (null: all)
     eval_batches: Optional[int] = None  # test batches for accuracy (null: the whole test set)
     out: Optional[str] = None  # output directory (default: <run>/deploy)
 
@@ -229,6 +234,17 @@ def measure_run(conf: Any) -> dict[str, Any]:
                         "of": "compact" if base is not run.net else "dense",
                         "bytes": save_int8_sparse(q, out / "model_int8_sparse.pt"),
                         "int8_zeros": count_int8_zeros(q)}
+    if conf.qat_epochs:
+        from prunelab.compress.quantize import qat_int8
+
+        batches = [b for i, b in zip(range(conf.qat_batches or 10**9), run.dm.train_dataloader())]
+        q = qat_int8(base, run.input_shape, batches, epochs=int(conf.qat_epochs), lr=conf.qat_lr)
+        models["int8_qat"] = q
+        info["int8_qat"] = {"file": "model_int8_qat_sparse.pt", "mode": "qat",
+                            "of": "compact" if base is not run.net else "dense",
+                            "qat_epochs": int(conf.qat_epochs),
+                            "bytes": save_int8_sparse(q, out / "model_int8_qat_sparse.pt"),
+                            "int8_zeros": count_int8_zeros(q)}
     latency = time_alternating(models, run.input_shape, conf.batch_sizes, conf.runs, conf.warmup,
                                conf.rounds, conf.threads)
     loader = run.dm.test_dataloader()

@@ -138,3 +138,38 @@ def save_int8_sparse(qmodel: nn.Module, path: str | Path) -> int:
     path = Path(path)
     torch.save(encode_int8_sparse(qmodel), path)
     return path.stat().st_size
+
+
+def qat_int8(model: nn.Module, input_shape: Sequence[int], train_batches: Iterable,
+             epochs: int = 1, lr: float = 1e-4, calibration: Iterable[torch.Tensor] | None = None
+             ) -> nn.Module:
+    """Quantization-aware fine-tuning, then int8: fake-quantized training (FX graph mode, the
+    x86 QAT config) of a copy of ``model`` for ``epochs`` passes over ``train_batches`` with Adam
+    at ``lr``; the pruned weights (exactly 0.0) are multiplied back to zero after every step, so
+    the int8 model keeps every pruned weight at int8 0."""
+    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
+
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"qat_epochs={epochs!r} must be an integer >= 1")
+    net = copy.deepcopy(model).float().cpu().train()
+    zero = {n: (p.detach() == 0) for n, p in net.named_parameters() if p.dim() > 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_qat_fx(net, get_default_qat_qconfig_mapping("x86"),
+                                  (torch.zeros(1, *input_shape),))
+        params = dict(prepared.named_parameters())
+        masked = [(params[n], ~z) for n, z in zero.items() if n in params]
+        opt = torch.optim.Adam(prepared.parameters(), lr=lr)
+        batches = list(train_batches)
+        for _ in range(epochs):
+            for x, y in batches:
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(prepared(x.float().cpu()), y.cpu())
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for p, keep in masked:
+                        p.mul_(keep)
+        prepared.eval()
+        return convert_fx(prepared)
