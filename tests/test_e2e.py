@@ -233,3 +233,20 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     # one results.json, one checkpoint set: written by rank 0 only
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["best.ckpt",
                                                                                   "last.ckpt"]
+
+
+def test_rerunning_a_sweep_skips_finished_jobs_and_retries_the_rest(tmp_path):
+    sweep = tmp_path / "sw"
+    args = ["-m", *FAST, "measure.latency=false", "pruner=magnitude", "sparsity=0.5,0.6",
+            f"hydra.sweep.dir={sweep}"]
+    p = run_train(args, tmp_path, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    done = next(d for d in sweep.iterdir() if "sparsity=0.5" in d.name)
+    other = next(d for d in sweep.iterdir() if "sparsity=0.6" in d.name)
+    before = (done / "results.json").stat().st_mtime_ns
+    (other / "results.json").unlink()  # as if that job had been killed
+    p = run_train(args, tmp_path, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"prunelab: {done} already has this run's results.json; skipped" in p.stdout
+    assert (done / "results.json").stat().st_mtime_ns == before
+    assert (other / "results.json").is_file()

@@ -311,6 +311,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     if output_dir is None:
         output_dir = HydraConfig.get().runtime.output_dir
     out = Path(output_dir)
+    done = finished_results(cfg, out)
+    if done is not None:
+        return done
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     threads = job_threads(cfg)
     if threads:
@@ -395,6 +398,26 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     write_json_atomic(out / "results.json", results)
     print_summary(results)
     return results
+
+
+def finished_results(cfg: DictConfig, out: Path) -> dict[str, Any] | None:
+    """The results already in ``out`` if they are this config's (a rerun sweep skips its finished
+    jobs); a ConfigError if ``out`` holds another config's results (never overwritten)."""
+    import json
+
+    from prunelab.results import config_hash
+
+    path = out / "results.json"
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    new_hash = config_hash(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    if old.get("config_hash") != new_hash:
+        raise ConfigError(f"{out} already holds results.json of another config (config_hash "
+                          f"{old.get('config_hash')} vs {new_hash}); choose a new directory")
+    print(f"prunelab: {out} already has this run's results.json; skipped (delete it to rerun)")
+    (out / "error.json").unlink(missing_ok=True)
+    return old
 
 
 def record_failure(run_dir: Path, exc: BaseException) -> None:
