@@ -216,3 +216,16 @@ def test_quantization_aware_finetuning_keeps_pruned_weights_at_int8_zero():
     for name, w in int8_weights(q).items():  # every pruned position is int8 0
         assert bool((w["int8"][dict(net.named_parameters())[f"{name}.weight"] == 0] == 0).all())
     assert float((q(x).argmax(1) == y).float().mean()) >= 0.9
+
+
+def test_measure_takes_threads_and_batch_sizes_from_a_hardware_profile():
+    from prunelab.deploy import DeployError, MeasureConf, apply_profile, parse_args
+
+    conf = parse_args(MeasureConf, ["hardware=edge_cpu"])
+    apply_profile(conf)
+    assert conf.threads == 1 and list(conf.batch_sizes) == [1]
+    conf = parse_args(MeasureConf, ["hardware=edge_cpu", "threads=2", "batch_sizes=[8]"])
+    apply_profile(conf)
+    assert conf.threads == 2 and list(conf.batch_sizes) == [8]
+    with pytest.raises(DeployError, match="hardware='phone'; known: cpu, edge_cpu, gpu, gpu_2to4"):
+        apply_profile(parse_args(MeasureConf, ["hardware=phone"]))

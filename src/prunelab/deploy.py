@@ -43,7 +43,8 @@ class DeployError(RunError):
 class MeasureConf:
     run: Optional[str] = None  # a prunelab.train run directory or checkpoint
     checkpoint: str = "best"  # best | last
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
+    hardware: Optional[str] = None  # a hardware profile (cpu, edge_cpu, ...): threads, batch sizes
+    batch_sizes: Optional[list[int]] = None  # default: the profile's, else [1, 64]
     runs: int = 50  # timed runs per batch size (median), after warmup
     warmup: int = 10
     rounds: int = 3  # the variants are timed in turn, this many times (A B C A B C ...)
@@ -179,6 +180,29 @@ def time_alternating(models: dict[str, nn.Module], input_shape: Sequence[int],
     return {k: {f"batch_{b}": 1e3 * median(v) for b, v in d.items()} for k, d in times.items()}
 
 
+def apply_profile(conf: Any) -> None:
+    """Fill ``threads`` and ``batch_sizes`` from ``conf.hardware`` (a conf/hardware profile)."""
+    from omegaconf import OmegaConf
+
+    from prunelab.train import CONF_DIR, known_options
+
+    if conf.hardware is not None:
+        path = CONF_DIR / "hardware" / f"{conf.hardware}.yaml"
+        if not path.is_file():
+            raise DeployError(f"hardware={conf.hardware!r}; known: "
+                              f"{', '.join(known_options('hardware'))}")
+        hw = OmegaConf.load(path)
+        if hw.get("accelerator") == "gpu":
+            raise DeployError(f"hardware={conf.hardware}: measure times CPU inference; GPU "
+                              f"profiles are for training (allowed: cpu, edge_cpu)")
+        if conf.threads is None and hw.get("threads"):
+            conf.threads = int(hw.threads)
+        if conf.batch_sizes is None:
+            conf.batch_sizes = list(hw.batch_sizes)
+    if conf.batch_sizes is None:
+        conf.batch_sizes = [1, 64]
+
+
 def file_size(obj: Any, path: Path) -> int:
     torch.save(obj, path)
     return path.stat().st_size
@@ -191,6 +215,7 @@ def measure_run(conf: Any) -> dict[str, Any]:
     from prunelab.compress.sparse import sparsify
     from prunelab.measure import count_macs, save_sparse_state_dict
 
+    apply_profile(conf)
     if not conf.batch_sizes or any(b < 1 for b in conf.batch_sizes):
         raise DeployError(f"batch_sizes={list(conf.batch_sizes)} must be integers >= 1")
     if conf.runs < 1:
