@@ -396,6 +396,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         "results_path": str(out / "results.json"),
     }
     write_json_atomic(out / "results.json", results)
+    (out / "error.json").unlink(missing_ok=True)  # a rerun sweep job that failed before
     print_summary(results)
     return results
 
