@@ -32,6 +32,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from prunelab.measure.latency import time_alternating
 from prunelab.runs import RunError, load_run, locate_checkpoint
 
 
@@ -150,36 +151,6 @@ def accuracy(net: nn.Module, loader, max_batches: int | None = None) -> float:
     return correct / max(total, 1)
 
 
-def time_alternating(models: dict[str, nn.Module], input_shape: Sequence[int],
-                     batch_sizes: Sequence[int], runs: int, warmup: int, rounds: int,
-                     threads: int | None) -> dict[str, dict[str, float]]:
-    """Median latency (ms) per model and batch size, the models timed in turn (A B C A B C ...)
-    for ``rounds`` rounds of ``runs`` runs after ``warmup`` runs each."""
-    from statistics import median
-
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batch_sizes} for k in models}
-    try:
-        with torch.inference_mode():
-            for b in batch_sizes:
-                x = torch.randn(int(b), *input_shape, generator=torch.Generator().manual_seed(b))
-                for m in models.values():
-                    m.eval()
-                    for _ in range(warmup):
-                        m(x)
-                for _ in range(rounds):
-                    for k, m in models.items():
-                        for _ in range(runs):
-                            t = time.perf_counter()
-                            m(x)
-                            times[k][b].append(time.perf_counter() - t)
-    finally:
-        torch.set_num_threads(previous)
-    return {k: {f"batch_{b}": 1e3 * median(v) for b, v in d.items()} for k, d in times.items()}
-
-
 def apply_profile(conf: Any) -> None:
     """Fill ``threads`` and ``batch_sizes`` from ``conf.hardware`` (a conf/hardware profile)."""
     from omegaconf import OmegaConf
@@ -225,10 +196,11 @@ def measure_run(conf: Any) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     run.dm.setup("fit")
     run.dm.setup("test")
+    macs = count_macs(run.net, run.input_shape)
     models: dict[str, nn.Module] = {"dense": run.net}
     info: dict[str, dict[str, Any]] = {"dense": {
         "file": "model_dense.pt", "bytes": file_size(run.net.state_dict(), out / "model_dense.pt"),
-        "macs": count_macs(run.net, run.input_shape)["dense"]}}
+        "macs": macs["dense"]}}
     info["dense"]["sparse_file_bytes"] = _sparse_bytes(run.net, out, save_sparse_state_dict)
     if conf.sparse:
         sp, choices = sparsify(copy.deepcopy(run.net), batch_sizes=conf.batch_sizes,
@@ -236,7 +208,7 @@ def measure_run(conf: Any) -> dict[str, Any]:
         if choices:
             models["sparse"] = sp
             info["sparse"] = {"file": "model_sparse.pt", "bytes": info["dense"]["sparse_file_bytes"],
-                              "macs": count_macs(run.net, run.input_shape)["effective"],
+                              "macs": macs["effective"],
                               "layers": [c.as_dict() for c in choices]}
     base = run.net
     try:

@@ -32,11 +32,9 @@ touches a finished level.
 from __future__ import annotations
 
 import copy
-import csv
 import fnmatch
 import json
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -49,8 +47,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from prunelab.config import register_configs
-from prunelab.train import CONF_DIR, ConfigError, _as_config_error, _choice, _target_name, check_overrides
+from prunelab.train import (
+    CONF_DIR,
+    ConfigError,
+    _as_config_error,
+    _choice,
+    _target_name,
+    check_overrides,
+    cli_main,
+    run_task,
+)
 
 CONTROLS = ("none", "random_reinit", "random_mask")
 SCOPES = ("layer", "global")
@@ -662,11 +668,6 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None,
     return rows
 
 
-def _error(msg: str) -> None:
-    print(f"prunelab: error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
 def _discard_if_empty(run_dir: Path) -> None:
     """Remove a run directory a rejected command created (it holds only Hydra's empty log)."""
     if not run_dir.is_dir() or (run_dir / "lottery.json").exists():
@@ -679,22 +680,8 @@ def _discard_if_empty(run_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="lottery")
 def _hydra_main(cfg: DictConfig) -> float:
-    from hydra.types import RunMode
-
-    try:
-        rows = run(cfg)
-    except Exception as exc:  # noqa: BLE001 - a sweep records any failure and goes on
-        out = Path(HydraConfig.get().runtime.output_dir)
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
-            if isinstance(exc, ConfigError):
-                _discard_if_empty(out)
-                _error(str(exc))
-            raise
-        from prunelab.train import record_failure
-
-        record_failure(out, exc)
-        return float("nan")
-    return float(rows[-1]["test_acc"])
+    rows = run_task(run, cfg, on_config_error=_discard_if_empty)
+    return float("nan") if rows is None else float(rows[-1]["test_acc"])
 
 
 def check_lottery_overrides(argv: list[str]) -> None:
@@ -710,12 +697,7 @@ def check_lottery_overrides(argv: list[str]) -> None:
 
 
 def main() -> None:
-    register_configs()
-    try:
-        check_lottery_overrides(sys.argv[1:])
-    except ConfigError as exc:
-        _error(str(exc))
-    _hydra_main()
+    cli_main(check_lottery_overrides, _hydra_main)
 
 
 if __name__ == "__main__":

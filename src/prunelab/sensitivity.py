@@ -25,7 +25,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from prunelab.config import register_configs
 from prunelab.runs import RunError, load_run, locate_checkpoint

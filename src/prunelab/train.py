@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -443,30 +444,48 @@ def _error(msg: str) -> None:
     sys.exit(2)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def _hydra_main(cfg: DictConfig) -> float:
+def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig,
+             on_config_error: Callable[[Path], None] | None = None) -> Any:
+    """Run a Hydra task function's work. A single run turns a ConfigError into one line and
+    exit code 2; in a sweep any failure is recorded (``error.json``) and NaN returned, so the
+    other jobs still run and the sweep report lists this one."""
     from hydra.types import RunMode
 
     try:
-        results = run(cfg)
+        return task(cfg)
     except Exception as exc:  # noqa: BLE001 - a sweep records any failure and goes on
+        out = Path(HydraConfig.get().runtime.output_dir)
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             if isinstance(exc, ConfigError):
+                if on_config_error is not None:
+                    on_config_error(out)
                 _error(str(exc))
             raise
-        record_failure(Path(HydraConfig.get().runtime.output_dir), exc)
-        return float("nan")  # the other jobs still run; the sweep report lists this one
+        record_failure(out, exc)
+        return None
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    results = run_task(run, cfg)
+    if results is None:
+        return float("nan")
     value = results.get(str(cfg.objective))
     return float(value if value is not None else results["test_acc"])
 
 
-def main() -> None:
+def cli_main(check: Callable[[list[str]], None], hydra_main: Callable[[], Any]) -> None:
+    """Register the configs, answer a bad command line in one line, then start Hydra."""
     register_configs()
     try:
-        check_overrides(sys.argv[1:])
+        check(sys.argv[1:])
     except ConfigError as exc:
         _error(str(exc))
-    _hydra_main()
+    hydra_main()
+
+
+def main() -> None:
+    cli_main(check_overrides, _hydra_main)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,15 @@ only where the sparse one is faster at every batch size. Every decision and timi
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from prunelab.measure.latency import time_alternating
 
 
 def _csr32(weight: torch.Tensor) -> torch.Tensor:
@@ -52,19 +52,6 @@ class SparseLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}"
-
-
-def _median_ms(fn, x: torch.Tensor, warmup: int, runs: int) -> float:
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t)
-    times.sort()
-    return 1e3 * times[len(times) // 2]
 
 
 @dataclass
@@ -108,12 +95,11 @@ def sparsify(model: nn.Module, batch_sizes: Sequence[int] = (1, 64), min_sparsit
             if sparsity < min_sparsity:
                 continue
             cand = SparseLinear(mod)
-            dense_ms, sparse_ms = {}, {}
-            for b in batch_sizes:
-                x = torch.randn(int(b), mod.in_features, generator=torch.Generator().manual_seed(b))
-                dense_ms[int(b)] = _median_ms(lambda t: F.linear(t, mod.weight, mod.bias), x,
-                                              warmup, runs)
-                sparse_ms[int(b)] = _median_ms(cand, x, warmup, runs)
+            # the dense layer and its CSR twin timed in turn, on inputs of the layer's shape
+            lat = time_alternating({"dense": mod, "sparse": cand}, (mod.in_features,),
+                                   [int(b) for b in batch_sizes], runs, warmup, 1, None)
+            dense_ms = {int(b): lat["dense"][f"batch_{int(b)}"] for b in batch_sizes}
+            sparse_ms = {int(b): lat["sparse"][f"batch_{int(b)}"] for b in batch_sizes}
             faster = all(sparse_ms[b] < dense_ms[b] for b in dense_ms)
             choices.append(LayerChoice(name, tuple(w.shape), sparsity, dense_ms, sparse_ms, faster))
             if faster:

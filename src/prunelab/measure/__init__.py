@@ -8,6 +8,7 @@ Plain functions on ``nn.Module`` (no Lightning):
 * :func:`size_on_disk` / :func:`load_sparse_state_dict` - dense and bitmask
   sparse checkpoints
 * :func:`measure_latency` - median / IQR forward latency per batch size
+* :func:`time_alternating` - several models timed in turn (A B A B ...), medians
 """
 
 from prunelab.measure.disk import (
@@ -17,7 +18,7 @@ from prunelab.measure.disk import (
     save_sparse_state_dict,
     size_on_disk,
 )
-from prunelab.measure.latency import measure_latency
+from prunelab.measure.latency import measure_latency, time_alternating
 from prunelab.measure.macs import count_macs
 from prunelab.measure.params import (
     count_params,
@@ -38,4 +39,5 @@ __all__ = [
     "save_sparse_state_dict",
     "size_on_disk",
     "sparsity_report",
+    "time_alternating",
 ]

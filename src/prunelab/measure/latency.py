@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["measure_latency"]
+__all__ = ["measure_latency", "time_alternating"]
 
 
 def _sync(device: torch.device) -> None:
@@ -90,3 +91,33 @@ def measure_latency(
         for module, training in modes.items():
             module.training = training
     return results
+
+
+def time_alternating(models: Mapping[Any, nn.Module], input_shape: Sequence[int],
+                     batch_sizes: Sequence[int], runs: int, warmup: int, rounds: int,
+                     threads: int | None) -> dict[Any, dict[str, float]]:
+    """Median latency (ms) per model and batch size, the models timed in turn (A B C A B C ...)
+    for ``rounds`` rounds of ``runs`` runs after ``warmup`` runs each."""
+    from statistics import median
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    times: dict[Any, dict[int, list[float]]] = {k: {b: [] for b in batch_sizes} for k in models}
+    try:
+        with torch.inference_mode():
+            for b in batch_sizes:
+                x = torch.randn(int(b), *input_shape, generator=torch.Generator().manual_seed(b))
+                for m in models.values():
+                    m.eval()
+                    for _ in range(warmup):
+                        m(x)
+                for _ in range(rounds):
+                    for k, m in models.items():
+                        for _ in range(runs):
+                            t = time.perf_counter()
+                            m(x)
+                            times[k][b].append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(previous)
+    return {k: {f"batch_{b}": 1e3 * median(v) for b, v in d.items()} for k, d in times.items()}

@@ -21,7 +21,6 @@ names the smallest reachable latency.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,19 +35,6 @@ class LatencyBudgetError(ValueError):
     """The budget cannot be met (one-line message naming the closest reachable latency)."""
 
 
-def _median_ms(model: nn.Module, x: torch.Tensor, runs: int, warmup: int = 5) -> float:
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        ts = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            model(x)
-            ts.append(time.perf_counter() - t)
-    ts.sort()
-    return 1e3 * ts[len(ts) // 2]
-
-
 class LatencyModel:
     """Builds the compacted model for given per-group channel keeps, and times models."""
 
@@ -57,7 +43,7 @@ class LatencyModel:
         self.model = copy.deepcopy(model).float().cpu().eval()
         self.shape = tuple(input_shape)
         self.groups = groups
-        self.x = torch.randn(int(batch), *self.shape, generator=torch.Generator().manual_seed(0))
+        self.batch = int(batch)
         self.threads = threads
         self.runs = runs
 
@@ -82,24 +68,11 @@ class LatencyModel:
 
     def time(self, *models: nn.Module, rounds: int = 3) -> list[float]:
         """Median latency (ms) of each model, timed in turn for ``rounds`` rounds."""
-        previous = torch.get_num_threads()
-        if self.threads:
-            torch.set_num_threads(int(self.threads))
-        times: list[list[float]] = [[] for _ in models]
-        try:
-            with torch.inference_mode():
-                for m in models:
-                    for _ in range(5):
-                        m(self.x)
-                for _ in range(rounds):
-                    for i, m in enumerate(models):
-                        for _ in range(self.runs):
-                            t = time.perf_counter()
-                            m(self.x)
-                            times[i].append(time.perf_counter() - t)
-        finally:
-            torch.set_num_threads(previous)
-        return [1e3 * sorted(t)[len(t) // 2] for t in times]
+        from prunelab.measure.latency import time_alternating
+
+        lat = time_alternating(dict(enumerate(models)), self.shape, (self.batch,), self.runs, 5,
+                               rounds, self.threads)
+        return [lat[i][f"batch_{self.batch}"] for i in range(len(models))]
 
     def measure(self, keeps: Mapping[int, torch.Tensor]) -> float:
         return self.time(self.build(keeps))[0]

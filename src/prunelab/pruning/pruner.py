@@ -342,11 +342,8 @@ class Pruner:
             sizes = {n: params[n][0].numel() for n in params}
             if scores is None:
                 ch = {n: channel_scores(params[n], "norm", self.norm) for n in params}
-                # global scope compares a per-weight value: the norm / size^(1/p)
-                normalizers = {n: sizes[n] ** (1.0 / self.norm) for n in params}
             else:
                 ch = {n: channel_scores(scores[n], "sum") for n in params}
-                normalizers = {n: float(sizes[n]) for n in params}
             total = sum(p.numel() for p in params.values())
             units = {u: names for u, names in self._tied.items() if set(names) <= set(params)}
             tied = {n for names in units.values() for n in names}
@@ -359,6 +356,7 @@ class Pruner:
                 u_ch[u] = (sum(ch[n] ** pw for n in names) ** (1.0 / pw) if scores is None
                            else sum(ch[n] for n in names))
                 u_sizes[u] = sum(sizes[n] for n in names)
+                # global scope compares a per-weight value: the norm / size^(1/p), or the sum / size
                 u_norm[u] = (u_sizes[u] ** (1.0 / pw) if scores is None else float(u_sizes[u]))
                 k = channel_keep(old_masks[names[0]])
                 for n in names[1:]:
