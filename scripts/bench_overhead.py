@@ -13,6 +13,10 @@ backward, optimizer step; no validation) of:
 * ``prunelab``        -- Lightning + ``ClassifierModule`` + ``PruningCallback`` (magnitude pruner,
                          ``OneShot(0)`` to 0.9 sparsity: pruned at the start of the warm-up epoch,
                          masks re-applied after every optimizer step in the timed epochs).
+* ``prunelab_g8``     -- ``prunelab`` with ``data.steps_per_batch=8``: the same batches handed to
+                         Lightning as groups of 8 (:class:`~prunelab.data.BatchGroups`), one
+                         optimizer step per batch, so Lightning's per-batch machinery runs once
+                         per 8 steps.
 * ``modelpruning_dl`` -- the configuration users typically have (reference): a typical
                          LightningModule (:class:`TypicalClassifier`: automatic optimization,
                          per-step ``self.log`` and torchmetrics accuracy) + ``ModelPruning`` fed by
@@ -79,6 +83,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelPruning
 from torchmetrics.classification import MulticlassAccuracy
 
+from prunelab.data import iter_batches
 from prunelab.models import build_model
 from prunelab.module import ClassifierModule
 from prunelab.pruning.callback import PruningCallback
@@ -87,7 +92,8 @@ from prunelab.pruning.pruner import Pruner, default_prunable
 from prunelab.pruning.schedules import OneShot
 
 SPARSITY = 0.9
-DEFAULT_CONTENDERS = ("bare", "modelpruning", "prunelab", "modelpruning_dl")
+DEFAULT_CONTENDERS = ("bare", "modelpruning", "prunelab", "prunelab_g8", "modelpruning_dl")
+GROUP = 8  # prunelab_g8: data.steps_per_batch=8
 DIAGNOSTIC_CONTENDERS = ("bare_masked", "pl_minimal", "pl_minimal_prune", "pl_minimal_mp",
                          "pl_dense", "pl_typical", "prunelab_tbl")
 ALL_CONTENDERS = DEFAULT_CONTENDERS + DIAGNOSTIC_CONTENDERS
@@ -262,7 +268,7 @@ def run_lightning(kind: str, net: nn.Module, batches, loaders: dict[str, Any], e
         module = TypicalClassifier(net, num_classes=num_classes, optimizer=optimizer)
     else:
         module = ClassifierModule(net, num_classes=num_classes, optimizer=optimizer)
-    if kind in ("prunelab", "pl_minimal_prune", "prunelab_tbl"):
+    if kind in ("prunelab", "pl_minimal_prune", "prunelab_tbl", "prunelab_g8"):
         pruner = Pruner("magnitude", score="magnitude", scope="layer")
         callbacks.append(PruningCallback(pruner, OneShot(0), SPARSITY))
     elif kind in ("modelpruning", "modelpruning_dl", "pl_minimal_mp"):
@@ -313,14 +319,19 @@ def bench_model(name: str, args: argparse.Namespace, contenders: Sequence[str]) 
             torch.utils.data.TensorDataset(xs, ys), batch_size=args.batch_size, shuffle=False,
             num_workers=0),
     }
+    if "prunelab_g8" in contenders:  # the same batches, handed to Lightning 8 at a time
+        from prunelab.data import BatchGroups
+
+        loaders["prunelab_g8"] = BatchGroups(batches, GROUP)
     if "prunelab_tbl" in contenders:
         from prunelab.data import TensorBatchLoader
 
         loaders["prunelab_tbl"] = TensorBatchLoader(xs, ys, batch_size=args.batch_size, shuffle=False)
     # the loader-fed contenders must see exactly the same batches
     for loader in loaders.values():
-        assert len(loader) == len(batches)
-        for (a, b), (c, d) in zip(batches, loader):
+        flat = list(iter_batches(loader))
+        assert len(flat) == len(batches)
+        for (a, b), (c, d) in zip(batches, flat):
             assert torch.equal(a, c) and torch.equal(b, d)
     torch.manual_seed(args.seed)
     template = build_model(name, spec["input_shape"], 10)
@@ -385,6 +396,10 @@ def print_table(result: dict[str, Any]) -> None:
         ok = meds["prunelab"] / meds["bare"] <= result["target_ratio"]
         line = (f"  prunelab/bare = {meds['prunelab'] / meds['bare']:.2f}x "
                 f"(target <= {result['target_ratio']}x: {'met' if ok else 'MISSED'})")
+        if "prunelab_g8" in meds:
+            ok8 = meds["prunelab_g8"] / meds["bare"] <= result["target_ratio"]
+            line += (f"; with data.steps_per_batch={GROUP}: {meds['prunelab_g8'] / meds['bare']:.2f}x "
+                     f"({'met' if ok8 else 'MISSED'})")
         if "modelpruning" in meds:
             faster = meds["prunelab"] < meds["modelpruning"]
             line += (f"; prunelab/modelpruning = {meds['prunelab'] / meds['modelpruning']:.2f}x "

@@ -56,6 +56,24 @@ def test_results_json_counts_from_weights(magnitude_run):
     assert res["wall_time_s"] > 0
 
 
+def test_grouped_batches_give_the_same_run(magnitude_run, tmp_path):
+    """data.steps_per_batch=4: Lightning sees groups of 4 batches, the results are the same."""
+    _, ref_dir = magnitude_run
+    run_dir = tmp_path / "grouped"
+    proc = run_train([*FAST, "pruner=magnitude", "sparsity=0.7", "data.steps_per_batch=4",
+                      "measure.latency=false", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    ref = json.loads((ref_dir / "results.json").read_text())
+    for key in ("test_acc", "test_loss", "best_val_acc", "sparsity"):
+        assert res[key] == ref[key], key
+    a = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(ref_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"]
+    for k, v in b["state_dict"].items():
+        assert torch.equal(a["state_dict"][k], v), k
+
+
 def test_checkpoints_hold_zeros(magnitude_run):
     proc, run_dir = magnitude_run
     res = json.loads((run_dir / "results.json").read_text())

@@ -32,6 +32,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from prunelab.data.loader import iter_batches
 from prunelab.measure.latency import time_alternating
 from prunelab.runs import RunError, load_run, locate_checkpoint
 
@@ -224,7 +225,7 @@ def measure_run(conf: Any) -> dict[str, Any]:
                            "compaction": report.as_dict()}
     if conf.quantize:
         calib = [x for i, (x, _) in zip(range(conf.calibration_batches),
-                                        run.dm.train_dataloader())]
+                                        iter_batches(run.dm.train_dataloader()))]
         q, mode = quantize_int8(base, run.input_shape, calib)
         models["int8"] = q
         info["int8"] = {"file": "model_int8_sparse.pt", "mode": mode,
@@ -234,7 +235,8 @@ def measure_run(conf: Any) -> dict[str, Any]:
     if conf.qat_epochs:
         from prunelab.compress.quantize import qat_int8
 
-        batches = [b for i, b in zip(range(conf.qat_batches or 10**9), run.dm.train_dataloader())]
+        batches = [b for i, b in zip(range(conf.qat_batches or 10**9),
+                                              iter_batches(run.dm.train_dataloader()))]
         q = qat_int8(base, run.input_shape, batches, epochs=int(conf.qat_epochs), lr=conf.qat_lr)
         models["int8_qat"] = q
         info["int8_qat"] = {"file": "model_int8_qat_sparse.pt", "mode": "qat",

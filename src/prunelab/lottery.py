@@ -344,7 +344,8 @@ class LotteryRun:
                                   f"prunable parameter; prunable: {', '.join(names)}")
             instantiate(self.cfg.optimizer)(params=list(net.parameters()))
             dm.setup("fit")
-            steps = len(dm.train_dataloader()) * self.settings["epochs"]
+            batches = getattr(dm, "train_batches", dm.train_dataloader)()  # not grouped
+            steps = len(batches) * self.settings["epochs"]
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - user-input errors become one line

@@ -20,7 +20,9 @@ from torch import nn
 NON_RESULT_KEYS = ("logger", "resume", "measure", "checkpoint", "hydra", "objective")
 NON_RESULT_SUBKEYS = {"hardware": ("threads",), "trainer": ("enable_progress_bar",
                                                             "enable_model_summary",
-                                                            "log_every_n_steps")}
+                                                            "log_every_n_steps"),
+                      # grouped batches train step for step the same (tests/test_steps_per_batch)
+                      "data": ("steps_per_batch",)}
 
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "torchmetrics",
             "prunelab")

@@ -205,6 +205,28 @@ def check_devices(cfg: DictConfig) -> None:
                           f"1..{have}")
 
 
+def check_steps_per_batch(cfg: DictConfig, k: int) -> None:
+    """``data.steps_per_batch > 1`` runs several optimizer steps per Lightning batch: one device
+    only (DDP synchronizes gradients once per forward of its wrapper), and ``max_steps`` must
+    end on a group boundary."""
+    if k <= 1:
+        return
+    t = cfg.trainer
+    devices, nodes = t.get("devices"), t.get("num_nodes") or 1
+    strategy = str(t.get("strategy") or "")
+    multi = (isinstance(devices, int) and not isinstance(devices, bool) and devices > 1) \
+        or (not isinstance(devices, (int, str)) and devices is not None and len(devices) > 1) \
+        or nodes > 1 or any(s in strategy for s in ("ddp", "fsdp", "deepspeed"))
+    if multi:
+        raise ConfigError(f"data.steps_per_batch={k} needs single-device training (got "
+                          f"trainer.devices={devices}, num_nodes={nodes}, strategy="
+                          f"{strategy or 'auto'}); allowed with several devices: 1")
+    max_steps = int(t.get("max_steps") or -1)
+    if max_steps > 0 and max_steps % k:
+        raise ConfigError(f"trainer.max_steps={max_steps} is not a multiple of data.steps_per_batch"
+                          f"={k}; allowed: a multiple of {k}, or -1")
+
+
 def speedup_warnings(pruner: Any, sparsity: float, target: str) -> list[str]:
     """Why the chosen pruning will not make the model faster on ``target`` (empty if it can)."""
     if pruner.is_dense or sparsity == 0:
@@ -264,6 +286,7 @@ def build(cfg: DictConfig, checked: dict[str, Any] | None = None) -> dict[str, A
                 raise ConfigError("logger=mlflow needs the mlflow package (pip install mlflow); "
                                   "allowed without it: csv, tensorboard, none")
         check_devices(cfg)
+        check_steps_per_batch(cfg, int(getattr(datamodule, "steps_per_batch", 1)))
         check_hardware(cfg.hardware, _choice("hardware", str(cfg.hardware.get("target", "cpu"))))
         instantiate(cfg.optimizer)(params=list(net.parameters()))  # bad lr etc. fail here
         regularizer = None

@@ -21,7 +21,14 @@ from prunelab.data.datamodules import (
     TensorDataModule,
 )
 from prunelab.data.idx import load_checksums, read_idx
-from prunelab.data.loader import RandomCropFlip, TensorBatchLoader, derive_seed
+from prunelab.data.loader import (
+    BatchGroups,
+    RandomCropFlip,
+    TensorBatchLoader,
+    derive_seed,
+    is_batch_group,
+    iter_batches,
+)
 
 #: Config name (``conf/data/<name>.yaml``) -> data module class.
 DATAMODULES: dict[str, type[TensorDataModule]] = {
@@ -34,6 +41,7 @@ DATAMODULES: dict[str, type[TensorDataModule]] = {
 
 __all__ = [
     "BUNDLED_MNIST_DIR",
+    "BatchGroups",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "DATAMODULES",
@@ -45,6 +53,8 @@ __all__ = [
     "TensorBatchLoader",
     "TensorDataModule",
     "derive_seed",
+    "is_batch_group",
+    "iter_batches",
     "load_checksums",
     "read_idx",
 ]

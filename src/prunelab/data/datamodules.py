@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from prunelab.data.idx import load_checksums, read_idx
-from prunelab.data.loader import RandomCropFlip, TensorBatchLoader, derive_seed
+from prunelab.data.loader import BatchGroups, RandomCropFlip, TensorBatchLoader, derive_seed
 
 __all__ = [
     "DataError",
@@ -105,6 +105,9 @@ class TensorDataModule(pl.LightningDataModule, ABC):
             (epoch ``e`` uses ``seed + e``) and the augmentation.
         normalize: standardize each channel with the data set's mean / std.
         drop_last: drop the last incomplete training batch of every epoch.
+        steps_per_batch: hand Lightning groups of this many training batches
+            (:class:`~prunelab.data.loader.BatchGroups`); the module takes one optimizer step per
+            batch of a group. 1 (default): plain batches. Single-device training only.
     """
 
     #: short data set name used in messages.
@@ -126,8 +129,12 @@ class TensorDataModule(pl.LightningDataModule, ABC):
         seed: int = 0,
         normalize: bool = True,
         drop_last: bool = False,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
+        if isinstance(steps_per_batch, bool) or not isinstance(steps_per_batch, int) \
+                or steps_per_batch < 1:
+            raise ValueError(f"data.steps_per_batch={steps_per_batch!r} must be an integer >= 1")
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
         if val_size < 0:
@@ -142,6 +149,7 @@ class TensorDataModule(pl.LightningDataModule, ABC):
         self.seed = int(seed)
         self.normalize = bool(normalize)
         self.drop_last = bool(drop_last)
+        self.steps_per_batch = steps_per_batch
         self.data_train: tuple[Tensor, Tensor] | None = None
         self.data_val: tuple[Tensor, Tensor] | None = None
         self.data_test: tuple[Tensor, Tensor] | None = None
@@ -187,7 +195,13 @@ class TensorDataModule(pl.LightningDataModule, ABC):
             self._move_to(device)
 
     # ------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> TensorBatchLoader:
+    def train_dataloader(self) -> TensorBatchLoader | BatchGroups:
+        """Lightning's training loader: :meth:`train_batches`, in groups of
+        ``steps_per_batch`` when that is above 1."""
+        loader = self.train_batches()
+        return BatchGroups(loader, self.steps_per_batch) if self.steps_per_batch > 1 else loader
+
+    def train_batches(self) -> TensorBatchLoader:
         """Shuffled (and augmented, where applicable) training batches, sharded over ranks."""
         x, y = self._split("train")
         trainer = self._trainer()
@@ -320,6 +334,7 @@ class _IDXDataModule(TensorDataModule):
         seed: int = 0,
         normalize: bool = True,
         drop_last: bool = False,
+        steps_per_batch: int = 1,
         download: bool = True,
         download_timeout: float = 20.0,
     ) -> None:
@@ -332,6 +347,7 @@ class _IDXDataModule(TensorDataModule):
             seed=seed,
             normalize=normalize,
             drop_last=drop_last,
+            steps_per_batch=steps_per_batch,
         )
         self.input_shape = tuple(type(self).input_shape)
         self.num_classes = type(self).num_classes
@@ -473,6 +489,7 @@ class _CIFARDataModule(TensorDataModule):
         seed: int = 0,
         normalize: bool = True,
         drop_last: bool = False,
+        steps_per_batch: int = 1,
         augment: bool = True,
         download: bool = True,
         download_timeout: float = 60.0,
@@ -486,6 +503,7 @@ class _CIFARDataModule(TensorDataModule):
             seed=seed,
             normalize=normalize,
             drop_last=drop_last,
+            steps_per_batch=steps_per_batch,
         )
         self.input_shape = tuple(type(self).input_shape)
         self.num_classes = type(self).num_classes
@@ -634,6 +652,7 @@ class SyntheticDataModule(TensorDataModule):
         seed: int = 0,
         normalize: bool = True,
         drop_last: bool = False,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__(
             root=root,
@@ -644,6 +663,7 @@ class SyntheticDataModule(TensorDataModule):
             seed=seed,
             normalize=normalize,
             drop_last=drop_last,
+            steps_per_batch=steps_per_batch,
         )
         shape = tuple(int(d) for d in input_shape)
         if not shape or min(shape) < 1:

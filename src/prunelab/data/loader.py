@@ -19,6 +19,11 @@ Lightning integration (checked against pytorch-lightning 2.x):
   ``load_state_dict()`` before iterating again on resume. The state holds the epoch and the
   number of batches already yielded, so resuming from an end-of-epoch *or* mid-epoch checkpoint
   continues with exactly the batches an uninterrupted run would have produced.
+
+:class:`BatchGroups` hands Lightning lists of ``k`` consecutive batches: the module takes one
+optimizer step per batch of the list, so Lightning's per-batch machinery (hooks, fetcher,
+progress tracking, about 0.3 ms per batch on a CPU) runs once per ``k`` optimizer steps, like
+Keras' ``steps_per_execution`` (``data.steps_per_batch``; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TensorBatchLoader", "RandomCropFlip", "derive_seed"]
+__all__ = ["TensorBatchLoader", "BatchGroups", "RandomCropFlip", "derive_seed", "is_batch_group",
+           "iter_batches"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -272,3 +278,70 @@ class TensorBatchLoader:
             f"shuffle={self.shuffle}, drop_last={self.drop_last}, rank={self.rank}/"
             f"{self.world_size}, transform={self.transform!r}, device={self.device})"
         )
+
+
+def is_batch_group(batch: Any) -> bool:
+    """Whether ``batch`` is a group from :class:`BatchGroups`: a list of ``(x, y)`` batches (a
+    plain batch is a tuple or list of tensors)."""
+    return isinstance(batch, list) and len(batch) > 0 and isinstance(batch[0], (tuple, list))
+
+
+def iter_batches(loader: Any) -> Iterator[Any]:
+    """The batches of ``loader`` one by one, groups of :class:`BatchGroups` unpacked."""
+    for batch in loader:
+        if is_batch_group(batch):
+            yield from batch
+        else:
+            yield batch
+
+
+class BatchGroups:
+    """Lists of ``k`` consecutive batches of ``loader`` (the last list of an epoch may be
+    shorter), as one Lightning training batch each.
+
+    The module steps the optimizer once per batch of a list, so an epoch still takes
+    ``len(loader)`` optimizer steps on exactly the batches of the wrapped loader, in the same
+    order; only Lightning's per-batch hooks (``on_train_batch_start`` / ``_end``, the fetcher,
+    progress and logging bookkeeping) run once per group. Per-step hooks that go through the
+    optimizer (``on_before_backward``, ``on_after_backward``, ``on_before_optimizer_step``) still
+    run for every batch. Lightning's batch counts (``limit_train_batches``, ``val_check_interval``,
+    the progress bar) count groups.
+
+    ``state_dict`` / ``load_state_dict`` are the wrapped loader's (exact mid-epoch resume).
+    """
+
+    def __init__(self, loader: Any, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"steps_per_batch={k!r} must be an integer >= 1")
+        self.loader = loader
+        self.k = k
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.loader) / self.k)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        return self._groups(iter(self.loader))
+
+    def _groups(self, it: Iterator[Any]) -> Iterator[list[Any]]:
+        group: list[Any] = []
+        for batch in it:
+            group.append(batch)
+            if len(group) == self.k:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.loader.load_state_dict(state_dict)
+
+    def __getattr__(self, name: str) -> Any:  # batch_size, device, num_samples, ...
+        if name == "loader":
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.loader!r}, k={self.k})"

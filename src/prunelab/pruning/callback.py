@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from prunelab.data.loader import iter_batches
 from prunelab.pruning.masks import MaskSet
 from prunelab.pruning.pruner import Pruner, PruningConfigError
 from prunelab.pruning.schedules import Schedule
@@ -37,8 +38,9 @@ class PruningCallback(pl.Callback):
         pruner: which parameters, scored how, selected with which scope.
         schedule: epoch -> cumulative target.
         sparsity: the final total target (fraction of prunable weights that are zero), in [0, 1).
-        rewind_step: if set, snapshot the network's weights when ``trainer.global_step`` equals it
-            (0 = before the first step) and keep them in the callback state (lottery tickets).
+        rewind_step: if set, snapshot the network's weights after exactly this many optimizer
+            steps (0 = before the first step) and keep them in the callback state (lottery
+            tickets).
         log_per_layer: log every tensor's sparsity each epoch (``sparsity/<name>``).
     """
 
@@ -63,6 +65,10 @@ class PruningCallback(pl.Callback):
         self._wg: dict[str, torch.Tensor] | None = None  # accumulated |w * grad| (gradient scores)
         self._accumulating = False
         self.rank_check: dict[str, Any] = {}  # DDP: masks gathered and compared after each event
+        self._step_hooks: list[Any] = []  # optimizer step post-hooks (removed at train end)
+        self._counted: Any = None  # the optimizer whose steps are counted (rewind_step)
+        self._steps = 0  # optimizer steps taken (trainer.global_step at train start + counted)
+        self._net: torch.nn.Module | None = None
 
     # -- schedule position ----------------------------------------------------------------------
     @property
@@ -107,11 +113,45 @@ class PruningCallback(pl.Callback):
         self.masks.rebind(*self.pruner.bindings(target_network(pl_module)))
         self.masks.apply_()
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Masks are re-applied after every optimizer step, by a step post-hook on the optimizer:
+        # this holds whatever the training step does (also several steps per Lightning batch,
+        # data.steps_per_batch), and the rewind snapshot is taken after exactly rewind_step steps.
+        self._remove_step_hooks()
+        self._net = target_network(pl_module)
+        self._steps = int(trainer.global_step)
+        self._snapshot_if_due()
+        opts = [o for o in trainer.optimizers if hasattr(o, "register_step_post_hook")]
+        self._counted = opts[0] if opts else None
+        self._step_hooks = [o.register_step_post_hook(self._after_optimizer_step) for o in opts]
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        self.masks.apply_()
+        if optimizer is self._counted:
+            self._steps += 1
+            self._snapshot_if_due()
+
+    def _snapshot_if_due(self) -> None:
         if self.rewind_step is not None and self.rewind_state is None \
-                and trainer.global_step >= self.rewind_step:
-            net = target_network(pl_module)
-            self.rewind_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                and self._steps >= self.rewind_step:
+            self.rewind_state = {k: v.detach().cpu().clone()
+                                 for k, v in self._net.state_dict().items()}
+
+    def _remove_step_hooks(self) -> None:
+        for h in self._step_hooks:
+            h.remove()
+        self._step_hooks = []
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_step_hooks()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_step_hooks()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self._step_hooks:  # an optimizer without step hooks: per batch instead
+            self._steps = int(trainer.global_step)
+            self._snapshot_if_due()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -163,7 +203,7 @@ class PruningCallback(pl.Callback):
                 x, y = batch
                 return torch.nn.functional.cross_entropy(net(x), y)
         seen = 0
-        for batch in loader:
+        for batch in iter_batches(loader):
             if seen >= self.pruner.score_batches:
                 break
             batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
@@ -215,7 +255,8 @@ class PruningCallback(pl.Callback):
         self.masks.apply_()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.masks.apply_()
+        if not self._step_hooks:
+            self.masks.apply_()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         stats = self.masks.stats()

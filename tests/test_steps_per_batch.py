@@ -1,0 +1,126 @@
+"""data.steps_per_batch: Lightning gets groups of batches and the module takes one optimizer step
+per batch. Training must be step-for-step the same as with plain batches: same weights, masks
+re-applied after every step, the rewind snapshot after exactly k steps."""
+
+import functools
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from prunelab.data import BatchGroups, TensorBatchLoader, is_batch_group, iter_batches
+from prunelab.module import ClassifierModule
+from prunelab.pruning import Gradual, OneShot, Pruner, PruningCallback
+from test_callback import TinyNet, trainer_for
+
+N, BS = 200, 32  # 7 batches per epoch: groups of 3 are 3, 3, 1
+
+
+def loader(k: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, 1, 4, 4, generator=g)
+    y = (x.flatten(1).sum(1) > 0).long()
+    base = TensorBatchLoader(x, y, batch_size=BS, shuffle=True, seed=seed)
+    return BatchGroups(base, k) if k > 1 else base
+
+
+def test_groups_cover_the_same_batches_in_order():
+    plain = [b for b in loader(1)]
+    groups = list(loader(3))
+    assert len(loader(3)) == 3 and [len(g) for g in groups] == [3, 3, 1]
+    assert all(is_batch_group(g) for g in groups) and not is_batch_group(plain[0])
+    flat = list(iter_batches(loader(3)))
+    assert len(flat) == len(plain) == 7
+    for (xa, ya), (xb, yb) in zip(flat, plain):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_group_state_resumes_mid_epoch():
+    full = list(iter_batches(loader(3)))
+    grouped = loader(3)
+    it = iter(grouped)
+    next(it)
+    state = grouped.state_dict()
+    assert state == {"epoch": 0, "batches_yielded": 3}
+    fresh = loader(3)
+    fresh.load_state_dict(state)
+    rest = list(iter_batches(fresh))
+    assert len(rest) == 4
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(rest, full[3:]))
+
+
+def test_bad_group_size():
+    with pytest.raises(ValueError, match=r"steps_per_batch=0 must be an integer >= 1"):
+        BatchGroups(loader(1), 0)
+
+
+class StepChecker(pl.Callback):
+    """After every optimizer step (a post-hook registered after PruningCallback's), counts the
+    masked weights that are not exactly zero."""
+
+    def __init__(self, pruning: PruningCallback):
+        self.pruning, self.steps, self.violations = pruning, 0, 0
+
+    def on_train_start(self, trainer, pl_module):
+        trainer.optimizers[0].register_step_post_hook(self._check)
+
+    def _check(self, opt, args, kwargs):
+        self.steps += 1
+        masks = self.pruning.masks
+        if self.pruning.events_done:
+            self.violations += sum(int((p[~masks[n]] != 0).sum()) for n, p in masks.params.items())
+
+
+def train(tmp_path, k: int, pruner: Pruner, schedule, epochs: int = 3, rewind_step=None):
+    pl.seed_everything(0)
+    net = TinyNet()
+    cb = PruningCallback(pruner, schedule, sparsity=0.8, rewind_step=rewind_step)
+    checker = StepChecker(cb)
+    opt = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-2)
+    module = ClassifierModule(net, 2, optimizer=opt)
+    trainer = trainer_for(tmp_path / f"k{k}", [cb, checker], epochs=epochs,
+                          enable_checkpointing=False)
+    trainer.fit(module, loader(k))
+    return net, cb, checker, trainer
+
+
+@pytest.mark.parametrize("method", ["magnitude", "taylor"])
+def test_grouped_training_is_step_for_step_the_same(tmp_path, method):
+    pruner = Pruner(name=method, score="taylor" if method == "taylor" else "magnitude")
+    ref_net, ref_cb, ref_chk, ref_tr = train(tmp_path, 1, pruner, Gradual(1, 2), rewind_step=4)
+    pruner = Pruner(name=method, score="taylor" if method == "taylor" else "magnitude")
+    net, cb, chk, tr = train(tmp_path, 3, pruner, Gradual(1, 2), rewind_step=4)
+    assert tr.global_step == ref_tr.global_step == 21 and chk.steps == 21
+    assert chk.violations == 0 and ref_chk.violations == 0
+    for (name, a), b in zip(net.state_dict().items(), ref_net.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert cb.rewind_state is not None
+    for name, a in cb.rewind_state.items():
+        assert torch.equal(a, ref_cb.rewind_state[name]), name
+    zeros = sum(int((p == 0).sum()) for p in cb.masks.params.values())
+    assert zeros > 0.79 * sum(p.numel() for p in cb.masks.params.values())
+
+
+def test_rewind_snapshot_is_taken_after_exactly_k_steps(tmp_path):
+    """With groups of 3, step 4 falls inside the second group: the snapshot must still be the
+    weights after 4 steps (those of a 4-step run), not after 3 or 6."""
+    _, cb, _, _ = train(tmp_path, 3, Pruner(), OneShot(0), epochs=3, rewind_step=4)
+    pl.seed_everything(0)
+    net = TinyNet()
+    ref = PruningCallback(Pruner(), OneShot(0), sparsity=0.8)
+    opt = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-2)
+    trainer = trainer_for(tmp_path / "ref", [ref], epochs=3, max_steps=4,
+                          enable_checkpointing=False)
+    trainer.fit(ClassifierModule(net, 2, optimizer=opt), loader(1))
+    assert trainer.global_step == 4
+    for name, a in net.state_dict().items():
+        assert torch.equal(cb.rewind_state[name], a), name
+
+
+def test_group_size_is_not_part_of_the_result_hash():
+    from prunelab.results import config_hash
+
+    cfg = {"data": {"batch_size": 64, "steps_per_batch": 1}, "sparsity": 0.9}
+    other = {"data": {"batch_size": 64, "steps_per_batch": 8}, "sparsity": 0.9}
+    assert config_hash(cfg) == config_hash(other)
+    assert config_hash(cfg) != config_hash({**cfg, "data": {"batch_size": 32, "steps_per_batch": 1}})
