@@ -160,6 +160,28 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
     assert "**1 job(s) without results:**" in md and "sparsity=1.5 is outside" in md
 
 
+def test_a_killed_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
+    """One job's process is SIGKILLed (as by the OOM killer) under the joblib launcher: the other
+    job finishes, the killed one has an error.json and the report lists it."""
+    sweep = tmp_path / "killed"
+    env_path = os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=env_path)
+    p = subprocess.run([sys.executable, "-m", "prunelab.train", "-m", *FAST,
+                        "measure.latency=false", "model._target_=killer_model.make",
+                        "+model.kill=false,true", "hydra/launcher=joblib",
+                        "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert p.returncode == 1, p.stderr[-3000:]
+    assert "prunelab: error: 1 job(s) of the sweep failed" in p.stderr
+    ok = [d for d in sweep.iterdir() if (d / "results.json").is_file()]
+    assert len(ok) == 1 and "kill=false" in ok[0].name.lower()
+    bad = next(d for d in sweep.iterdir() if "kill=true" in d.name.lower())
+    err = json.loads((bad / "error.json").read_text())
+    assert err["error"] == "RuntimeError: the job's process was killed by SIGKILL (out of memory?)"
+    md = (sweep / "report.md").read_text()
+    assert "**1 job(s) without results:**" in md and "killed by SIGKILL" in md
+
+
 def test_joblib_launcher_splits_the_cores_between_jobs(tmp_path):
     sweep = tmp_path / "jl"
     p = run_train(["-m", *FAST, "measure.latency=false", "pruner=magnitude,random",

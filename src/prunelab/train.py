@@ -471,7 +471,58 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig,
              on_config_error: Callable[[Path], None] | None = None) -> Any:
     """Run a Hydra task function's work. A single run turns a ConfigError into one line and
     exit code 2; in a sweep any failure is recorded (``error.json``) and NaN returned, so the
-    other jobs still run and the sweep report lists this one."""
+    other jobs still run and the sweep report lists this one. A sweep job runs in a forked child
+    process (where fork exists): a job killed by a signal (the OOM killer, ``kill -9``) is
+    recorded as failed too, instead of taking the launcher and the whole sweep down with it."""
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN and _can_fork():
+        return _run_forked(task, cfg)
+    return _run_here(task, cfg, on_config_error)
+
+
+def _can_fork() -> bool:
+    import multiprocessing as mp
+
+    # fork is safe on Linux here: the job's parent has not started training threads yet
+    return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
+
+
+def _run_forked(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """``_run_here`` in a forked child; its result comes back through a pipe."""
+    import multiprocessing as mp
+    import signal
+
+    ctx = mp.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def child() -> None:
+        recv.close()
+        send.send(_run_here(task, cfg, None))
+        send.close()
+
+    proc = ctx.Process(target=child, name="prunelab-job")
+    proc.start()
+    send.close()
+    try:
+        result = recv.recv()
+    except EOFError:  # the child died before answering
+        result = None
+    proc.join()
+    code = proc.exitcode
+    if code != 0:
+        why = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+               else f"exited with status {code}")
+        out = Path(HydraConfig.get().runtime.output_dir)
+        record_failure(out, RuntimeError(f"the job's process was {why} (out of memory?)"
+                                         if code == -signal.SIGKILL else
+                                         f"the job's process was {why}"))
+        return None
+    return result
+
+
+def _run_here(task: Callable[[DictConfig], Any], cfg: DictConfig,
+              on_config_error: Callable[[Path], None] | None) -> Any:
     from hydra.types import RunMode
 
     try:
