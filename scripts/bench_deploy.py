@@ -7,7 +7,9 @@
    prunelab's structured pruner), on seed_cnn, lenet5 (MNIST shapes) and resnet20 (CIFAR shapes).
    The masked dense model and the compacted one are timed in turn (A B A B ...), ``--reps``
    rounds of ``--runs`` runs after a warm-up, batch 1 and 64; the score is the measured speedup
-   divided by the MACs reduction (1.0 = the time fell as much as the arithmetic).
+   divided by the MACs reduction (1.0 = the time fell as much as the arithmetic). The same pair
+   is timed again exported to ONNX and run by onnxruntime (``--no-onnx`` skips it), and the
+   reduction of the activations the layers write is printed beside the MACs reduction.
 2. Unstructured 95% (layer-wise magnitude): LeNet-300-100 and an MLP with two 4096-wide hidden
    layers; Linear layers through the CSR kernel where measured faster (chosen per batch size),
    against the dense model, timed in turn.
@@ -57,12 +59,76 @@ def magnitude(name: str, shape, sparsity: float, **kw):
     return net
 
 
+def activation_elements(net: torch.nn.Module, shape) -> int:
+    """Elements written by the leaf modules in one forward of one sample (memory traffic that
+    does not shrink as fast as the MACs when channels go)."""
+    total = 0
+
+    def hook(_m, _i, out):
+        nonlocal total
+        total += out.numel()
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if not list(m.children())]
+    with torch.inference_mode():
+        net.eval()(torch.zeros(1, *shape))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def ort_alternating(models: dict, shape, batch_sizes, runs: int, warmup: int, rounds: int,
+                    threads: int) -> dict | None:
+    """Median latency (ms) of each model exported to ONNX and run by onnxruntime, the models
+    timed in turn like ``time_alternating``; None without onnxruntime."""
+    import io
+    import statistics
+    import time
+    import warnings
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    sessions = {}
+    for k, m in models.items():
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(m.eval(), (torch.zeros(2, *shape),), buf, dynamo=False,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}},
+                              opset_version=17)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sessions[k] = ort.InferenceSession(buf.getvalue(), opts,
+                                           providers=["CPUExecutionProvider"])
+    out = {k: {} for k in models}
+    for b in batch_sizes:
+        x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(b)).numpy()
+        times = {k: [] for k in models}
+        for s in sessions.values():
+            for _ in range(warmup):
+                s.run(None, {"input": x})
+        for _ in range(rounds):
+            for k, s in sessions.items():
+                for _ in range(runs):
+                    t = time.perf_counter()
+                    s.run(None, {"input": x})
+                    times[k].append(time.perf_counter() - t)
+        for k in models:
+            out[k][f"batch_{b}"] = 1e3 * statistics.median(times[k])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--int8-run", default=None)
+    ap.add_argument("--no-onnx", action="store_true",
+                    help="skip the onnxruntime timing of the compaction section")
     ap.add_argument("--out", default=str(Path(__file__).with_name("bench_deploy_results.json")))
     args = ap.parse_args()
     out = {"threads": args.threads, "reps": args.reps, "runs": args.runs,
@@ -70,9 +136,10 @@ def main() -> None:
 
     print(f"## Compaction, 50% of channels ({args.threads} threads, median of {args.reps} x "
           f"{args.runs} runs)\n")
-    print("| model | channels kept | MACs reduction | batch | dense ms | compact ms | speedup | "
-          "speedup / MACs reduction |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | channels kept | MACs reduction | activations reduction | batch | dense ms | "
+          "compact ms | speedup | speedup / MACs reduction | onnxruntime: dense ms | compact ms | "
+          "speedup | / MACs reduction |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, shape in (("seed_cnn", (1, 28, 28)), ("lenet5", (1, 28, 28)),
                         ("resnet20", (3, 32, 32))):
         net = half_channels(name, shape)
@@ -80,16 +147,27 @@ def main() -> None:
         reduction = count_macs(net, shape)["dense"] / count_macs(small, shape)["dense"]
         lat = time_alternating({"dense": net, "compact": small}, shape, (1, 64), args.runs, 10,
                                args.reps, args.threads)
+        acts = activation_elements(net, shape) / activation_elements(small, shape)
+        ort_lat = None if args.no_onnx else ort_alternating(
+            {"dense": net, "compact": small}, shape, (1, 64), args.runs, 10, args.reps,
+            args.threads)
         row = {"channels": [rep.channels_before, rep.channels_after], "macs_reduction": reduction,
-               "latency_ms": lat}
+               "activation_reduction": acts, "latency_ms": lat, "onnxruntime_latency_ms": ort_lat}
         for b in (1, 64):
             k = f"batch_{b}"
             sp = lat["dense"][k] / lat["compact"][k]
             row[f"speedup_{k}"] = sp
             row[f"score_{k}"] = sp / reduction
-            print(f"| {name} | {rep.channels_after}/{rep.channels_before} | {reduction:.2f} | {b} | "
-                  f"{lat['dense'][k]:.3f} | {lat['compact'][k]:.3f} | {sp:.2f} | "
-                  f"{sp / reduction:.2f} |")
+            ort_cells = "- | - | - | -"
+            if ort_lat is not None:
+                osp = ort_lat["dense"][k] / ort_lat["compact"][k]
+                row[f"onnxruntime_speedup_{k}"] = osp
+                row[f"onnxruntime_score_{k}"] = osp / reduction
+                ort_cells = (f"{ort_lat['dense'][k]:.3f} | {ort_lat['compact'][k]:.3f} | "
+                             f"{osp:.2f} | {osp / reduction:.2f}")
+            print(f"| {name} | {rep.channels_after}/{rep.channels_before} | {reduction:.2f} | "
+                  f"{acts:.2f} | {b} | {lat['dense'][k]:.3f} | {lat['compact'][k]:.3f} | "
+                  f"{sp:.2f} | {sp / reduction:.2f} | {ort_cells} |", flush=True)
         out["compaction"][name] = row
 
     print(f"\n## Unstructured 95%, CSR where measured faster ({args.threads} threads)\n")
