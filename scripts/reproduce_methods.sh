@@ -38,3 +38,13 @@ if [[ "${STRUCTURED:-0}" == 1 ]]; then
     pruner=none sparsity=0 seed="$SEEDS" measure.latency=false \
     trainer.enable_progress_bar=false hydra.sweep.dir="$OUT/seed_cnn_dense"
 fi
+
+if [[ "${KD:-0}" == 1 ]]; then
+  # LeNet-300-100 at 98% with the dense model of the same seed as teacher, 60 epochs (DNS: 1.99%)
+  for s in ${SEEDS//,/ }; do
+    teacher="$OUT/lenet300_dense/experiment=lenet300_mnist,measure.latency=False,pruner=none,seed=$s,sparsity=0"
+    python -m prunelab.train experiment=lenet300_mnist pruner=global_magnitude sparsity=0.98 \
+      epochs=60 seed="$s" "distill.teacher='$teacher'" measure.latency=false \
+      trainer.enable_progress_bar=false hydra.run.dir="$OUT/lenet300_98_kd/seed=$s"
+  done
+fi

@@ -62,8 +62,6 @@ CASES = {
                              "data.steps_per_batch=0 must be an integer >= 1"),
     "steps_per_batch_ddp": (["trainer=ddp", "trainer.devices=2", "data.steps_per_batch=4"],
                             "data.steps_per_batch=4 needs single-device training"),
-    "steps_per_batch_max_steps": (["data.steps_per_batch=4", "+trainer.max_steps=10"],
-                                  "trainer.max_steps=10 is not a multiple of data.steps_per_batch=4"),
     "gpu_2to4_without_gpu": (["hardware=gpu_2to4", "pruner=nm"],
                              "hardware=gpu_2to4 but no CUDA GPU is available"),
     "negative_lr": (["optimizer.lr=-1"], "Invalid learning rate: -1"),

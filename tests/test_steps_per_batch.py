@@ -41,12 +41,32 @@ def test_group_state_resumes_mid_epoch():
     it = iter(grouped)
     next(it)
     state = grouped.state_dict()
-    assert state == {"epoch": 0, "batches_yielded": 3}
+    assert state == {"epoch": 0, "batches_yielded": 3, "steps_per_batch": 3}
     fresh = loader(3)
     fresh.load_state_dict(state)
     rest = list(iter_batches(fresh))
     assert len(rest) == 4
     assert all(torch.equal(a[0], b[0]) for a, b in zip(rest, full[3:]))
+
+
+def test_mid_epoch_state_of_another_group_size_is_refused():
+    grouped = loader(3)
+    it = iter(grouped)
+    next(it)
+    state = grouped.state_dict()
+    with pytest.raises(ValueError, match=r"data.steps_per_batch=2, but the checkpoint stopped "
+                                         r"mid-epoch with data.steps_per_batch=3"):
+        loader(2).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"data.steps_per_batch=1, but"):
+        loader(1).load_state_dict(state)
+    plain = loader(1)
+    it = iter(plain)
+    next(it)
+    with pytest.raises(ValueError, match=r"data.steps_per_batch=3, but .* with data.steps_per_"
+                                         r"batch=1"):
+        loader(3).load_state_dict(plain.state_dict())
+    # at an epoch boundary any group size resumes
+    loader(3).load_state_dict({"epoch": 1, "batches_yielded": 0})
 
 
 def test_bad_group_size():
@@ -71,7 +91,8 @@ class StepChecker(pl.Callback):
             self.violations += sum(int((p[~masks[n]] != 0).sum()) for n, p in masks.params.items())
 
 
-def train(tmp_path, k: int, pruner: Pruner, schedule, epochs: int = 3, rewind_step=None):
+def train(tmp_path, k: int, pruner: Pruner, schedule, epochs: int = 3, rewind_step=None,
+          **trainer_kw):
     pl.seed_everything(0)
     net = TinyNet()
     cb = PruningCallback(pruner, schedule, sparsity=0.8, rewind_step=rewind_step)
@@ -79,7 +100,7 @@ def train(tmp_path, k: int, pruner: Pruner, schedule, epochs: int = 3, rewind_st
     opt = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-2)
     module = ClassifierModule(net, 2, optimizer=opt)
     trainer = trainer_for(tmp_path / f"k{k}", [cb, checker], epochs=epochs,
-                          enable_checkpointing=False)
+                          enable_checkpointing=False, **trainer_kw)
     trainer.fit(module, loader(k))
     return net, cb, checker, trainer
 
@@ -124,3 +145,22 @@ def test_group_size_is_not_part_of_the_result_hash():
     other = {"data": {"batch_size": 64, "steps_per_batch": 8}, "sparsity": 0.9}
     assert config_hash(cfg) == config_hash(other)
     assert config_hash(cfg) != config_hash({**cfg, "data": {"batch_size": 32, "steps_per_batch": 1}})
+
+
+def test_max_steps_inside_a_group_stops_at_that_step(tmp_path):
+    ref, _, _, ref_tr = train(tmp_path, 1, Pruner(), OneShot(0), max_steps=11)
+    net, _, chk, tr = train(tmp_path, 3, Pruner(), OneShot(0), max_steps=11)
+    assert tr.global_step == ref_tr.global_step == 11 and chk.steps == 11
+    for (name, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_rewind_to_step_0_holds_the_weights_pruned_at_epoch_0(tmp_path, k):
+    pl.seed_everything(0)
+    init = TinyNet().state_dict()
+    _, cb, _, _ = train(tmp_path, k, Pruner(), OneShot(0), epochs=1, rewind_step=0)
+    for name, mask in cb.masks.as_dict().items():
+        w = cb.rewind_state[name]
+        assert torch.equal(w, init[name] * mask), name  # the initial weights, masked
+    assert any(not bool(m.all()) for m in cb.masks.as_dict().values())

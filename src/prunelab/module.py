@@ -111,8 +111,11 @@ class ClassifierModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
         if is_batch_group(batch):  # data.steps_per_batch > 1: one optimizer step per batch
+            max_steps = self.trainer.max_steps
             for b in batch:
                 out = self._train_step(b, opt)
+                if 0 <= max_steps <= self.trainer.global_step:  # Lightning checks per group
+                    break
             return out
         return self._train_step(batch, opt)
 
@@ -151,10 +154,10 @@ class ClassifierModule(pl.LightningModule):
             return
         losses, logits, ys = zip(*self._recent)
         self._recent = []
-        dtype = losses[0].dtype
-        ns = torch.tensor([y.shape[0] for y in ys], dtype=dtype).to(losses[0].device)
-        correct = (torch.cat(logits).argmax(1) == torch.cat(ys)).sum().to(dtype)
-        self._train_sums.add_(torch.stack(((torch.stack(losses) * ns).sum(), correct)))
+        f32 = torch.float32  # counts stay exact (bf16 holds integers exactly only up to 256)
+        ns = torch.tensor([y.shape[0] for y in ys], dtype=f32).to(losses[0].device)
+        correct = (torch.cat(logits).argmax(1) == torch.cat(ys)).sum().to(f32)
+        self._train_sums.add_(torch.stack(((torch.stack(losses).to(f32) * ns).sum(), correct)))
 
     def on_train_epoch_end(self) -> None:
         self._flush_train_sums()

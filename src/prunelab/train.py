@@ -207,24 +207,24 @@ def check_devices(cfg: DictConfig) -> None:
 
 def check_steps_per_batch(cfg: DictConfig, k: int) -> None:
     """``data.steps_per_batch > 1`` runs several optimizer steps per Lightning batch: one device
-    only (DDP synchronizes gradients once per forward of its wrapper), and ``max_steps`` must
-    end on a group boundary."""
+    only (DDP synchronizes gradients once per forward of its wrapper). The data module checks
+    the world size again when training starts."""
     if k <= 1:
         return
     t = cfg.trainer
     devices, nodes = t.get("devices"), t.get("num_nodes") or 1
     strategy = str(t.get("strategy") or "")
-    multi = (isinstance(devices, int) and not isinstance(devices, bool) and devices > 1) \
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    multi = (isinstance(devices, int) and not isinstance(devices, bool)
+             and (devices > 1 or devices == -1)) \
         or (not isinstance(devices, (int, str)) and devices is not None and len(devices) > 1) \
-        or nodes > 1 or any(s in strategy for s in ("ddp", "fsdp", "deepspeed"))
+        or (isinstance(devices, str) and "," in devices) \
+        or nodes > 1 or any(s in strategy.lower() for s in ("ddp", "fsdp", "deepspeed"))
     if multi:
         raise ConfigError(f"data.steps_per_batch={k} needs single-device training (got "
                           f"trainer.devices={devices}, num_nodes={nodes}, strategy="
                           f"{strategy or 'auto'}); allowed with several devices: 1")
-    max_steps = int(t.get("max_steps") or -1)
-    if max_steps > 0 and max_steps % k:
-        raise ConfigError(f"trainer.max_steps={max_steps} is not a multiple of data.steps_per_batch"
-                          f"={k}; allowed: a multiple of {k}, or -1")
 
 
 def speedup_warnings(pruner: Any, sparsity: float, target: str) -> list[str]:
@@ -445,7 +445,7 @@ def finished_results(cfg: DictConfig, out: Path) -> dict[str, Any] | None:
     return old
 
 
-def record_failure(run_dir: Path, exc: BaseException) -> None:
+def record_failure(run_dir: Path, exc: BaseException, with_traceback: bool = True) -> None:
     """``error.json`` in a failed sweep job's directory (read by the sweep report)."""
     import traceback
 
@@ -459,7 +459,8 @@ def record_failure(run_dir: Path, exc: BaseException) -> None:
     write_json_atomic(run_dir / "error.json", {
         "error": msg, "type": type(exc).__name__,
         "overrides": list(HydraConfig.get().overrides.task),
-        "traceback": None if isinstance(exc, ConfigError) else traceback.format_exc()})
+        "traceback": (traceback.format_exc() if with_traceback and not isinstance(exc, ConfigError)
+                      else None)})
 
 
 def _error(msg: str) -> None:
@@ -498,6 +499,7 @@ def _run_forked(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
     def child() -> None:
         recv.close()
+        _die_with_parent()
         send.send(_run_here(task, cfg, None))
         send.close()
 
@@ -505,20 +507,43 @@ def _run_forked(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     proc.start()
     send.close()
     try:
-        result = recv.recv()
-    except EOFError:  # the child died before answering
-        result = None
-    proc.join()
+        try:
+            return recv.recv()  # the job's answer (it recorded its own failures)
+        except EOFError:  # the child died before answering
+            pass
+        proc.join()
+    except BaseException:  # Ctrl-C, SIGTERM as an exception, ...: no orphaned job
+        proc.terminate()
+        proc.join()
+        raise
+    finally:
+        recv.close()
+        if proc.is_alive():  # answered: let it finish its exit
+            proc.join()
     code = proc.exitcode
-    if code != 0:
-        why = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
-               else f"exited with status {code}")
-        out = Path(HydraConfig.get().runtime.output_dir)
-        record_failure(out, RuntimeError(f"the job's process was {why} (out of memory?)"
-                                         if code == -signal.SIGKILL else
-                                         f"the job's process was {why}"))
-        return None
-    return result
+    if code is not None and code < 0:
+        try:
+            why = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            why = f"killed by signal {-code}"
+        if code == -signal.SIGKILL:
+            why += " (out of memory?)"
+    else:
+        why = f"exited with status {code}"
+    record_failure(Path(HydraConfig.get().runtime.output_dir),
+                   RuntimeError(f"the job's process was {why}"), with_traceback=False)
+    return None
+
+
+def _die_with_parent() -> None:
+    """Linux: the job gets SIGTERM when its launcher process dies (no orphaned training)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _run_here(task: Callable[[DictConfig], Any], cfg: DictConfig,

@@ -22,6 +22,7 @@ from prunelab.data.datamodules import (
 )
 from prunelab.data.idx import load_checksums, read_idx
 from prunelab.data.loader import (
+    BatchGroup,
     BatchGroups,
     RandomCropFlip,
     TensorBatchLoader,
@@ -41,6 +42,7 @@ DATAMODULES: dict[str, type[TensorDataModule]] = {
 
 __all__ = [
     "BUNDLED_MNIST_DIR",
+    "BatchGroup",
     "BatchGroups",
     "CIFAR10DataModule",
     "CIFAR100DataModule",

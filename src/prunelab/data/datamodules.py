@@ -199,7 +199,13 @@ class TensorDataModule(pl.LightningDataModule, ABC):
         """Lightning's training loader: :meth:`train_batches`, in groups of
         ``steps_per_batch`` when that is above 1."""
         loader = self.train_batches()
-        return BatchGroups(loader, self.steps_per_batch) if self.steps_per_batch > 1 else loader
+        if self.steps_per_batch == 1:
+            return loader
+        if loader.world_size > 1:
+            raise ValueError(f"data.steps_per_batch={self.steps_per_batch} needs single-device "
+                             f"training (this run has {loader.world_size} processes); allowed "
+                             f"with several devices: 1")
+        return BatchGroups(loader, self.steps_per_batch)
 
     def train_batches(self) -> TensorBatchLoader:
         """Shuffled (and augmented, where applicable) training batches, sharded over ranks."""

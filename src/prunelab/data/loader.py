@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TensorBatchLoader", "BatchGroups", "RandomCropFlip", "derive_seed", "is_batch_group",
-           "iter_batches"]
+__all__ = ["TensorBatchLoader", "BatchGroup", "BatchGroups", "RandomCropFlip", "derive_seed",
+           "is_batch_group", "iter_batches"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -218,6 +218,7 @@ class TensorBatchLoader:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a position saved by :meth:`state_dict`: the next ``__iter__`` call resumes
         epoch ``state_dict["epoch"]`` after its first ``batches_yielded`` batches."""
+        check_group_size(state_dict, 1)
         self._epoch = int(state_dict["epoch"])
         self._skip = int(state_dict.get("batches_yielded", 0))
         self._active_epoch = None
@@ -280,10 +281,14 @@ class TensorBatchLoader:
         )
 
 
+class BatchGroup(list):
+    """The batches :class:`BatchGroups` hands Lightning as one training batch (a list subclass:
+    Lightning's device transfer rebuilds it with its own type)."""
+
+
 def is_batch_group(batch: Any) -> bool:
-    """Whether ``batch`` is a group from :class:`BatchGroups`: a list of ``(x, y)`` batches (a
-    plain batch is a tuple or list of tensors)."""
-    return isinstance(batch, list) and len(batch) > 0 and isinstance(batch[0], (tuple, list))
+    """Whether ``batch`` is a group from :class:`BatchGroups`."""
+    return isinstance(batch, BatchGroup)
 
 
 def iter_batches(loader: Any) -> Iterator[Any]:
@@ -293,6 +298,15 @@ def iter_batches(loader: Any) -> Iterator[Any]:
             yield from batch
         else:
             yield batch
+
+
+def check_group_size(state_dict: dict[str, Any], k: int) -> None:
+    """A mid-epoch position saved with groups of another size cannot be resumed: Lightning
+    counts the epoch's progress in groups."""
+    saved = int(state_dict.get("steps_per_batch", 1))
+    if saved != k and int(state_dict.get("batches_yielded", 0)) > 0:
+        raise ValueError(f"data.steps_per_batch={k}, but the checkpoint stopped mid-epoch with "
+                         f"data.steps_per_batch={saved}; allowed: resume with {saved}")
 
 
 class BatchGroups:
@@ -322,21 +336,23 @@ class BatchGroups:
     def __iter__(self) -> Iterator[list[Any]]:
         return self._groups(iter(self.loader))
 
-    def _groups(self, it: Iterator[Any]) -> Iterator[list[Any]]:
-        group: list[Any] = []
+    def _groups(self, it: Iterator[Any]) -> Iterator[BatchGroup]:
+        group = BatchGroup()
         for batch in it:
             group.append(batch)
             if len(group) == self.k:
                 yield group
-                group = []
+                group = BatchGroup()
         if group:
             yield group
 
     def state_dict(self) -> dict[str, Any]:
-        return self.loader.state_dict()
+        return {**self.loader.state_dict(), "steps_per_batch": self.k}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.loader.load_state_dict(state_dict)
+        check_group_size(state_dict, self.k)
+        self.loader.load_state_dict({k: v for k, v in state_dict.items()
+                                     if k != "steps_per_batch"})
 
     def __getattr__(self, name: str) -> Any:  # batch_size, device, num_samples, ...
         if name == "loader":

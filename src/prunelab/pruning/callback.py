@@ -67,8 +67,9 @@ class PruningCallback(pl.Callback):
         self.rank_check: dict[str, Any] = {}  # DDP: masks gathered and compared after each event
         self._step_hooks: list[Any] = []  # optimizer step post-hooks (removed at train end)
         self._counted: Any = None  # the optimizer whose steps are counted (rewind_step)
-        self._steps = 0  # optimizer steps taken (trainer.global_step at train start + counted)
+        self._snapshot_at: int | None = None  # optimizer steps done when rewind_state was taken
         self._net: torch.nn.Module | None = None
+        self._trainer: pl.Trainer | None = None
 
     # -- schedule position ----------------------------------------------------------------------
     @property
@@ -119,23 +120,29 @@ class PruningCallback(pl.Callback):
         # data.steps_per_batch), and the rewind snapshot is taken after exactly rewind_step steps.
         self._remove_step_hooks()
         self._net = target_network(pl_module)
-        self._steps = int(trainer.global_step)
-        self._snapshot_if_due()
+        self._trainer = trainer
         opts = [o for o in trainer.optimizers if hasattr(o, "register_step_post_hook")]
+        if len(opts) < len(trainer.optimizers) and \
+                getattr(trainer.datamodule, "steps_per_batch", 1) > 1:
+            raise PruningConfigError("data.steps_per_batch > 1 needs optimizers with step hooks "
+                                     "(torch.optim.Optimizer subclasses); allowed otherwise: 1")
         self._counted = opts[0] if opts else None
         self._step_hooks = [o.register_step_post_hook(self._after_optimizer_step) for o in opts]
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         self.masks.apply_()
-        if optimizer is self._counted:
-            self._steps += 1
-            self._snapshot_if_due()
+        if optimizer is self._counted:  # Lightning counts this step once the hook returns
+            self._snapshot_if_due(self._trainer.global_step + 1)
 
-    def _snapshot_if_due(self) -> None:
-        if self.rewind_step is not None and self.rewind_state is None \
-                and self._steps >= self.rewind_step:
+    def _snapshot_if_due(self, steps: int, retake: bool = False) -> None:
+        """Snapshot the weights once ``steps`` optimizer steps are done; ``retake``: again if
+        no step was taken since the snapshot (a pruning event at the epoch start came after)."""
+        if self.rewind_step is None or steps < self.rewind_step:
+            return
+        if self.rewind_state is None or (retake and self._snapshot_at == steps):
             self.rewind_state = {k: v.detach().cpu().clone()
                                  for k, v in self._net.state_dict().items()}
+            self._snapshot_at = steps
 
     def _remove_step_hooks(self) -> None:
         for h in self._step_hooks:
@@ -148,10 +155,13 @@ class PruningCallback(pl.Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_step_hooks()
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        self._remove_step_hooks()
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self._step_hooks:  # an optimizer without step hooks: per batch instead
-            self._steps = int(trainer.global_step)
-            self._snapshot_if_due()
+            self._snapshot_if_due(int(trainer.global_step))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -168,6 +178,9 @@ class PruningCallback(pl.Callback):
             if trainer.world_size > 1:
                 self.check_ranks(trainer)
             self._wg = None
+        # the rewind point at an epoch boundary (or 0) comes after this epoch's pruning event
+        if self._net is not None:
+            self._snapshot_if_due(int(trainer.global_step), retake=True)
         # gradient scores: accumulate |w * grad| during the epoch before the next event only
         nxt = epoch + 1
         self._accumulating = (self.pruner.needs_gradients and nxt in events
