@@ -494,6 +494,7 @@ def _run_forked(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     import multiprocessing as mp
     import signal
 
+    _preload()
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
 
@@ -533,6 +534,22 @@ def _run_forked(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     record_failure(Path(HydraConfig.get().runtime.output_dir),
                    RuntimeError(f"the job's process was {why}"), with_traceback=False)
     return None
+
+
+#: imported once by a sweep's launcher process, so that its forked jobs inherit them instead of
+#: importing them again (about 5 s per job: a 36-job sweep spent 3 minutes on it)
+PRELOAD = ("torch", "pytorch_lightning", "torchmetrics", "prunelab.module", "prunelab.pruning",
+           "prunelab.models", "prunelab.data", "prunelab.results", "prunelab.measure")
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
 
 
 def _die_with_parent() -> None:
