@@ -274,6 +274,22 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
                                                                                   "last.ckpt"]
 
 
+def test_ddp_inside_a_sweep_starts_the_job_not_the_sweep_on_every_rank(tmp_path):
+    """Lightning starts rank 1 by re-running the command line: from a sweep job that must be the
+    job's own command and directory, not the whole multirun again."""
+    sweep = tmp_path / "sw"
+    p = run_train(["-m", *FAST, "measure.latency=false", "trainer=ddp", "data.batch_size=32",
+                   "seed=0", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    jobs = [d for d in sweep.iterdir() if d.is_dir()]
+    assert len(jobs) == 1
+    res = json.loads((jobs[0] / "results.json").read_text())
+    assert res["ddp"]["world_size"] == 2 and res["ddp"]["masks_equal"] is True
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["sw"]  # no stray run directory
+    # rank 1 was started as this job, not as another multirun launching the sweep again
+    assert (p.stdout + p.stderr).count("Launching 1 jobs locally") == 1
+
+
 def test_rerunning_a_sweep_skips_finished_jobs_and_retries_the_rest(tmp_path):
     sweep = tmp_path / "sw"
     args = ["-m", *FAST, "measure.latency=false", "pruner=magnitude", "sparsity=0.5,0.6",

@@ -501,6 +501,7 @@ def _run_forked(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     def child() -> None:
         recv.close()
         _die_with_parent()
+        _as_single_run()
         send.send(_run_here(task, cfg, None))
         send.close()
 
@@ -550,6 +551,19 @@ def _preload() -> None:
             importlib.import_module(name)
         except ImportError:
             pass
+
+
+def _as_single_run() -> None:
+    """In a forked sweep job: make the command line and ``hydra.run.dir`` this job's, as if it had
+    been started alone. Lightning's DDP launcher starts the other ranks by re-running
+    ``sys.argv`` with ``hydra.run.dir``; from a sweep that would re-run the whole sweep (``-m``
+    and every swept value) in the default run directory."""
+    from omegaconf import read_write
+
+    hc = HydraConfig.get()
+    sys.argv = [sys.argv[0], *hc.overrides.task]
+    with read_write(hc):
+        hc.run.dir = hc.runtime.output_dir
 
 
 def _die_with_parent() -> None:
