@@ -28,13 +28,13 @@ fi
 
 if [[ "${STRUCTURED:-0}" == 1 ]]; then
   # structured at half the MACs or more, against the dense model of the same recipe (3 seeds):
-  # LeNet-5 (20 epochs, about 4 minutes a run) and seed_cnn (6 epochs, conv 32-64, fc 128)
+  # LeNet-5 (20 epochs, about 4 minutes a run) and seed_cnn (4 epochs, conv 32-64, fc 128)
   python -m prunelab.train -m experiment=lenet5_mnist pruner=none sparsity=0 seed="$SEEDS" \
     measure.latency=false trainer.enable_progress_bar=false hydra.sweep.dir="$OUT/lenet5_dense"
-  python -m prunelab.train -m experiment=lenet5_mnist model=seed_cnn epochs=6 \
+  python -m prunelab.train -m experiment=lenet5_mnist model=seed_cnn epochs=4 \
     pruner=structured sparsity=0.5 seed="$SEEDS" measure.latency=false \
     trainer.enable_progress_bar=false hydra.sweep.dir="$OUT/seed_cnn_structured"
-  python -m prunelab.train -m experiment=lenet5_mnist model=seed_cnn epochs=6 \
+  python -m prunelab.train -m experiment=lenet5_mnist model=seed_cnn epochs=4 \
     pruner=none sparsity=0 seed="$SEEDS" measure.latency=false \
     trainer.enable_progress_bar=false hydra.sweep.dir="$OUT/seed_cnn_dense"
 fi
