@@ -95,6 +95,10 @@ def test_sparse_linear_matches_dense_and_choice_is_measured():
     layer = SparseLinear(net.features[0])
     h = torch.flatten(x, 1)
     assert torch.allclose(layer(h), net.features[0](h), atol=1e-5)
+    one = h[:1]  # one sample takes the matrix-vector path
+    assert layer(one).shape == (1, 300)
+    assert torch.allclose(layer(one), net.features[0](one), atol=1e-5)
+    assert torch.allclose(layer(h[0]), net.features[0](h[0]), atol=1e-5)  # no batch dimension
     model, choices = sparsify(net, batch_sizes=(1, 8), warmup=2, runs=5)
     assert len(choices) == 3
     for c in choices:  # every decision follows its own measurement
