@@ -65,11 +65,10 @@ class PruningCallback(pl.Callback):
         self._wg: dict[str, torch.Tensor] | None = None  # accumulated |w * grad| (gradient scores)
         self._accumulating = False
         self.rank_check: dict[str, Any] = {}  # DDP: masks gathered and compared after each event
-        self._step_hooks: list[Any] = []  # optimizer step post-hooks (removed at train end)
+        self._step_hooks: list[Any] = []  # optimizer step post-hooks (removed at teardown)
         self._counted: Any = None  # the optimizer whose steps are counted (rewind_step)
         self._snapshot_at: int | None = None  # optimizer steps done when rewind_state was taken
-        self._net: torch.nn.Module | None = None
-        self._trainer: pl.Trainer | None = None
+        self._trainer: pl.Trainer | None = None  # set while training (the step hook needs it)
 
     # -- schedule position ----------------------------------------------------------------------
     @property
@@ -119,7 +118,6 @@ class PruningCallback(pl.Callback):
         # this holds whatever the training step does (also several steps per Lightning batch,
         # data.steps_per_batch), and the rewind snapshot is taken after exactly rewind_step steps.
         self._remove_step_hooks()
-        self._net = target_network(pl_module)
         self._trainer = trainer
         opts = [o for o in trainer.optimizers if hasattr(o, "register_step_post_hook")]
         if len(opts) < len(trainer.optimizers) and \
@@ -140,17 +138,14 @@ class PruningCallback(pl.Callback):
         if self.rewind_step is None or steps < self.rewind_step:
             return
         if self.rewind_state is None or (retake and self._snapshot_at == steps):
-            self.rewind_state = {k: v.detach().cpu().clone()
-                                 for k, v in self._net.state_dict().items()}
+            net = target_network(self._trainer.lightning_module)
+            self.rewind_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             self._snapshot_at = steps
 
     def _remove_step_hooks(self) -> None:
         for h in self._step_hooks:
             h.remove()
         self._step_hooks = []
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._remove_step_hooks()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_step_hooks()
@@ -179,7 +174,7 @@ class PruningCallback(pl.Callback):
                 self.check_ranks(trainer)
             self._wg = None
         # the rewind point at an epoch boundary (or 0) comes after this epoch's pruning event
-        if self._net is not None:
+        if self._trainer is not None:
             self._snapshot_if_due(int(trainer.global_step), retake=True)
         # gradient scores: accumulate |w * grad| during the epoch before the next event only
         nxt = epoch + 1
