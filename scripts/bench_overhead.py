@@ -54,10 +54,15 @@ the per-repetition ratios (paired within a repetition, robust to drift on a shar
 median CPU time of the process per epoch (``time.process_time``, less sensitive to other processes
 competing for the cores; the 1-minute load average is stored with every run in the JSON).
 
+``--device cuda`` runs every contender on the GPU: the batches live in GPU memory (the
+DataLoader reference keeps its samples on the host, as users' DataLoaders do, and Lightning copies
+each batch over), the bare loop and the epoch timer synchronize the device before reading the clock.
+
 Example::
 
     python scripts/bench_overhead.py --models mlp resnet20 --reps 5 --epochs-per-rep 2 \\
         --out bench_overhead.json
+    python scripts/bench_overhead.py --device cuda --subset resnet20=20000 --out gpu.json
 """
 
 from __future__ import annotations
@@ -141,15 +146,15 @@ class BatchList:
         return len(self.batches)
 
 
-def make_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                 seed: int) -> tuple[BatchList, torch.Tensor, torch.Tensor]:
+def make_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
+                 device: str = "cpu") -> tuple[BatchList, torch.Tensor, torch.Tensor]:
     """Shuffle once (seeded) and cut into contiguous batches held in memory.
 
-    Returns the batches and the shuffled tensors (which the DataLoader contender iterates in order,
-    so it produces batches equal to these)."""
+    Returns the batches (on ``device``) and the shuffled tensors on the host (which the DataLoader
+    contender iterates in order, so it produces batches equal to these)."""
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))
     xs, ys = x[perm].contiguous(), y[perm].contiguous()
-    batches = [(xs[i:i + batch_size].contiguous(), ys[i:i + batch_size].contiguous())
+    batches = [(xs[i:i + batch_size].to(device).contiguous(), ys[i:i + batch_size].to(device).contiguous())
                for i in range(0, len(xs), batch_size)]
     return BatchList(batches), xs, ys
 
@@ -159,6 +164,12 @@ def make_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
 # ---------------------------------------------------------------------------------------------
 def make_optimizer(params, lr: float, momentum: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+def sync() -> None:
+    """Wait for the GPU (if any) so that a clock read after it counts the queued work."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def run_bare(net: nn.Module, batches, epochs: int, lr: float, momentum: float,
@@ -174,6 +185,7 @@ def run_bare(net: nn.Module, batches, epochs: int, lr: float, momentum: float,
     net.train()
     wall, cpu = [], []
     for _ in range(epochs):
+        sync()
         t0, c0 = time.perf_counter(), time.process_time()
         for x, y in batches:
             opt.zero_grad()
@@ -182,6 +194,7 @@ def run_bare(net: nn.Module, batches, epochs: int, lr: float, momentum: float,
             opt.step()
             if masks is not None:
                 masks.apply_()
+        sync()
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return {"wall": wall, "cpu": cpu}
@@ -198,9 +211,11 @@ class EpochTimer(pl.Callback):
         self.stamps: list[tuple[float, float]] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        sync()
         self.stamps.append((time.perf_counter(), time.process_time()))
 
     def on_train_end(self, trainer, pl_module) -> None:
+        sync()
         self.stamps.append((time.perf_counter(), time.process_time()))
 
     def epoch_times(self) -> dict[str, list[float]]:
@@ -258,7 +273,8 @@ def prunable_modules(net: nn.Module) -> list[tuple[nn.Module, str]]:
 
 
 def run_lightning(kind: str, net: nn.Module, batches, loaders: dict[str, Any], epochs: int,
-                  lr: float, momentum: float, num_classes: int) -> dict[str, list[float]]:
+                  lr: float, momentum: float, num_classes: int,
+                  device: str = "cpu") -> dict[str, list[float]]:
     optimizer = functools.partial(torch.optim.SGD, lr=lr, momentum=momentum)
     timer = EpochTimer()
     callbacks: list[pl.Callback] = [timer]
@@ -278,7 +294,7 @@ def run_lightning(kind: str, net: nn.Module, batches, loaders: dict[str, Any], e
             use_lottery_ticket_hypothesis=False, make_pruning_permanent=True, verbose=0,
         ))
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=epochs, callbacks=callbacks, logger=False,
+        accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_epochs=epochs, callbacks=callbacks, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0, deterministic=False,
     )
@@ -313,7 +329,7 @@ def bench_model(name: str, args: argparse.Namespace, contenders: Sequence[str]) 
         x, y = load_mnist(n, args.seed)
     else:
         x, y = synthetic_cifar(n, args.seed)
-    batches, xs, ys = make_batches(x, y, args.batch_size, args.seed)
+    batches, xs, ys = make_batches(x, y, args.batch_size, args.seed, args.device)
     loaders: dict[str, Any] = {
         "modelpruning_dl": torch.utils.data.DataLoader(
             torch.utils.data.TensorDataset(xs, ys), batch_size=args.batch_size, shuffle=False,
@@ -332,12 +348,12 @@ def bench_model(name: str, args: argparse.Namespace, contenders: Sequence[str]) 
         flat = list(iter_batches(loader))
         assert len(flat) == len(batches)
         for (a, b), (c, d) in zip(batches, flat):
-            assert torch.equal(a, c) and torch.equal(b, d)
+            assert torch.equal(a.cpu(), c.cpu()) and torch.equal(b.cpu(), d.cpu())
     torch.manual_seed(args.seed)
-    template = build_model(name, spec["input_shape"], 10)
+    template = build_model(name, spec["input_shape"], 10).to(args.device)
     epochs = 1 + args.epochs_per_rep
     raw: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
-    print(f"\n== {spec['label']} ({name}): {len(xs)} samples, {len(batches)} batches of "
+    print(f"\n== {spec['label']} ({name}) on {args.device}: {len(xs)} samples, {len(batches)} batches of "
           f"{args.batch_size}, {args.reps} reps x (1 warm-up + {args.epochs_per_rep}) epochs",
           flush=True)
     for rep in range(args.reps):
@@ -347,17 +363,18 @@ def bench_model(name: str, args: argparse.Namespace, contenders: Sequence[str]) 
                 times = run_bare(net, batches, epochs, args.lr, args.momentum,
                                  masked=kind == "bare_masked")
             else:
-                times = run_lightning(kind, net, batches, loaders, epochs, args.lr, args.momentum, 10)
+                times = run_lightning(kind, net, batches, loaders, epochs, args.lr, args.momentum, 10,
+                                      args.device)
             times["loadavg_1min"] = os.getloadavg()[0]
             raw[kind].append(times)
             print(f"  rep {rep} {kind:<17} wall " + " ".join(f"{t:.3f}" for t in times["wall"])
                   + "  cpu " + " ".join(f"{t:.3f}" for t in times["cpu"])
                   + f"  (first = warm-up; load {times['loadavg_1min']:.1f})", flush=True)
-    return summarize(name, raw, contenders, len(xs), len(batches))
+    return summarize(name, raw, contenders, len(xs), len(batches), args.device)
 
 
 def summarize(name: str, raw: dict[str, list[dict[str, Any]]], contenders: Sequence[str],
-              n_samples: int, n_batches: int) -> dict[str, Any]:
+              n_samples: int, n_batches: int, device: str = "cpu") -> dict[str, Any]:
     rows = []
     for c in contenders:
         row: dict[str, Any] = {"contender": c}
@@ -373,13 +390,13 @@ def summarize(name: str, raw: dict[str, list[dict[str, Any]]], contenders: Seque
                           for r, b in zip(raw[c], raw["bare"])]
                 row[f"{key}_median_paired_ratio"] = statistics.median(paired)
         rows.append(row)
-    return {"model": name, "label": MODELS[name]["label"], "data": MODELS[name]["data"],
+    return {"model": name, "label": MODELS[name]["label"], "device": device, "data": MODELS[name]["data"],
             "samples": n_samples, "batches": n_batches, "target_ratio": MODELS[name]["target"],
             "raw_epoch_times_s": raw, "summary": rows}
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"\n{result['label']} ({result['model']}), {result['samples']} samples / "
+    print(f"\n{result['label']} ({result['model']}) on {result.get('device', 'cpu')}, {result['samples']} samples / "
           f"{result['batches']} batches per epoch; target prunelab/bare <= {result['target_ratio']}")
     print(f"  {'contender':<18}{'median epoch s':>15}{'ratio to bare':>15}{'paired ratio':>14}"
           f"{'min s':>8}{'max s':>8}{'median CPU s':>14}{'CPU ratio':>11}")
@@ -437,9 +454,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", default=None, help="JSON file for the raw epoch times and summary")
     args = p.parse_args(argv)
     args.subset = parse_subset(args.subset)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA GPU is visible to torch")
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -452,8 +472,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(), "torch": torch.__version__, "pytorch_lightning": pl.__version__,
         "platform": platform.platform(), "processor": _cpu_name(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "command": " ".join(["python"] + sys.argv),
-        "loadavg_at_start": os.getloadavg(),
+        "loadavg_at_start": os.getloadavg(), "device": args.device,
     }
+    if args.device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
     try:
         import torchmetrics
 
@@ -461,7 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         pass
     print(f"torch {env['torch']}, pytorch_lightning {env['pytorch_lightning']}, "
-          f"{env['cpu_count']} CPUs ({env['processor']}), torch threads {env['torch_threads']}")
+          f"{env['cpu_count']} CPUs ({env['processor']}), torch threads {env['torch_threads']}"
+          + (f", GPU {env['gpu']}" if "gpu" in env else ""))
     config = {k: v for k, v in vars(args).items() if k != "out"}
     results = []
     t_start = time.perf_counter()

@@ -13,7 +13,15 @@
 
 and measures each at the same time, in alternating order: latency (warm-up, median of at least
 ``runs`` runs, ``torch.inference_mode``, threads from ``threads``), test accuracy, size on disk of
-the file it would ship as. ``python -m prunelab.export run=<run dir> format=onnx [compact=true]
+the file it would ship as.
+
+With a GPU profile (``hardware=gpu`` or ``hardware=gpu_2to4``) the variants run on the CUDA GPU
+instead: ``dense`` (float32), ``compact``, the half-precision model the profile deploys
+(``bf16``; ``fp16`` for ``gpu_2to4``) and, for ``gpu_2to4``, ``2to4``: the 2:4-pruned Linear
+layers as semi-structured sparse tensors (:func:`prunelab.compress.to_semi_structured`). The CSR
+and int8 variants are CPU kernels and are not built there.
+
+``python -m prunelab.export run=<run dir> format=onnx [compact=true]
 [quantize=int8]`` writes an ONNX file, checks it with onnxruntime against PyTorch and prints its
 size and latency beside the dense model's.
 """
@@ -33,7 +41,7 @@ import torch
 from torch import nn
 
 from prunelab.data.loader import iter_batches
-from prunelab.measure.latency import time_alternating
+from prunelab.measure.latency import placement, time_alternating
 from prunelab.runs import RunError, load_run, locate_checkpoint
 
 
@@ -45,7 +53,7 @@ class DeployError(RunError):
 class MeasureConf:
     run: Optional[str] = None  # a prunelab.train run directory or checkpoint
     checkpoint: str = "best"  # best | last
-    hardware: Optional[str] = None  # a hardware profile (cpu, edge_cpu, ...): threads, batch sizes
+    hardware: Optional[str] = None  # a hardware profile (cpu, edge_cpu, gpu, gpu_2to4): device, threads, batch sizes
     batch_sizes: Optional[list[int]] = None  # default: the profile's, else [1, 64]
     runs: int = 50  # timed runs per batch size (median), after warmup
     warmup: int = 10
@@ -146,33 +154,40 @@ def accuracy(net: nn.Module, loader, max_batches: int | None = None) -> float:
         for i, (x, y) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            pred = net(x.float().cpu()).argmax(1)
-            correct += int((pred == y.cpu()).sum())
+            device, dtype = placement(net)
+            pred = net(x.to(device, dtype)).argmax(1)
+            correct += int((pred.cpu() == y.cpu()).sum())
             total += int(y.numel())
     return correct / max(total, 1)
 
 
-def apply_profile(conf: Any) -> None:
-    """Fill ``threads`` and ``batch_sizes`` from ``conf.hardware`` (a conf/hardware profile)."""
+def apply_profile(conf: Any) -> str:
+    """Fill ``threads`` and ``batch_sizes`` from ``conf.hardware`` (a conf/hardware profile) and
+    return its deployment target (``cpu`` without a profile). A GPU profile without a CUDA GPU
+    (or, for ``gpu_2to4``, one without semi-structured support) is a DeployError."""
     from omegaconf import OmegaConf
 
-    from prunelab.train import CONF_DIR, known_options
+    from prunelab.train import CONF_DIR, ConfigError, check_hardware, known_options
 
+    target = "cpu"
     if conf.hardware is not None:
         path = CONF_DIR / "hardware" / f"{conf.hardware}.yaml"
         if not path.is_file():
             raise DeployError(f"hardware={conf.hardware!r}; known: "
                               f"{', '.join(known_options('hardware'))}")
         hw = OmegaConf.load(path)
-        if hw.get("accelerator") == "gpu":
-            raise DeployError(f"hardware={conf.hardware}: measure times CPU inference; GPU "
-                              f"profiles are for training (allowed: cpu, edge_cpu)")
+        try:
+            check_hardware(hw, conf.hardware)
+        except ConfigError as exc:
+            raise DeployError(str(exc)) from None
+        target = str(hw.get("target", "cpu"))
         if conf.threads is None and hw.get("threads"):
             conf.threads = int(hw.threads)
         if conf.batch_sizes is None:
             conf.batch_sizes = list(hw.batch_sizes)
     if conf.batch_sizes is None:
         conf.batch_sizes = [1, 64]
+    return target
 
 
 def file_size(obj: Any, path: Path) -> int:
@@ -187,7 +202,7 @@ def measure_run(conf: Any) -> dict[str, Any]:
     from prunelab.compress.sparse import sparsify
     from prunelab.measure import count_macs, save_sparse_state_dict
 
-    apply_profile(conf)
+    target = apply_profile(conf)
     if not conf.batch_sizes or any(b < 1 for b in conf.batch_sizes):
         raise DeployError(f"batch_sizes={list(conf.batch_sizes)} must be integers >= 1")
     if conf.runs < 1:
@@ -198,12 +213,13 @@ def measure_run(conf: Any) -> dict[str, Any]:
     run.dm.setup("fit")
     run.dm.setup("test")
     macs = count_macs(run.net, run.input_shape)
-    models: dict[str, nn.Module] = {"dense": run.net}
+    gpu = target in ("gpu", "gpu_2to4")
+    models: dict[str, nn.Module] = {"dense": copy.deepcopy(run.net).cuda() if gpu else run.net}
     info: dict[str, dict[str, Any]] = {"dense": {
         "file": "model_dense.pt", "bytes": file_size(run.net.state_dict(), out / "model_dense.pt"),
         "macs": macs["dense"]}}
     info["dense"]["sparse_file_bytes"] = _sparse_bytes(run.net, out, save_sparse_state_dict)
-    if conf.sparse:
+    if conf.sparse and not gpu:
         sp, choices = sparsify(copy.deepcopy(run.net), batch_sizes=conf.batch_sizes,
                                threads=conf.threads)
         if choices:
@@ -217,13 +233,15 @@ def measure_run(conf: Any) -> dict[str, Any]:
     except CompactionError:
         small, report = None, None
     if report is not None and report.params_after < report.params_before:
-        models["compact"] = small
+        models["compact"] = copy.deepcopy(small).cuda() if gpu else small
         base = small
         info["compact"] = {"file": "model_compact.pt",
                            "bytes": file_size(small.state_dict(), out / "model_compact.pt"),
                            "macs": count_macs(small, run.input_shape)["dense"],
                            "compaction": report.as_dict()}
-    if conf.quantize:
+    if gpu:
+        _gpu_variants(run, base, target, models, info, out)
+    if conf.quantize and not gpu:
         calib = [x for i, (x, _) in zip(range(conf.calibration_batches),
                                         iter_batches(run.dm.train_dataloader()))]
         q, mode = quantize_int8(base, run.input_shape, calib)
@@ -232,7 +250,7 @@ def measure_run(conf: Any) -> dict[str, Any]:
                         "of": "compact" if base is not run.net else "dense",
                         "bytes": save_int8_sparse(q, out / "model_int8_sparse.pt"),
                         "int8_zeros": count_int8_zeros(q)}
-    if conf.qat_epochs:
+    if conf.qat_epochs and not gpu:
         from prunelab.compress.quantize import qat_int8
 
         batches = [b for i, b in zip(range(conf.qat_batches or 10**9),
@@ -245,7 +263,7 @@ def measure_run(conf: Any) -> dict[str, Any]:
                             "bytes": save_int8_sparse(q, out / "model_int8_qat_sparse.pt"),
                             "int8_zeros": count_int8_zeros(q)}
     latency = time_alternating(models, run.input_shape, conf.batch_sizes, conf.runs, conf.warmup,
-                               conf.rounds, conf.threads)
+                               conf.rounds, None if gpu else conf.threads)
     loader = run.dm.test_dataloader()
     for k, m in models.items():
         info[k]["latency_ms"] = latency[k]
@@ -257,7 +275,8 @@ def measure_run(conf: Any) -> dict[str, Any]:
         if "macs" in v:
             v["macs_reduction"] = dense["macs"] / max(v["macs"], 1)
     result = {"run": str(run.run_dir), "checkpoint": str(run.ckpt), "threads": conf.threads
-              or torch.get_num_threads(), "batch_sizes": list(conf.batch_sizes),
+              or torch.get_num_threads(), "target": target,
+              "device": torch.cuda.get_device_name() if gpu else "cpu", "batch_sizes": list(conf.batch_sizes),
               "runs": conf.runs, "rounds": conf.rounds, "variants": info,
               "model": run.results.get("model"), "pruner": run.results.get("pruner"),
               "sparsity": run.results.get("sparsity", {}).get("global")}
@@ -265,6 +284,51 @@ def measure_run(conf: Any) -> dict[str, Any]:
     print_table(result)
     print(f"wrote {out / 'measure.json'}")
     return result
+
+
+def _gpu_variants(run: LoadedRun, base: nn.Module, target: str, models: dict[str, nn.Module],
+                  info: dict[str, dict[str, Any]], out: Path) -> None:
+    """The half-precision model of a GPU target and, for ``gpu_2to4``, its 2:4 semi-structured
+    version (the layers that cannot be converted are listed with the reason)."""
+    from prunelab.compress.semi_structured import to_semi_structured
+
+    of = "compact" if base is not run.net else "dense"
+    half_name, dtype = ("fp16", torch.float16) if target == "gpu_2to4" else ("bf16", torch.bfloat16)
+    half = copy.deepcopy(base).to("cuda", dtype).eval()
+    models[half_name] = half
+    info[half_name] = {"file": f"model_{half_name}.pt", "of": of, "macs": info[of]["macs"],
+                       "bytes": file_size(half.state_dict(), out / f"model_{half_name}.pt")}
+    if target != "gpu_2to4":
+        return
+    example = torch.randn(64, *run.input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        sparse, report = to_semi_structured(base, example, dtype=dtype)
+    except RuntimeError as exc:
+        raise DeployError(str(exc).splitlines()[0]) from None
+    if not report.converted:
+        print(f"prunelab: warning: hardware=gpu_2to4 but no Linear layer could be converted to 2:4 "
+              f"({'; '.join(f'{k}: {v}' for k, v in report.skipped.items())})", file=sys.stderr)
+        info[half_name]["semi_structured_skipped"] = report.skipped
+        return
+    models["2to4"] = sparse
+    info["2to4"] = {"file": "model_2to4.pt", "of": half_name, "macs": info[of]["macs"],
+                    "bytes": _semi_structured_bytes(sparse, out / "model_2to4.pt"),
+                    "converted": report.converted, "skipped": report.skipped,
+                    "max_abs_diff": report.max_abs_diff}
+
+
+def _semi_structured_bytes(net: nn.Module, path: Path) -> int:
+    """Saved size of a semi-structured model; where its tensor subclass cannot be pickled, the
+    bytes of its tensors as stored (compressed values and metadata)."""
+    try:
+        return file_size(net.state_dict(), path)
+    except Exception:  # noqa: BLE001 - tensor subclass pickling varies between torch versions
+        total = 0
+        for t in net.state_dict().values():
+            parts = [getattr(t, a, None) for a in ("packed", "meta")]
+            parts = [p for p in parts if isinstance(p, torch.Tensor)] or [t]
+            total += sum(p.numel() * p.element_size() for p in parts)
+        return total
 
 
 def _sparse_bytes(net: nn.Module, out: Path, save) -> int:
@@ -284,7 +348,9 @@ def print_table(result: dict[str, Any]) -> None:
         row += [f"{v['speedup'][f'batch_{b}']:.2f}" for b in bs]
         row += [f"{v['macs_reduction']:.2f}" if "macs_reduction" in v else "-"]
         lines.append(" | ".join(row))
-    print(f"run {result['run']} ({result['threads']} threads)")
+    where = (f"on {result['device']}" if result.get("device", "cpu") != "cpu"
+             else f"{result['threads']} threads")
+    print(f"run {result['run']} ({where})")
     print("\n".join(lines))
 
 

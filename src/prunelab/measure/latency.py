@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["measure_latency", "time_alternating"]
+__all__ = ["measure_latency", "placement", "time_alternating"]
 
 
 def _sync(device: torch.device) -> None:
@@ -93,11 +93,22 @@ def measure_latency(
     return results
 
 
+def placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of a model's first floating parameter (CPU float32 if none)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
 def time_alternating(models: Mapping[Any, nn.Module], input_shape: Sequence[int],
                      batch_sizes: Sequence[int], runs: int, warmup: int, rounds: int,
                      threads: int | None) -> dict[Any, dict[str, float]]:
     """Median latency (ms) per model and batch size, the models timed in turn (A B C A B C ...)
-    for ``rounds`` rounds of ``runs`` runs after ``warmup`` runs each."""
+    for ``rounds`` rounds of ``runs`` runs after ``warmup`` runs each.
+
+    Each model gets the input on the device and in the floating dtype of its first parameter;
+    CUDA is synchronized after every run, so a run's time includes its kernels."""
     from statistics import median
 
     previous = torch.get_num_threads()
@@ -108,15 +119,19 @@ def time_alternating(models: Mapping[Any, nn.Module], input_shape: Sequence[int]
         with torch.inference_mode():
             for b in batch_sizes:
                 x = torch.randn(int(b), *input_shape, generator=torch.Generator().manual_seed(b))
-                for m in models.values():
+                xs = {k: x.to(*placement(m)) for k, m in models.items()}
+                for k, m in models.items():
                     m.eval()
                     for _ in range(warmup):
-                        m(x)
+                        m(xs[k])
+                    _sync(xs[k].device)
                 for _ in range(rounds):
                     for k, m in models.items():
+                        xk, dev = xs[k], xs[k].device
                         for _ in range(runs):
                             t = time.perf_counter()
-                            m(x)
+                            m(xk)
+                            _sync(dev)
                             times[k][b].append(time.perf_counter() - t)
     finally:
         torch.set_num_threads(previous)

@@ -1,0 +1,81 @@
+"""The GPU profiles end to end: training with hardware=gpu / gpu_2to4 and measuring on the GPU.
+
+Skipped without a CUDA GPU (CI has none); on CPU-only machines the profiles' one-line errors are
+tested instead."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+FAST = ["debug=fast", "data.subset=2000", "epochs=2", "measure.latency=false",
+        "trainer.enable_progress_bar=false", "logger=none"]
+
+
+def cli(module, args, cwd, timeout=600):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def checkpoint_zeros(path, name):
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    w = state[name]
+    return float((w == 0).float().mean())
+
+
+@pytest.mark.skipif(CUDA, reason="CPU-only behaviour")
+@pytest.mark.parametrize("profile", ["gpu", "gpu_2to4"])
+def test_gpu_profiles_without_a_gpu_are_one_line_errors(tmp_path, profile):
+    from prunelab.deploy import DeployError, MeasureConf, apply_profile, parse_args
+
+    with pytest.raises(DeployError, match=f"hardware={profile} but no CUDA GPU is available here; "
+                                          f"allowed: hardware=cpu or hardware=edge_cpu"):
+        apply_profile(parse_args(MeasureConf, [f"hardware={profile}"]))
+    proc = cli("prunelab.train", [*FAST, f"hardware={profile}", f"hydra.run.dir={tmp_path / 'r'}"],
+               tmp_path)
+    assert proc.returncode != 0
+    assert f"hardware={profile} but no CUDA GPU is available here" in proc.stderr
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_train_on_gpu_in_bf16_keeps_pruned_weights_at_zero(tmp_path):
+    run = tmp_path / "gpu"
+    proc = cli("prunelab.train", [*FAST, "hardware=gpu", "pruner=magnitude", "sparsity=0.7",
+                                  "schedule=oneshot", f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((run / "results.json").read_text())
+    assert abs(res["sparsity"]["global"] - 0.7) < 1e-3
+    assert res["test_acc"] > 0.75  # chance is 0.1
+    assert abs(checkpoint_zeros(run / "checkpoints" / "last.ckpt", "net.features.0.weight")
+               - 0.7) < 1e-3
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_gpu_2to4_train_then_measure_semi_structured(tmp_path):
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("semi-structured sparsity needs compute capability >= 8.0")
+    run = tmp_path / "nm"
+    proc = cli("prunelab.train", [*FAST, "hardware=gpu_2to4", "pruner=nm", "model.hidden=[512,256]",
+                                  "schedule=oneshot", f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert abs(checkpoint_zeros(run / "checkpoints" / "last.ckpt", "net.features.0.weight")
+               - 0.5) < 1e-6
+    proc = cli("prunelab.measure", [f"run={run}", "hardware=gpu_2to4", "runs=5", "rounds=1",
+                                    "warmup=2", "eval_batches=4"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((run / "deploy" / "measure.json").read_text())
+    v = res["variants"]
+    assert res["target"] == "gpu_2to4" and res["device"] == torch.cuda.get_device_name()
+    assert set(v) == {"dense", "fp16", "2to4"}
+    # 784 -> 512 -> 256 are converted; the 256 -> 10 head is not (10 is not a multiple of 16)
+    assert v["2to4"]["converted"] == ["features.0", "features.2"]
+    assert "multiples of 16" in v["2to4"]["skipped"]["classifier"]
+    assert abs(v["2to4"]["test_acc"] - v["fp16"]["test_acc"]) <= 0.01
+    assert v["2to4"]["bytes"] < v["fp16"]["bytes"] < v["dense"]["bytes"]
+    assert "2to4 |" in proc.stdout
