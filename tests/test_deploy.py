@@ -233,3 +233,25 @@ def test_measure_takes_threads_and_batch_sizes_from_a_hardware_profile():
     assert conf.threads == 2 and list(conf.batch_sizes) == [8]
     with pytest.raises(DeployError, match="hardware='phone'; known: cpu, edge_cpu, gpu, gpu_2to4"):
         apply_profile(parse_args(MeasureConf, ["hardware=phone"]))
+
+
+def test_sparsify_force_swaps_every_candidate_layer():
+    from prunelab.compress.sparse import SparseLinear, sparsify
+
+    net = pruned_mlp(0.95)
+    x = torch.randn(4, 1, 28, 28)
+    ref = net(x)
+    model, choices = sparsify(net, batch_sizes=[1], runs=3, warmup=1, force=True)
+    assert len(choices) == 3 and all(c.sparse for c in choices)
+    assert sum(isinstance(m, SparseLinear) for m in model.modules()) == 3
+    assert torch.allclose(model(x), ref, atol=1e-5)
+
+
+def test_measure_rejects_an_unknown_sparse_layers_value(runs):
+    out = runs / "unstructured" / "deploy" / "measure.json"
+    before = out.read_bytes() if out.exists() else None
+    proc = cli("prunelab.measure", [f"run={runs / 'unstructured'}", "sparse_layers=some"], runs)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "prunelab: error: sparse_layers='some'; allowed: measured, all"
+    assert (out.read_bytes() if out.exists() else None) == before  # nothing overwritten

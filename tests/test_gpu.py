@@ -66,16 +66,50 @@ def test_gpu_2to4_train_then_measure_semi_structured(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert abs(checkpoint_zeros(run / "checkpoints" / "last.ckpt", "net.features.0.weight")
                - 0.5) < 1e-6
-    proc = cli("prunelab.measure", [f"run={run}", "hardware=gpu_2to4", "runs=5", "rounds=1",
-                                    "warmup=2", "eval_batches=4"], tmp_path)
+    args = [f"run={run}", "hardware=gpu_2to4", "runs=5", "rounds=1", "warmup=2", "eval_batches=4"]
+    # measured choice: at batch 1 and 64 these small layers run slower as 2:4 and stay dense
+    proc = cli("prunelab.measure", args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((run / "deploy" / "measure.json").read_text())
     v = res["variants"]
     assert res["target"] == "gpu_2to4" and res["device"] == torch.cuda.get_device_name()
+    timed = {t["name"]: t for t in v["fp16"].get("semi_structured_timings", [])}
+    kept_sparse = [n for n, t in timed.items()
+                   if all(t["sparse_ms"][k] < t["dense_ms"][k] for k in t["dense_ms"])]
+    assert set(timed) == {"features.0", "features.2"} or "2to4" in v
+    if "2to4" not in v:  # every timed layer measured slower, and says so
+        assert kept_sparse == []
+        assert all("measured slower" in v["fp16"]["semi_structured_skipped"][n] for n in timed)
+        assert "no Linear layer runs as 2:4" in proc.stderr
+    # sparse_layers=all: every eligible layer as 2:4, whatever the timing
+    proc = cli("prunelab.measure", [*args, "sparse_layers=all"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    v = json.loads((run / "deploy" / "measure.json").read_text())["variants"]
     assert set(v) == {"dense", "fp16", "2to4"}
-    # 784 -> 512 -> 256 are converted; the 256 -> 10 head is not (10 is not a multiple of 16)
+    # 784 -> 512 -> 256 are converted; the 256 -> 10 classifier is not (10 is not a multiple of 16)
     assert v["2to4"]["converted"] == ["features.0", "features.2"]
     assert "multiples of 16" in v["2to4"]["skipped"]["classifier"]
     assert abs(v["2to4"]["test_acc"] - v["fp16"]["test_acc"]) <= 0.01
     assert v["2to4"]["bytes"] < v["fp16"]["bytes"] < v["dense"]["bytes"]
     assert "2to4 |" in proc.stdout
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_semi_structured_choice_is_measured_per_layer():
+    from prunelab.compress import to_semi_structured
+    from prunelab.pruning.granularity import nm_mask
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4096, 4096), torch.nn.ReLU(),
+                              torch.nn.Linear(4096, 64))
+    with torch.no_grad():
+        for m in (net[0], net[2]):
+            m.weight.mul_(nm_mask(m.weight.abs(), torch.ones_like(m.weight, dtype=torch.bool),
+                                  2, 4, 2))
+    _, report = to_semi_structured(net, torch.randn(8, 4096), batch_sizes=[16384], runs=5,
+                                   warmup=2)
+    assert {t["name"] for t in report.timings} == {"0", "2"}
+    for t in report.timings:  # the decision follows the timing, both ways
+        faster = t["sparse_ms"]["batch_16384"] < t["dense_ms"]["batch_16384"]
+        assert (t["name"] in report.converted) == faster
+        assert faster or "measured slower" in report.skipped[t["name"]]

@@ -49,6 +49,10 @@ class DeployError(RunError):
     """Bad input to measure / export (one-line message)."""
 
 
+#: measure's ``sparse_layers``: sparse kernels where they measured faster, or on every eligible layer
+SPARSE_LAYERS = ("measured", "all")
+
+
 @dataclass
 class MeasureConf:
     run: Optional[str] = None  # a prunelab.train run directory or checkpoint
@@ -59,7 +63,8 @@ class MeasureConf:
     warmup: int = 10
     rounds: int = 3  # the variants are timed in turn, this many times (A B C A B C ...)
     threads: Optional[int] = None  # torch threads (null: PyTorch's default)
-    sparse: bool = True  # try the CSR path for sparse Linear layers
+    sparse: bool = True  # try the sparse path for sparse Linear layers (CSR on CPU, 2:4 on gpu_2to4)
+    sparse_layers: str = "measured"  # measured: sparse where timed faster | all: every eligible layer
     quantize: bool = True  # add the int8 variant
     calibration_batches: int = 8  # static quantization (conv nets)
     qat_epochs: int = 0  # > 0: add an int8_qat variant, fine-tuned quantization-aware first
@@ -207,6 +212,8 @@ def measure_run(conf: Any) -> dict[str, Any]:
         raise DeployError(f"batch_sizes={list(conf.batch_sizes)} must be integers >= 1")
     if conf.runs < 1:
         raise DeployError(f"runs={conf.runs} must be >= 1")
+    if conf.sparse_layers not in SPARSE_LAYERS:
+        raise DeployError(f"sparse_layers={conf.sparse_layers!r}; allowed: {', '.join(SPARSE_LAYERS)}")
     run = load(conf.run, conf.checkpoint)
     out = Path(conf.out) if conf.out else run.run_dir / "deploy"
     out.mkdir(parents=True, exist_ok=True)
@@ -221,7 +228,7 @@ def measure_run(conf: Any) -> dict[str, Any]:
     info["dense"]["sparse_file_bytes"] = _sparse_bytes(run.net, out, save_sparse_state_dict)
     if conf.sparse and not gpu:
         sp, choices = sparsify(copy.deepcopy(run.net), batch_sizes=conf.batch_sizes,
-                               threads=conf.threads)
+                               threads=conf.threads, force=conf.sparse_layers == "all")
         if choices:
             models["sparse"] = sp
             info["sparse"] = {"file": "model_sparse.pt", "bytes": info["dense"]["sparse_file_bytes"],
@@ -240,7 +247,7 @@ def measure_run(conf: Any) -> dict[str, Any]:
                            "macs": count_macs(small, run.input_shape)["dense"],
                            "compaction": report.as_dict()}
     if gpu:
-        _gpu_variants(run, base, target, models, info, out)
+        _gpu_variants(conf, run, base, target, models, info, out)
     if conf.quantize and not gpu:
         calib = [x for i, (x, _) in zip(range(conf.calibration_batches),
                                         iter_batches(run.dm.train_dataloader()))]
@@ -286,10 +293,10 @@ def measure_run(conf: Any) -> dict[str, Any]:
     return result
 
 
-def _gpu_variants(run: LoadedRun, base: nn.Module, target: str, models: dict[str, nn.Module],
-                  info: dict[str, dict[str, Any]], out: Path) -> None:
+def _gpu_variants(conf: Any, run: LoadedRun, base: nn.Module, target: str,
+                  models: dict[str, nn.Module], info: dict[str, dict[str, Any]], out: Path) -> None:
     """The half-precision model of a GPU target and, for ``gpu_2to4``, its 2:4 semi-structured
-    version (the layers that cannot be converted are listed with the reason)."""
+    version (the layers left dense are listed with the reason)."""
     from prunelab.compress.semi_structured import to_semi_structured
 
     of = "compact" if base is not run.net else "dense"
@@ -301,19 +308,24 @@ def _gpu_variants(run: LoadedRun, base: nn.Module, target: str, models: dict[str
     if target != "gpu_2to4":
         return
     example = torch.randn(64, *run.input_shape, generator=torch.Generator().manual_seed(0))
+    measured = conf.sparse_layers == "measured"
     try:
-        sparse, report = to_semi_structured(base, example, dtype=dtype)
+        sparse, report = to_semi_structured(base, example, dtype=dtype,
+                                            batch_sizes=conf.batch_sizes if measured else None,
+                                            runs=conf.runs, warmup=conf.warmup)
     except RuntimeError as exc:
         raise DeployError(str(exc).splitlines()[0]) from None
     if not report.converted:
-        print(f"prunelab: warning: hardware=gpu_2to4 but no Linear layer could be converted to 2:4 "
+        print(f"prunelab: warning: hardware=gpu_2to4 but no Linear layer runs as 2:4 "
               f"({'; '.join(f'{k}: {v}' for k, v in report.skipped.items())})", file=sys.stderr)
         info[half_name]["semi_structured_skipped"] = report.skipped
+        info[half_name]["semi_structured_timings"] = report.timings
         return
     models["2to4"] = sparse
     info["2to4"] = {"file": "model_2to4.pt", "of": half_name, "macs": info[of]["macs"],
                     "bytes": _semi_structured_bytes(sparse, out / "model_2to4.pt"),
                     "converted": report.converted, "skipped": report.skipped,
+                    "timings": report.timings,
                     "max_abs_diff": report.max_abs_diff}
 
 

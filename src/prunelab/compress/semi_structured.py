@@ -3,13 +3,18 @@
 ``torch.sparse.to_sparse_semi_structured`` stores a 2:4-sparse weight compressed and runs the
 matrix product on sparse tensor cores (CUTLASS on compute capability 8.x; cuSPARSELt, which also
 serves 9.x, needs both weight dimensions to be multiples of 16; measured on an H200 in
-``shared/DESIGN.md``). The speedup only shows for large matrices; this module converts what is
-eligible, says why the rest is not, and checks the outputs against the masked dense model.
+``shared/DESIGN.md``). The speedup only shows for large matrices (on an H200 with torch 2.11, a
+2:4 fp16 product costs about 0.45 ms whatever its size up to 2048 rows x 4096 x 11008, 16x a
+dense one at 64 rows; 1.25-1.38x faster from 8192 rows: BENCHMARKS.md), so this module converts
+what is eligible, keeps dense (given ``batch_sizes``) the layers where the sparse product measured
+slower, says why for every layer left dense, and checks the outputs against the masked dense
+model.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +37,7 @@ class SemiStructuredReport:
     converted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # layer -> reason
     max_abs_diff: float | None = None
+    timings: list[dict] = field(default_factory=list)  # per measured layer: dense / 2:4 ms
 
 
 def semi_structured_eligibility(model: nn.Module) -> dict[str, str | None]:
@@ -53,10 +59,14 @@ def semi_structured_eligibility(model: nn.Module) -> dict[str, str | None]:
 
 @torch.no_grad()
 def to_semi_structured(model: nn.Module, example: torch.Tensor, dtype: torch.dtype = torch.float16,
-                       atol: float = 1e-2) -> tuple[nn.Module, SemiStructuredReport]:
+                       atol: float = 1e-2, batch_sizes: Sequence[int] | None = None,
+                       runs: int = 50, warmup: int = 10) -> tuple[nn.Module, SemiStructuredReport]:
     """A copy of ``model`` on CUDA in ``dtype`` whose eligible Linear weights are semi-structured
     sparse tensors, and a report with the max abs output difference against the masked dense
-    copy on ``example``. Raises ``RuntimeError`` without a CUDA GPU."""
+    copy on ``example``. With ``batch_sizes``, each converted layer and its dense twin are timed
+    in turn (median of ``runs`` after ``warmup``) on inputs of the layer's shape, and the layer
+    stays 2:4 only where that was faster at every batch size. Raises ``RuntimeError`` without a
+    CUDA GPU."""
     if not torch.cuda.is_available():
         raise RuntimeError("semi-structured sparsity needs a CUDA GPU with sparse tensor cores")
     if dtype not in DTYPES:
@@ -77,6 +87,21 @@ def to_semi_structured(model: nn.Module, example: torch.Tensor, dtype: torch.dty
         except (RuntimeError, ValueError) as exc:  # backend refuses (device capability, shape)
             report.skipped[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
             continue
+        if batch_sizes:
+            from prunelab.measure.latency import time_alternating
+
+            twin = dense.get_submodule(name)
+            lat = time_alternating({"dense": twin, "2:4": mod}, (mod.in_features,),
+                                   [int(b) for b in batch_sizes], runs, warmup, 1, None)
+            times = {"name": name, "dense_ms": lat["dense"], "sparse_ms": lat["2:4"]}
+            report.timings.append(times)
+            slower = [k for k in lat["dense"] if lat["2:4"][k] >= lat["dense"][k]]
+            if slower:
+                k = slower[0]
+                mod.weight = nn.Parameter(twin.weight.detach().clone(), requires_grad=False)
+                report.skipped[name] = (f"2:4 measured slower than dense at {k.replace('_', ' ')}"
+                                        f" ({lat['2:4'][k]:.3f} vs {lat['dense'][k]:.3f} ms)")
+                continue
         report.converted.append(name)
     x = example.to("cuda", dtype)
     diff = (sparse(x).float() - dense(x).float()).abs().max().item()

@@ -82,11 +82,12 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 @torch.no_grad()
 def sparsify(model: nn.Module, batch_sizes: Sequence[int] = (1, 64), min_sparsity: float = 0.5,
-             warmup: int = 20, runs: int = 100, threads: int | None = None,
+             warmup: int = 20, runs: int = 100, threads: int | None = None, force: bool = False,
              ) -> tuple[nn.Module, list[LayerChoice]]:
     """Swap (in place) each Linear of ``model`` with at least ``min_sparsity`` zeros for a
-    :class:`SparseLinear` where the CSR kernel measured faster at every batch size. Returns the
-    model and one :class:`LayerChoice` per candidate layer (both timings, the decision)."""
+    :class:`SparseLinear` where the CSR kernel measured faster at every batch size (``force``:
+    every such layer, timed all the same). Returns the model and one :class:`LayerChoice` per
+    candidate layer (both timings, the decision)."""
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -105,9 +106,9 @@ def sparsify(model: nn.Module, batch_sizes: Sequence[int] = (1, 64), min_sparsit
                                    [int(b) for b in batch_sizes], runs, warmup, 1, None)
             dense_ms = {int(b): lat["dense"][f"batch_{int(b)}"] for b in batch_sizes}
             sparse_ms = {int(b): lat["sparse"][f"batch_{int(b)}"] for b in batch_sizes}
-            faster = all(sparse_ms[b] < dense_ms[b] for b in dense_ms)
-            choices.append(LayerChoice(name, tuple(w.shape), sparsity, dense_ms, sparse_ms, faster))
-            if faster:
+            use = force or all(sparse_ms[b] < dense_ms[b] for b in dense_ms)
+            choices.append(LayerChoice(name, tuple(w.shape), sparsity, dense_ms, sparse_ms, use))
+            if use:
                 _set_module(model, name, cand)
     finally:
         torch.set_num_threads(previous)
