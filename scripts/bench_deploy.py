@@ -31,7 +31,7 @@ import torch
 
 from prunelab.compress.compact import compact
 from prunelab.compress.sparse import sparsify
-from prunelab.deploy import MeasureConf, measure_run, time_alternating
+from prunelab.deploy import MeasureConf, measure_run, onnxruntime_latency, time_alternating
 from prunelab.measure import count_macs
 from prunelab.models import build_model
 from prunelab.pruning import Pruner
@@ -76,51 +76,6 @@ def activation_elements(net: torch.nn.Module, shape) -> int:
     return total
 
 
-def ort_alternating(models: dict, shape, batch_sizes, runs: int, warmup: int, rounds: int,
-                    threads: int) -> dict | None:
-    """Median latency (ms) of each model exported to ONNX and run by onnxruntime, the models
-    timed in turn like ``time_alternating``; None without onnxruntime."""
-    import io
-    import statistics
-    import time
-    import warnings
-
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return None
-    sessions = {}
-    for k, m in models.items():
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(m.eval(), (torch.zeros(2, *shape),), buf, dynamo=False,
-                              input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "b"}, "logits": {0: "b"}},
-                              opset_version=17)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions[k] = ort.InferenceSession(buf.getvalue(), opts,
-                                           providers=["CPUExecutionProvider"])
-    out = {k: {} for k in models}
-    for b in batch_sizes:
-        x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(b)).numpy()
-        times = {k: [] for k in models}
-        for s in sessions.values():
-            for _ in range(warmup):
-                s.run(None, {"input": x})
-        for _ in range(rounds):
-            for k, s in sessions.items():
-                for _ in range(runs):
-                    t = time.perf_counter()
-                    s.run(None, {"input": x})
-                    times[k].append(time.perf_counter() - t)
-        for k in models:
-            out[k][f"batch_{b}"] = 1e3 * statistics.median(times[k])
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -148,9 +103,10 @@ def main() -> None:
         lat = time_alternating({"dense": net, "compact": small}, shape, (1, 64), args.runs, 10,
                                args.reps, args.threads)
         acts = activation_elements(net, shape) / activation_elements(small, shape)
-        ort_lat = None if args.no_onnx else ort_alternating(
-            {"dense": net, "compact": small}, shape, (1, 64), args.runs, 10, args.reps,
-            args.threads)
+        ort_lat = None if args.no_onnx else {
+            k: v["latency_ms"] for k, v in onnxruntime_latency(
+                {"dense": net, "compact": small}, shape, (1, 64), args.runs, 10, args.reps,
+                args.threads).items()}
         row = {"channels": [rep.channels_before, rep.channels_after], "macs_reduction": reduction,
                "activation_reduction": acts, "latency_ms": lat, "onnxruntime_latency_ms": ort_lat}
         for b in (1, 64):

@@ -110,7 +110,7 @@ def test_sparse_linear_matches_dense_and_choice_is_measured():
 
 def test_measure_cli_compares_variants(runs):
     proc = cli("prunelab.measure", [f"run={runs / 'structured'}", "runs=3", "rounds=1",
-                                    "warmup=1", "eval_batches=2"], runs)
+                                    "warmup=1", "eval_batches=2", "onnx=true"], runs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((runs / "structured" / "deploy" / "measure.json").read_text())
     v = res["variants"]
@@ -123,6 +123,13 @@ def test_measure_cli_compares_variants(runs):
         assert set(v[k]["latency_ms"]) == {"batch_1", "batch_64"}
         assert (runs / "structured" / "deploy" / v[k]["file"]).stat().st_size == v[k]["bytes"]
     assert "compact |" in proc.stdout and "int8 |" in proc.stdout
+    # onnx=true: the float variants also exported, checked against PyTorch and timed on onnxruntime
+    for k in ("dense", "compact"):
+        assert set(v[k]["onnxruntime_latency_ms"]) == {"batch_1", "batch_64"}
+        assert v[k]["onnxruntime_max_abs_diff"] <= 1e-4
+        assert f"{k} on onnxruntime:" in proc.stdout
+    assert v["dense"]["onnxruntime_speedup"]["batch_1"] == 1.0
+    assert "onnxruntime_latency_ms" not in v["int8"]
 
 
 def test_measure_cli_on_unstructured_run_counts_int8_zeros(runs):

@@ -71,6 +71,7 @@ class MeasureConf:
     qat_lr: float = 1e-4
     qat_batches: Optional[int] = 200  # training batches per QAT epoch (null: all)
     eval_batches: Optional[int] = None  # test batches for accuracy (null: the whole test set)
+    onnx: bool = False  # also time the float variants (dense, compact) exported to onnxruntime
     out: Optional[str] = None  # output directory (default: <run>/deploy)
 
 
@@ -208,6 +209,11 @@ def measure_run(conf: Any) -> dict[str, Any]:
     from prunelab.measure import count_macs, save_sparse_state_dict
 
     target = apply_profile(conf)
+    if conf.onnx:
+        if target in ("gpu", "gpu_2to4"):
+            raise DeployError(f"onnx=true times onnxruntime on the CPU; with hardware="
+                              f"{conf.hardware} use onnx=false")
+        _need_onnxruntime("onnx=true")
     if not conf.batch_sizes or any(b < 1 for b in conf.batch_sizes):
         raise DeployError(f"batch_sizes={list(conf.batch_sizes)} must be integers >= 1")
     if conf.runs < 1:
@@ -271,6 +277,12 @@ def measure_run(conf: Any) -> dict[str, Any]:
                             "int8_zeros": count_int8_zeros(q)}
     latency = time_alternating(models, run.input_shape, conf.batch_sizes, conf.runs, conf.warmup,
                                conf.rounds, None if gpu else conf.threads)
+    if conf.onnx:  # after PyTorch: onnxruntime's idle threads would otherwise share the cores
+        floats = {k: models[k] for k in ("dense", "compact") if k in models}
+        for k, v in onnxruntime_latency(floats, run.input_shape, conf.batch_sizes, conf.runs,
+                                        conf.warmup, conf.rounds, conf.threads).items():
+            info[k]["onnxruntime_latency_ms"] = v["latency_ms"]
+            info[k]["onnxruntime_max_abs_diff"] = v["max_abs_diff"]
     loader = run.dm.test_dataloader()
     for k, m in models.items():
         info[k]["latency_ms"] = latency[k]
@@ -278,6 +290,9 @@ def measure_run(conf: Any) -> dict[str, Any]:
     dense = info["dense"]
     for k, v in info.items():
         v["speedup"] = {b: dense["latency_ms"][b] / v["latency_ms"][b] for b in v["latency_ms"]}
+        if "onnxruntime_latency_ms" in v:
+            v["onnxruntime_speedup"] = {b: dense["onnxruntime_latency_ms"][b] / t
+                                        for b, t in v["onnxruntime_latency_ms"].items()}
         v["size_ratio"] = dense["bytes"] / v["bytes"]
         if "macs" in v:
             v["macs_reduction"] = dense["macs"] / max(v["macs"], 1)
@@ -364,6 +379,92 @@ def print_table(result: dict[str, Any]) -> None:
              else f"{result['threads']} threads")
     print(f"run {result['run']} ({where})")
     print("\n".join(lines))
+    for k, v in result["variants"].items():
+        if "onnxruntime_latency_ms" in v:
+            print(f"{k} on onnxruntime: " + ", ".join(
+                f"{v['onnxruntime_latency_ms'][f'batch_{b}']:.3f} ms @{b} "
+                f"(speedup {v['onnxruntime_speedup'][f'batch_{b}']:.2f})" for b in bs))
+
+
+# -- onnxruntime -------------------------------------------------------------------------------------
+def _need_onnxruntime(what: str) -> None:
+    from importlib.util import find_spec
+
+    if find_spec("onnx") is None or find_spec("onnxruntime") is None:
+        raise DeployError(f"{what} needs onnx and onnxruntime: pip install 'prunelab[deploy]'")
+
+
+def export_onnx(net: nn.Module, input_shape: Sequence[int], path: Any) -> None:
+    """``net`` as ONNX (opset 17, dynamic batch) to ``path`` (a file name or a binary buffer)."""
+    import warnings
+
+    x = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (x,), path, dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"},
+                                                                 "logits": {0: "batch"}},
+                          opset_version=17)
+
+
+def ort_session(model: Any, threads: int | None):
+    """An onnxruntime CPU session of ``model`` (a file name or the ONNX bytes) whose idle
+    worker threads do not spin (they would take the cores from whatever runs next)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def time_sessions(sessions: dict[str, Any], input_shape: Sequence[int], batch_sizes: Sequence[int],
+                  runs: int, warmup: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Median latency (ms) of onnxruntime sessions per batch size, timed in turn (A B A B ...)
+    like :func:`~prunelab.measure.latency.time_alternating`."""
+    from statistics import median
+
+    out: dict[str, dict[str, float]] = {k: {} for k in sessions}
+    for b in batch_sizes:
+        x = torch.randn(int(b), *input_shape, generator=torch.Generator().manual_seed(b)).numpy()
+        times: dict[str, list[float]] = {k: [] for k in sessions}
+        for sess in sessions.values():
+            for _ in range(warmup):
+                sess.run(None, {"input": x})
+        for _ in range(rounds):
+            for k, sess in sessions.items():
+                for _ in range(runs):
+                    t = time.perf_counter()
+                    sess.run(None, {"input": x})
+                    times[k].append(time.perf_counter() - t)
+        for k in sessions:
+            out[k][f"batch_{b}"] = 1e3 * median(times[k])
+    return out
+
+
+def onnxruntime_latency(models: dict[str, nn.Module], input_shape: Sequence[int],
+                        batch_sizes: Sequence[int], runs: int, warmup: int, rounds: int,
+                        threads: int | None, atol: float = 1e-4) -> dict[str, dict[str, Any]]:
+    """Each model exported to ONNX, checked against PyTorch (max |diff| <= ``atol`` on a random
+    batch, else a DeployError) and timed on onnxruntime in turn: ``{name: {"latency_ms",
+    "max_abs_diff"}}``."""
+    import io
+
+    sessions, diffs = {}, {}
+    x = torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(1))
+    for k, m in models.items():
+        buf = io.BytesIO()
+        export_onnx(m, input_shape, buf)
+        sessions[k] = ort_session(buf.getvalue(), threads)
+        with torch.inference_mode():
+            ref = m(x).numpy()
+        diffs[k] = float(abs(sessions[k].run(None, {"input": x.numpy()})[0] - ref).max())
+        if diffs[k] > atol:
+            raise DeployError(f"the ONNX export of {k} differs from PyTorch by {diffs[k]:.2e} > "
+                              f"atol={atol}")
+    lat = time_sessions(sessions, input_shape, batch_sizes, runs, warmup, rounds)
+    return {k: {"latency_ms": lat[k], "max_abs_diff": diffs[k]} for k in models}
 
 
 # -- export ------------------------------------------------------------------------------------------
@@ -375,11 +476,7 @@ def export_run(conf: Any) -> dict[str, Any]:
         raise DeployError(f"format={conf.format!r}; allowed: onnx")
     if conf.quantize not in ("none", "int8"):
         raise DeployError(f"quantize={conf.quantize!r}; allowed: none, int8")
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise DeployError("format=onnx needs onnx and onnxruntime: pip install "
-                          "'prunelab[deploy]'") from None
+    _need_onnxruntime("format=onnx")
     run = load(conf.run, conf.checkpoint)
     net = run.net
     if conf.compact:
@@ -389,12 +486,7 @@ def export_run(conf: Any) -> dict[str, Any]:
     stem = "model" + ("_compact" if conf.compact else "") + ("_int8" if conf.quantize == "int8" else "")
     fp32 = out / f"{stem.replace('_int8', '')}.onnx"
     x = torch.randn(4, *run.input_shape, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), (x,), str(fp32), dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"},
-                                                                 "logits": {0: "batch"}},
-                          opset_version=17)
+    export_onnx(net, run.input_shape, str(fp32))
     path = fp32
     if conf.quantize == "int8":
         import logging
@@ -414,11 +506,7 @@ def export_run(conf: Any) -> dict[str, Any]:
     # PyTorch first: onnxruntime's idle worker threads would otherwise share the cores
     lat_dense = time_alternating({"dense": run.net}, run.input_shape, conf.batch_sizes, conf.runs,
                                  10, 1, conf.threads)["dense"]
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if conf.threads:
-        opts.intra_op_num_threads = int(conf.threads)
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(str(path), conf.threads)
     with torch.inference_mode():
         ref = run.net(x).numpy()
     got = sess.run(None, {"input": x.numpy()})[0]
@@ -426,7 +514,8 @@ def export_run(conf: Any) -> dict[str, Any]:
     agree = float((got.argmax(1) == ref.argmax(1)).mean())
     if conf.quantize == "none" and diff > conf.atol:
         raise DeployError(f"the ONNX model differs from PyTorch by {diff:.2e} > atol={conf.atol}")
-    lat_onnx = _ort_latency(sess, run.input_shape, conf.batch_sizes, conf.runs)
+    lat_onnx = time_sessions({"onnx": sess}, run.input_shape, conf.batch_sizes, conf.runs, 10,
+                             1)["onnx"]
     dense_bytes = file_size(run.net.state_dict(), out / "model_dense.pt")
     result = {"run": str(run.run_dir), "onnx": str(path), "bytes": path.stat().st_size,
               "dense_bytes": dense_bytes, "max_abs_diff": diff, "argmax_agreement": agree,
@@ -441,23 +530,6 @@ def export_run(conf: Any) -> dict[str, Any]:
         k = f"batch_{b}"
         print(f"batch {b}: onnxruntime {lat_onnx[k]:.3f} ms, dense PyTorch {lat_dense[k]:.3f} ms")
     return result
-
-
-def _ort_latency(sess, input_shape, batch_sizes, runs) -> dict[str, float]:
-    from statistics import median
-
-    out = {}
-    for b in batch_sizes:
-        x = torch.randn(int(b), *input_shape).numpy()
-        for _ in range(10):
-            sess.run(None, {"input": x})
-        ts = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            sess.run(None, {"input": x})
-            ts.append(time.perf_counter() - t)
-        out[f"batch_{b}"] = 1e3 * median(ts)
-    return out
 
 
 def cli(fn, schema: type, argv: Sequence[str] | None = None) -> None:
