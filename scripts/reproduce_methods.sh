@@ -48,3 +48,15 @@ if [[ "${KD:-0}" == 1 ]]; then
       trainer.enable_progress_bar=false hydra.run.dir="$OUT/lenet300_98_kd/seed=$s"
   done
 fi
+
+if [[ "${DISTILL:-0}" == 1 ]]; then
+  # issue #5's distillation benchmark: LeNet-5 at 95% (layer-wise magnitude, gradual, 8 epochs)
+  # with and without the dense LeNet-5 of the same recipe (seed 0) as teacher, same budget
+  python -m prunelab.train model=lenet5 pruner=none sparsity=0 epochs=8 seed=0 \
+    measure.latency=false trainer.enable_progress_bar=false hydra.run.dir="$OUT/lenet5_teacher"
+  python -m prunelab.train -m model=lenet5 pruner=magnitude sparsity=0.95 epochs=8 seed="$SEEDS" \
+    measure.latency=false trainer.enable_progress_bar=false hydra.sweep.dir="$OUT/lenet5_95"
+  python -m prunelab.train -m model=lenet5 pruner=magnitude sparsity=0.95 epochs=8 seed="$SEEDS" \
+    "distill.teacher='$OUT/lenet5_teacher'" measure.latency=false \
+    trainer.enable_progress_bar=false hydra.sweep.dir="$OUT/lenet5_95_kd"
+fi

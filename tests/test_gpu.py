@@ -54,6 +54,15 @@ def test_train_on_gpu_in_bf16_keeps_pruned_weights_at_zero(tmp_path):
     assert res["test_acc"] > 0.75  # chance is 0.1
     assert abs(checkpoint_zeros(run / "checkpoints" / "last.ckpt", "net.features.0.weight")
                - 0.7) < 1e-3
+    proc = cli("prunelab.measure", [f"run={run}", "hardware=gpu", "runs=5", "rounds=1",
+                                    "warmup=2", "eval_batches=4"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((run / "deploy" / "measure.json").read_text())
+    v = res["variants"]
+    assert res["target"] == "gpu" and set(v) == {"dense", "bf16"}  # CSR and int8 are CPU kernels
+    assert abs(v["bf16"]["test_acc"] - v["dense"]["test_acc"]) <= 0.02
+    assert v["bf16"]["bytes"] < 0.6 * v["dense"]["bytes"]
+    assert "bf16 |" in proc.stdout
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
