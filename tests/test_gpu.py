@@ -4,22 +4,14 @@ Skipped without a CUDA GPU (CI has none); on CPU-only machines the profiles' one
 tested instead."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from test_deploy import cli
 
 CUDA = torch.cuda.is_available()
 FAST = ["debug=fast", "data.subset=2000", "epochs=2", "measure.latency=false",
         "trainer.enable_progress_bar=false", "logger=none"]
-
-
-def cli(module, args, cwd, timeout=600):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def checkpoint_zeros(path, name):
