@@ -55,6 +55,14 @@ def test_train_on_gpu_in_bf16_keeps_pruned_weights_at_zero(tmp_path):
     assert abs(v["bf16"]["test_acc"] - v["dense"]["test_acc"]) <= 0.02
     assert v["bf16"]["bytes"] < 0.6 * v["dense"]["bytes"]
     assert "bf16 |" in proc.stdout
+    # CPU-only options are refused on a GPU profile, and nothing is overwritten
+    before = (run / "deploy" / "measure.json").read_bytes()
+    for bad in ("onnx=true", "qat_epochs=1", "sparse_layers=all"):
+        proc = cli("prunelab.measure", [f"run={run}", "hardware=gpu", bad], tmp_path)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines()[-1].startswith(
+            f"prunelab: error: {bad} runs on the CPU only")
+    assert (run / "deploy" / "measure.json").read_bytes() == before
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -74,13 +82,15 @@ def test_gpu_2to4_train_then_measure_semi_structured(tmp_path):
     res = json.loads((run / "deploy" / "measure.json").read_text())
     v = res["variants"]
     assert res["target"] == "gpu_2to4" and res["device"] == torch.cuda.get_device_name()
-    timed = {t["name"]: t for t in v["fp16"].get("semi_structured_timings", [])}
-    kept_sparse = [n for n, t in timed.items()
-                   if all(t["sparse_ms"][k] < t["dense_ms"][k] for k in t["dense_ms"])]
-    assert set(timed) == {"features.0", "features.2"} or "2to4" in v
-    if "2to4" not in v:  # every timed layer measured slower, and says so
-        assert kept_sparse == []
-        assert all("measured slower" in v["fp16"]["semi_structured_skipped"][n] for n in timed)
+    where = v["2to4"] if "2to4" in v else v["fp16"]
+    timed = {t["name"]: t for t in where.get("timings", where.get("semi_structured_timings"))}
+    skipped = where.get("skipped", where.get("semi_structured_skipped"))
+    assert set(timed) == {"features.0", "features.2"}  # the eligible layers, each timed
+    for name, t in timed.items():  # kept as 2:4 exactly where it measured faster
+        faster = all(t["sparse_ms"][k] < t["dense_ms"][k] for k in t["dense_ms"])
+        assert faster == (name in v.get("2to4", {}).get("converted", []))
+        assert faster or "measured slower" in skipped[name]
+    if "2to4" not in v:
         assert "no Linear layer runs as 2:4" in proc.stderr
     # sparse_layers=all: every eligible layer as 2:4, whatever the timing
     proc = cli("prunelab.measure", [*args, "sparse_layers=all"], tmp_path)
@@ -93,6 +103,11 @@ def test_gpu_2to4_train_then_measure_semi_structured(tmp_path):
     assert abs(v["2to4"]["test_acc"] - v["fp16"]["test_acc"]) <= 0.01
     assert v["2to4"]["bytes"] < v["fp16"]["bytes"] < v["dense"]["bytes"]
     assert "2to4 |" in proc.stdout
+    # sparse=false: no 2:4 variant
+    proc = cli("prunelab.measure", [*args, "sparse=false"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    v = json.loads((run / "deploy" / "measure.json").read_text())["variants"]
+    assert set(v) == {"dense", "fp16"}
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")

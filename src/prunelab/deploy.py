@@ -209,17 +209,23 @@ def measure_run(conf: Any) -> dict[str, Any]:
     from prunelab.measure import count_macs, save_sparse_state_dict
 
     target = apply_profile(conf)
+    if conf.sparse_layers not in SPARSE_LAYERS:
+        raise DeployError(f"sparse_layers={conf.sparse_layers!r}; allowed: {', '.join(SPARSE_LAYERS)}")
+    if target in ("gpu", "gpu_2to4"):  # what runs on the CPU only is refused, not dropped
+        cpu_only = (["onnx=true"] if conf.onnx else []) \
+            + ([f"qat_epochs={conf.qat_epochs}"] if conf.qat_epochs else []) \
+            + ([f"sparse_layers={conf.sparse_layers}"]
+               if target == "gpu" and conf.sparse_layers != "measured" else [])
+        if cpu_only:
+            raise DeployError(f"{cpu_only[0]} runs on the CPU only (onnxruntime, int8 QAT, CSR), not "
+                              f"on hardware={conf.hardware}; allowed there: onnx=false, qat_epochs=0"
+                              + (", sparse_layers=measured" if target == "gpu" else ""))
     if conf.onnx:
-        if target in ("gpu", "gpu_2to4"):
-            raise DeployError(f"onnx=true times onnxruntime on the CPU; with hardware="
-                              f"{conf.hardware} use onnx=false")
         _need_onnxruntime("onnx=true")
     if not conf.batch_sizes or any(b < 1 for b in conf.batch_sizes):
         raise DeployError(f"batch_sizes={list(conf.batch_sizes)} must be integers >= 1")
     if conf.runs < 1:
         raise DeployError(f"runs={conf.runs} must be >= 1")
-    if conf.sparse_layers not in SPARSE_LAYERS:
-        raise DeployError(f"sparse_layers={conf.sparse_layers!r}; allowed: {', '.join(SPARSE_LAYERS)}")
     run = load(conf.run, conf.checkpoint)
     out = Path(conf.out) if conf.out else run.run_dir / "deploy"
     out.mkdir(parents=True, exist_ok=True)
@@ -275,14 +281,17 @@ def measure_run(conf: Any) -> dict[str, Any]:
                             "qat_epochs": int(conf.qat_epochs),
                             "bytes": save_int8_sparse(q, out / "model_int8_qat_sparse.pt"),
                             "int8_zeros": count_int8_zeros(q)}
+    if conf.onnx:  # exported and checked first, so a bad export fails before the long timing
+        floats = {k: models[k] for k in ("dense", "compact") if k in models}
+        sessions, diffs = onnx_sessions(floats, run.input_shape, conf.threads)
     latency = time_alternating(models, run.input_shape, conf.batch_sizes, conf.runs, conf.warmup,
                                conf.rounds, None if gpu else conf.threads)
-    if conf.onnx:  # after PyTorch: onnxruntime's idle threads would otherwise share the cores
-        floats = {k: models[k] for k in ("dense", "compact") if k in models}
-        for k, v in onnxruntime_latency(floats, run.input_shape, conf.batch_sizes, conf.runs,
-                                        conf.warmup, conf.rounds, conf.threads).items():
-            info[k]["onnxruntime_latency_ms"] = v["latency_ms"]
-            info[k]["onnxruntime_max_abs_diff"] = v["max_abs_diff"]
+    if conf.onnx:  # timed after PyTorch (the sessions' worker threads do not spin when idle)
+        ort_lat = time_sessions(sessions, run.input_shape, conf.batch_sizes, conf.runs,
+                                conf.warmup, conf.rounds)
+        for k in sessions:
+            info[k]["onnxruntime_latency_ms"] = ort_lat[k]
+            info[k]["onnxruntime_max_abs_diff"] = diffs[k]
     loader = run.dm.test_dataloader()
     for k, m in models.items():
         info[k]["latency_ms"] = latency[k]
@@ -296,8 +305,8 @@ def measure_run(conf: Any) -> dict[str, Any]:
         v["size_ratio"] = dense["bytes"] / v["bytes"]
         if "macs" in v:
             v["macs_reduction"] = dense["macs"] / max(v["macs"], 1)
-    result = {"run": str(run.run_dir), "checkpoint": str(run.ckpt), "threads": conf.threads
-              or torch.get_num_threads(), "target": target,
+    result = {"run": str(run.run_dir), "checkpoint": str(run.ckpt),
+              "threads": None if gpu else conf.threads or torch.get_num_threads(), "target": target,
               "device": torch.cuda.get_device_name() if gpu else "cpu", "batch_sizes": list(conf.batch_sizes),
               "runs": conf.runs, "rounds": conf.rounds, "variants": info,
               "model": run.results.get("model"), "pruner": run.results.get("pruner"),
@@ -320,14 +329,14 @@ def _gpu_variants(conf: Any, run: LoadedRun, base: nn.Module, target: str,
     models[half_name] = half
     info[half_name] = {"file": f"model_{half_name}.pt", "of": of, "macs": info[of]["macs"],
                        "bytes": file_size(half.state_dict(), out / f"model_{half_name}.pt")}
-    if target != "gpu_2to4":
+    if target != "gpu_2to4" or not conf.sparse:
         return
     example = torch.randn(64, *run.input_shape, generator=torch.Generator().manual_seed(0))
     measured = conf.sparse_layers == "measured"
     try:
         sparse, report = to_semi_structured(base, example, dtype=dtype,
                                             batch_sizes=conf.batch_sizes if measured else None,
-                                            runs=conf.runs, warmup=conf.warmup)
+                                            runs=conf.runs, warmup=conf.warmup, rounds=conf.rounds)
     except RuntimeError as exc:
         raise DeployError(str(exc).splitlines()[0]) from None
     if not report.converted:
@@ -337,25 +346,29 @@ def _gpu_variants(conf: Any, run: LoadedRun, base: nn.Module, target: str,
         info[half_name]["semi_structured_timings"] = report.timings
         return
     models["2to4"] = sparse
-    info["2to4"] = {"file": "model_2to4.pt", "of": half_name, "macs": info[of]["macs"],
-                    "bytes": _semi_structured_bytes(sparse, out / "model_2to4.pt"),
+    file, size = _semi_structured_bytes(sparse, out / "model_2to4.pt")
+    info["2to4"] = {"file": file, "of": half_name, "macs": info[of]["macs"], "bytes": size,
                     "converted": report.converted, "skipped": report.skipped,
                     "timings": report.timings,
                     "max_abs_diff": report.max_abs_diff}
 
 
-def _semi_structured_bytes(net: nn.Module, path: Path) -> int:
-    """Saved size of a semi-structured model; where its tensor subclass cannot be pickled, the
-    bytes of its tensors as stored (compressed values and metadata)."""
+def _semi_structured_bytes(net: nn.Module, path: Path) -> tuple[str | None, int]:
+    """The file name and saved size of a semi-structured model. Where this torch version cannot
+    pickle the tensor subclass, no file (a partial one is removed) and the bytes its tensors take
+    in memory (every stored part: values, metadata and their transposed copies)."""
+    import pickle
+
     try:
-        return file_size(net.state_dict(), path)
-    except Exception:  # noqa: BLE001 - tensor subclass pickling varies between torch versions
-        total = 0
-        for t in net.state_dict().values():
-            parts = [getattr(t, a, None) for a in ("packed", "meta")]
-            parts = [p for p in parts if isinstance(p, torch.Tensor)] or [t]
-            total += sum(p.numel() * p.element_size() for p in parts)
-        return total
+        return path.name, file_size(net.state_dict(), path)
+    except (TypeError, RuntimeError, pickle.PicklingError, NotImplementedError):
+        path.unlink(missing_ok=True)
+    total = 0
+    for t in net.state_dict().values():
+        parts = [getattr(t, a, None) for a in ("packed", "meta", "packed_t", "meta_t")]
+        parts = [p for p in parts if isinstance(p, torch.Tensor)] or [t]
+        total += sum(p.numel() * p.element_size() for p in parts)
+    return None, total
 
 
 def _sparse_bytes(net: nn.Module, out: Path, save) -> int:
@@ -443,12 +456,11 @@ def time_sessions(sessions: dict[str, Any], input_shape: Sequence[int], batch_si
     return out
 
 
-def onnxruntime_latency(models: dict[str, nn.Module], input_shape: Sequence[int],
-                        batch_sizes: Sequence[int], runs: int, warmup: int, rounds: int,
-                        threads: int | None, atol: float = 1e-4) -> dict[str, dict[str, Any]]:
-    """Each model exported to ONNX, checked against PyTorch (max |diff| <= ``atol`` on a random
-    batch, else a DeployError) and timed on onnxruntime in turn: ``{name: {"latency_ms",
-    "max_abs_diff"}}``."""
+def onnx_sessions(models: dict[str, nn.Module], input_shape: Sequence[int], threads: int | None,
+                  atol: float = 1e-4) -> tuple[dict[str, Any], dict[str, float]]:
+    """Each model exported to ONNX and loaded in onnxruntime, its outputs checked against
+    PyTorch on a random batch (max |diff| above ``atol`` is a DeployError): the sessions and
+    the differences."""
     import io
 
     sessions, diffs = {}, {}
@@ -461,8 +473,17 @@ def onnxruntime_latency(models: dict[str, nn.Module], input_shape: Sequence[int]
             ref = m(x).numpy()
         diffs[k] = float(abs(sessions[k].run(None, {"input": x.numpy()})[0] - ref).max())
         if diffs[k] > atol:
-            raise DeployError(f"the ONNX export of {k} differs from PyTorch by {diffs[k]:.2e} > "
-                              f"atol={atol}")
+            raise DeployError(f"the ONNX export of {k} differs from PyTorch by {diffs[k]:.2e} "
+                              f"(more than {atol:g}); measure without it: onnx=false")
+    return sessions, diffs
+
+
+def onnxruntime_latency(models: dict[str, nn.Module], input_shape: Sequence[int],
+                        batch_sizes: Sequence[int], runs: int, warmup: int, rounds: int,
+                        threads: int | None, atol: float = 1e-4) -> dict[str, dict[str, Any]]:
+    """:func:`onnx_sessions` of the models, timed on onnxruntime in turn: ``{name:
+    {"latency_ms", "max_abs_diff"}}``."""
+    sessions, diffs = onnx_sessions(models, input_shape, threads, atol)
     lat = time_sessions(sessions, input_shape, batch_sizes, runs, warmup, rounds)
     return {k: {"latency_ms": lat[k], "max_abs_diff": diffs[k]} for k in models}
 

@@ -60,11 +60,12 @@ def semi_structured_eligibility(model: nn.Module) -> dict[str, str | None]:
 @torch.no_grad()
 def to_semi_structured(model: nn.Module, example: torch.Tensor, dtype: torch.dtype = torch.float16,
                        atol: float = 1e-2, batch_sizes: Sequence[int] | None = None,
-                       runs: int = 50, warmup: int = 10) -> tuple[nn.Module, SemiStructuredReport]:
+                       runs: int = 50, warmup: int = 10,
+                       rounds: int = 3) -> tuple[nn.Module, SemiStructuredReport]:
     """A copy of ``model`` on CUDA in ``dtype`` whose eligible Linear weights are semi-structured
     sparse tensors, and a report with the max abs output difference against the masked dense
     copy on ``example``. With ``batch_sizes``, each converted layer and its dense twin are timed
-    in turn (median of ``runs`` after ``warmup``) on inputs of the layer's shape, and the layer
+    in turn (``rounds`` x ``runs`` after ``warmup``, medians) on inputs of the layer's shape, and the layer
     stays 2:4 only where that was faster at every batch size. Raises ``RuntimeError`` without a
     CUDA GPU."""
     if not torch.cuda.is_available():
@@ -92,7 +93,7 @@ def to_semi_structured(model: nn.Module, example: torch.Tensor, dtype: torch.dty
 
             twin = dense.get_submodule(name)
             lat = time_alternating({"dense": twin, "2:4": mod}, (mod.in_features,),
-                                   [int(b) for b in batch_sizes], runs, warmup, 1, None)
+                                   [int(b) for b in batch_sizes], runs, warmup, rounds, None)
             times = {"name": name, "dense_ms": lat["dense"], "sparse_ms": lat["2:4"]}
             report.timings.append(times)
             slower = [k for k in lat["dense"] if lat["2:4"][k] >= lat["dense"][k]]
