@@ -123,6 +123,17 @@ def test_multirun_two_jobs(tmp_path):
     assert (sweep / "report.csv").is_file() and (sweep / "acc_vs_sparsity.png").is_file()
 
 
+def test_a_path_in_an_override_names_one_sweep_directory(magnitude_run, tmp_path):
+    _, teacher = magnitude_run  # a finished run: a path with separators as an override value
+    sweep = tmp_path / "sweep"
+    p = run_train(["-m", *FAST, "epochs=2", "schedule=oneshot", "pruner=magnitude", "sparsity=0.5",
+                   f"distill.teacher={teacher}", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    dirs = [d for d in sweep.iterdir() if d.is_dir()]
+    assert len(dirs) == 1 and (dirs[0] / "results.json").is_file()  # not nested per path part
+    assert f"distill.teacher={str(teacher).replace('/', '_')}," in dirs[0].name
+
+
 def test_compare_methods_experiment_is_one_multirun(tmp_path):
     sweep = tmp_path / "cmp"
     p = run_train(["-m", "experiment=compare_methods", *FAST, "measure.latency=false",

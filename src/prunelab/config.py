@@ -111,7 +111,17 @@ def _lottery_dir(resume: Any, override_dirname: Any) -> str:
     command's overrides, so that rerunning the same command continues the same run."""
     if resume not in (None, "", "None"):
         return str(resume)
-    return f"outputs/lottery/{override_dirname or 'default'}"
+    return f"outputs/lottery/{_dirname(override_dirname) or 'default'}"
+
+
+def _dirname(override_dirname: Any) -> str:
+    """``${dirname:${hydra.job.override_dirname}}``: the overrides as one directory name. A path
+    in a value (``distill.teacher=runs/dense``) would otherwise split it into nested
+    directories: path separators become ``_`` and quotes are dropped."""
+    name = str(override_dirname or "")
+    for quote in ("'", '"'):
+        name = name.replace(quote, "")
+    return name.replace("/", "_").replace("\\", "_")
 
 
 def _ddp_backend(accelerator: Any) -> str:
@@ -120,7 +130,8 @@ def _ddp_backend(accelerator: Any) -> str:
 
 
 RESOLVERS = {"epochs_frac": _epochs_frac, "nm_sparsity": _nm_sparsity,
-             "profile_sparsity": _profile_sparsity, "lottery_dir": _lottery_dir, "ddp_backend": _ddp_backend}
+             "profile_sparsity": _profile_sparsity, "lottery_dir": _lottery_dir, "ddp_backend": _ddp_backend,
+             "dirname": _dirname}
 
 
 def register_configs() -> None:
