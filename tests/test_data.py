@@ -31,6 +31,7 @@ from prunelab.data import (
     RandomCropFlip,
     SyntheticDataModule,
     TensorBatchLoader,
+    TensorDataModule,
     read_idx,
 )
 
@@ -479,6 +480,18 @@ def test_setup_moves_to_trainer_device_and_shards(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------- configs
+def init_params(cls):
+    """Keyword parameters of ``cls`` and of the data-module bases its ``**common`` reaches; a
+    subclass's default wins."""
+    params = {}
+    for c in reversed(cls.__mro__):
+        if "__init__" in vars(c) and issubclass(c, TensorDataModule):
+            for n, p in inspect.signature(c.__init__).parameters.items():
+                if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                    params[n] = p
+    return params
+
+
 def test_every_data_config_instantiates(cifar10_root, cifar100_root, fashion_root):
     roots = {"cifar10": cifar10_root[0], "cifar100": cifar100_root[0], "fashion_mnist": fashion_root[0]}
     names = sorted(p.stem for p in CONF_DATA.glob("*.yaml"))
@@ -489,10 +502,11 @@ def test_every_data_config_instantiates(cifar10_root, cifar100_root, fashion_roo
         cfg.seed = 0
         cls = DATAMODULES[name]
         assert cfg._target_ == f"prunelab.data.{cls.__name__}"
-        # every constructor argument is spelled out, with the constructor's default
-        params = inspect.signature(cls.__init__).parameters
+        # every constructor argument (the class's own and the base's it forwards) is spelled
+        # out, with the constructor's default
+        params = init_params(cls)
         keys = set(cfg) - {"_target_"}
-        assert keys == set(params) - {"self"}, name
+        assert keys == set(params), name
         for key in keys - {"root"}:
             value = OmegaConf.to_object(cfg)[key]
             default = params[key].default

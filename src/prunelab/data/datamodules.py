@@ -41,7 +41,7 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytorch_lightning as pl
@@ -330,31 +330,11 @@ class _IDXDataModule(TensorDataModule):
         "t10k-labels-idx1-ubyte",
     )
 
-    def __init__(
-        self,
-        root: str | os.PathLike | None = None,
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
-        val_size: int = 5000,
-        subset: int | None = None,
-        seed: int = 0,
-        normalize: bool = True,
-        drop_last: bool = False,
-        steps_per_batch: int = 1,
-        download: bool = True,
-        download_timeout: float = 20.0,
-    ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            val_size=val_size,
-            subset=subset,
-            seed=seed,
-            normalize=normalize,
-            drop_last=drop_last,
-            steps_per_batch=steps_per_batch,
-        )
+    def __init__(self, download: bool = True, download_timeout: float = 20.0,
+                 **common: Any) -> None:
+        """``download``: fetch the files through torchvision when missing; ``common``: the
+        arguments of :class:`TensorDataModule`."""
+        super().__init__(**common)
         self.input_shape = tuple(type(self).input_shape)
         self.num_classes = type(self).num_classes
         self.download = bool(download)
@@ -485,32 +465,12 @@ class _CIFARDataModule(TensorDataModule):
     label_key: ClassVar[str] = "labels"
     torchvision_class: ClassVar[str] = ""
 
-    def __init__(
-        self,
-        root: str | os.PathLike | None = None,
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
-        val_size: int = 5000,
-        subset: int | None = None,
-        seed: int = 0,
-        normalize: bool = True,
-        drop_last: bool = False,
-        steps_per_batch: int = 1,
-        augment: bool = True,
-        download: bool = True,
-        download_timeout: float = 60.0,
-    ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            val_size=val_size,
-            subset=subset,
-            seed=seed,
-            normalize=normalize,
-            drop_last=drop_last,
-            steps_per_batch=steps_per_batch,
-        )
+    def __init__(self, augment: bool = True, download: bool = True,
+                 download_timeout: float = 60.0, **common: Any) -> None:
+        """``augment``: random crop and flip of the training images; ``download``: fetch the
+        files through torchvision when missing; ``common``: the arguments of
+        :class:`TensorDataModule`."""
+        super().__init__(**common)
         self.input_shape = tuple(type(self).input_shape)
         self.num_classes = type(self).num_classes
         self.augment = bool(augment)
@@ -650,27 +610,10 @@ class SyntheticDataModule(TensorDataModule):
         num_samples: int = 10000,
         num_test_samples: int = 2000,
         noise_std: float = 1.0,
-        root: str | os.PathLike | None = None,
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
         val_size: int = 1000,
-        subset: int | None = None,
-        seed: int = 0,
-        normalize: bool = True,
-        drop_last: bool = False,
-        steps_per_batch: int = 1,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            val_size=val_size,
-            subset=subset,
-            seed=seed,
-            normalize=normalize,
-            drop_last=drop_last,
-            steps_per_batch=steps_per_batch,
-        )
+        super().__init__(val_size=val_size, **common)
         shape = tuple(int(d) for d in input_shape)
         if not shape or min(shape) < 1:
             raise ValueError(f"input_shape must be non-empty and positive, got {shape}")
