@@ -1,7 +1,7 @@
 """The GPU profiles end to end: training with hardware=gpu / gpu_2to4 and measuring on the GPU.
 
-Skipped without a CUDA GPU (CI has none); on CPU-only machines the profiles' one-line errors are
-tested instead."""
+Skipped without a CUDA GPU (CI has none); on CPU-only machines the measure side of the profiles'
+one-line errors is tested instead."""
 
 import json
 
@@ -22,17 +22,13 @@ def checkpoint_zeros(path, name):
 
 @pytest.mark.skipif(CUDA, reason="CPU-only behaviour")
 @pytest.mark.parametrize("profile", ["gpu", "gpu_2to4"])
-def test_gpu_profiles_without_a_gpu_are_one_line_errors(tmp_path, profile):
+def test_gpu_profiles_without_a_gpu_are_one_line_errors(profile):
     from prunelab.deploy import DeployError, MeasureConf, apply_profile, parse_args
 
     with pytest.raises(DeployError, match=f"hardware={profile} but no CUDA GPU is available here; "
                                           f"allowed: hardware=cpu or hardware=edge_cpu"):
         apply_profile(parse_args(MeasureConf, [f"hardware={profile}"]))
-    proc = cli("prunelab.train", [*FAST, f"hardware={profile}", f"hydra.run.dir={tmp_path / 'r'}"],
-               tmp_path)
-    assert proc.returncode != 0
-    assert f"hardware={profile} but no CUDA GPU is available here" in proc.stderr
-    assert not (tmp_path / "r" / "results.json").exists()
+    # (prunelab.train's refusal of these profiles is in test_bad_input.py)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
