@@ -45,3 +45,15 @@ def test_conversion_matches_masked_dense_on_gpu():
     sparse, report = to_semi_structured(net, torch.randn(64, 256))
     assert report.converted == ["0", "2"] and not report.skipped  # both shapes are multiples of 16
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-2
+
+
+def test_gpu_2to4_warns_when_no_linear_layer_can_be_converted():
+    from prunelab.models import build_model
+    from prunelab.train import two_four_warnings
+
+    lenet = build_model("mlp", (1, 28, 28), 10)  # 300x784, 100x300, 10x100
+    (w,) = two_four_warnings(lenet, "gpu_2to4")
+    assert "features.0 300x784, features.2 100x300, classifier 10x100" in w
+    assert "multiples of 16" in w
+    assert two_four_warnings(build_model("mlp", (1, 28, 28), 10, hidden=[512, 256]), "gpu_2to4") == []
+    assert two_four_warnings(lenet, "gpu") == []

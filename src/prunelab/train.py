@@ -249,6 +249,24 @@ def speedup_warnings(pruner: Any, sparsity: float, target: str) -> list[str]:
     return []
 
 
+def two_four_warnings(net: Any, target: str) -> list[str]:
+    """``gpu_2to4``: the Linear layers that semi-structured kernels cannot take (both dimensions
+    must be multiples of 16); a warning when none can."""
+    if target != "gpu_2to4":
+        return []
+    from torch import nn
+
+    from prunelab.compress.semi_structured import DIM_MULTIPLE
+
+    linears = {n: tuple(m.weight.shape) for n, m in net.named_modules() if isinstance(m, nn.Linear)}
+    if any(r % DIM_MULTIPLE == 0 and c % DIM_MULTIPLE == 0 for r, c in linears.values()):
+        return []
+    shapes = ", ".join(f"{n} {r}x{c}" for n, (r, c) in linears.items()) or "none"
+    return [f"hardware=gpu_2to4: no Linear layer has both dimensions multiples of {DIM_MULTIPLE} "
+            f"({shapes}), so none can run as 2:4 on sparse tensor cores; choose layer widths "
+            f"that are (e.g. model.hidden=[512,256])"]
+
+
 def build(cfg: DictConfig, checked: dict[str, Any] | None = None) -> dict[str, Any]:
     """Instantiate and validate everything a run needs, writing nothing. Raises ConfigError.
 
@@ -305,7 +323,7 @@ def build(cfg: DictConfig, checked: dict[str, Any] | None = None) -> dict[str, A
     except Exception as exc:  # noqa: BLE001 - only user-input errors are turned into ConfigError
         raise _as_config_error(exc) from exc
     target = str(cfg.hardware.get("target", "cpu"))
-    warns = speedup_warnings(pruner, sparsity, target)
+    warns = speedup_warnings(pruner, sparsity, target) + two_four_warnings(net, target)
     for w in warns:
         print(f"prunelab: warning: {w}", file=sys.stderr)
     return {"datamodule": datamodule, "net": net, "pruner": pruner, "schedule": schedule,
