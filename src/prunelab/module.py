@@ -155,9 +155,11 @@ class ClassifierModule(pl.LightningModule):
         losses, logits, ys = zip(*self._recent)
         self._recent = []
         f32 = torch.float32  # counts stay exact (bf16 holds integers exactly only up to 256)
-        ns = torch.tensor([y.shape[0] for y in ys], dtype=f32).to(losses[0].device)
+        # sum of loss * batch size, with the sizes as views (expand) rather than a host tensor
+        # copied to the device: on a GPU that copy would wait for every queued kernel
+        weighted = torch.cat([loss.to(f32).expand(y.shape[0]) for loss, y in zip(losses, ys)])
         correct = (torch.cat(logits).argmax(1) == torch.cat(ys)).sum().to(f32)
-        self._train_sums.add_(torch.stack(((torch.stack(losses).to(f32) * ns).sum(), correct)))
+        self._train_sums.add_(torch.stack((weighted.sum(), correct)))
 
     def on_train_epoch_end(self) -> None:
         self._flush_train_sums()
