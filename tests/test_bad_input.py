@@ -1,9 +1,11 @@
 """Bad input: a one-line error naming the value and what is allowed, a non-zero exit, and no
 result written (no results.json, no checkpoint)."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,7 +81,8 @@ SENSITIVITY_CASES = {
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Launch every bad command at once (they fail fast), then collect."""
+    """Run every bad command (``python -m prunelab.train ...``), then collect exit status,
+    stdout and stderr."""
     import torch
 
     tmp = tmp_path_factory.mktemp("bad")
@@ -87,20 +90,27 @@ def outcomes(tmp_path_factory):
     (tmp / "mlp_profile.yaml").write_text("target_sparsity: 0.5\nlayers:\n  classifier.weight: 0.9\n")
     torch.save({"weights": torch.zeros(3)}, tmp / "other.ckpt")
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    procs = {}
+    jobs = []
     for module, cases, pre in (("prunelab.train", CASES, ["debug=fast"]),
                                ("prunelab.sensitivity", SENSITIVITY_CASES, [])):
         for name, (args, _) in cases.items():
-            run_dir = tmp / name
             args = [a.replace("{tmp}", str(tmp)) for a in args]
-            cmd = [sys.executable, "-m", module, *pre, f"hydra.run.dir={run_dir}", *args]
-            procs[name] = (subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, text=True), run_dir)
-    out = {}
-    for name, (p, run_dir) in procs.items():
-        stdout, stderr = p.communicate(timeout=300)
-        out[name] = (p.returncode, stdout, stderr, run_dir)
-    return out
+            jobs.append({"module": module, "cwd": str(tmp), "out": str(tmp / f"{name}.log"),
+                         "args": [*pre, f"hydra.run.dir={tmp / name}", *args], "name": name})
+    if hasattr(os, "fork"):  # each command forked from one process that imported everything
+        (tmp / "jobs.json").write_text(json.dumps(jobs))
+        subprocess.run([sys.executable, str(Path(__file__).with_name("forkrun.py")),
+                        str(tmp / "jobs.json")], cwd=tmp, env=env, check=True, timeout=600)
+    else:  # one interpreter per command
+        for job in jobs:
+            with open(job["out"] + ".stdout", "w") as out, open(job["out"] + ".stderr", "w") as err:
+                rc = subprocess.run([sys.executable, "-m", job["module"], *job["args"]], cwd=tmp,
+                                    env=env, stdout=out, stderr=err, timeout=300).returncode
+            Path(job["out"] + ".rc").write_text(str(rc))
+    return {job["name"]: (int(Path(job["out"] + ".rc").read_text()),
+                          Path(job["out"] + ".stdout").read_text(),
+                          Path(job["out"] + ".stderr").read_text(), tmp / job["name"])
+            for job in jobs}
 
 
 @pytest.mark.parametrize("case", sorted(CASES) + sorted(SENSITIVITY_CASES))
