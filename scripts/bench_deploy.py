@@ -31,7 +31,8 @@ import torch
 
 from prunelab.compress.compact import compact
 from prunelab.compress.sparse import sparsify
-from prunelab.deploy import MeasureConf, measure_run, onnxruntime_latency, time_alternating
+from prunelab.deploy import (MeasureConf, measure_run, onnxruntime_available, onnxruntime_latency,
+                             time_alternating)
 from prunelab.measure import count_macs
 from prunelab.models import build_model
 from prunelab.pruning import Pruner
@@ -86,13 +87,10 @@ def main() -> None:
                     help="skip the onnxruntime timing of the compaction section")
     ap.add_argument("--out", default=str(Path(__file__).with_name("bench_deploy_results.json")))
     args = ap.parse_args()
-    if not args.no_onnx:
-        from importlib.util import find_spec
-
-        if find_spec("onnx") is None or find_spec("onnxruntime") is None:
-            print("onnx / onnxruntime not installed: the onnxruntime columns are skipped "
-                  "(pip install 'prunelab[deploy]')")
-            args.no_onnx = True
+    if not args.no_onnx and not onnxruntime_available():
+        print("onnx / onnxruntime not installed: the onnxruntime columns are skipped "
+              "(pip install 'prunelab[deploy]')")
+        args.no_onnx = True
     out = {"threads": args.threads, "reps": args.reps, "runs": args.runs,
            "torch": torch.__version__, "compaction": {}, "csr": {}}
 

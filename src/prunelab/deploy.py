@@ -29,9 +29,9 @@ size and latency beside the dense model's.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from prunelab.data.loader import iter_batches
-from prunelab.measure.latency import placement, time_alternating
+from prunelab.measure.latency import placement, time_alternating, time_in_turn
 from prunelab.runs import RunError, load_run, locate_checkpoint
 
 
@@ -156,11 +156,11 @@ def structured_report(run: LoadedRun) -> tuple[nn.Module, Any]:
 @torch.no_grad()
 def accuracy(net: nn.Module, loader, max_batches: int | None = None) -> float:
     correct = total = 0
+    device, dtype = placement(net)
     with torch.inference_mode():
         for i, (x, y) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            device, dtype = placement(net)
             pred = net(x.to(device, dtype)).argmax(1)
             correct += int((pred.cpu() == y.cpu()).sum())
             total += int(y.numel())
@@ -209,9 +209,10 @@ def measure_run(conf: Any) -> dict[str, Any]:
     from prunelab.measure import count_macs, save_sparse_state_dict
 
     target = apply_profile(conf)
+    gpu = target in ("gpu", "gpu_2to4")
     if conf.sparse_layers not in SPARSE_LAYERS:
         raise DeployError(f"sparse_layers={conf.sparse_layers!r}; allowed: {', '.join(SPARSE_LAYERS)}")
-    if target in ("gpu", "gpu_2to4"):  # what runs on the CPU only is refused, not dropped
+    if gpu:  # what runs on the CPU only is refused, not dropped
         cpu_only = (["onnx=true"] if conf.onnx else []) \
             + ([f"qat_epochs={conf.qat_epochs}"] if conf.qat_epochs else []) \
             + ([f"sparse_layers={conf.sparse_layers}"]
@@ -232,7 +233,6 @@ def measure_run(conf: Any) -> dict[str, Any]:
     run.dm.setup("fit")
     run.dm.setup("test")
     macs = count_macs(run.net, run.input_shape)
-    gpu = target in ("gpu", "gpu_2to4")
     models: dict[str, nn.Module] = {"dense": copy.deepcopy(run.net).cuda() if gpu else run.net}
     info: dict[str, dict[str, Any]] = {"dense": {
         "file": "model_dense.pt", "bytes": file_size(run.net.state_dict(), out / "model_dense.pt"),
@@ -346,29 +346,11 @@ def _gpu_variants(conf: Any, run: LoadedRun, base: nn.Module, target: str,
         info[half_name]["semi_structured_timings"] = report.timings
         return
     models["2to4"] = sparse
-    file, size = _semi_structured_bytes(sparse, out / "model_2to4.pt")
-    info["2to4"] = {"file": file, "of": half_name, "macs": info[of]["macs"], "bytes": size,
+    info["2to4"] = {"file": "model_2to4.pt", "of": half_name, "macs": info[of]["macs"],
+                    "bytes": file_size(sparse.state_dict(), out / "model_2to4.pt"),
                     "converted": report.converted, "skipped": report.skipped,
                     "timings": report.timings,
                     "max_abs_diff": report.max_abs_diff}
-
-
-def _semi_structured_bytes(net: nn.Module, path: Path) -> tuple[str | None, int]:
-    """The file name and saved size of a semi-structured model. Where this torch version cannot
-    pickle the tensor subclass, no file (a partial one is removed) and the bytes its tensors take
-    in memory (every stored part: values, metadata and their transposed copies)."""
-    import pickle
-
-    try:
-        return path.name, file_size(net.state_dict(), path)
-    except (TypeError, RuntimeError, pickle.PicklingError, NotImplementedError):
-        path.unlink(missing_ok=True)
-    total = 0
-    for t in net.state_dict().values():
-        parts = [getattr(t, a, None) for a in ("packed", "meta", "packed_t", "meta_t")]
-        parts = [p for p in parts if isinstance(p, torch.Tensor)] or [t]
-        total += sum(p.numel() * p.element_size() for p in parts)
-    return None, total
 
 
 def _sparse_bytes(net: nn.Module, out: Path, save) -> int:
@@ -400,10 +382,14 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 # -- onnxruntime -------------------------------------------------------------------------------------
-def _need_onnxruntime(what: str) -> None:
+def onnxruntime_available() -> bool:
     from importlib.util import find_spec
 
-    if find_spec("onnx") is None or find_spec("onnxruntime") is None:
+    return find_spec("onnx") is not None and find_spec("onnxruntime") is not None
+
+
+def _need_onnxruntime(what: str) -> None:
+    if not onnxruntime_available():
         raise DeployError(f"{what} needs onnx and onnxruntime: pip install 'prunelab[deploy]'")
 
 
@@ -436,23 +422,13 @@ def time_sessions(sessions: dict[str, Any], input_shape: Sequence[int], batch_si
                   runs: int, warmup: int, rounds: int) -> dict[str, dict[str, float]]:
     """Median latency (ms) of onnxruntime sessions per batch size, timed in turn (A B A B ...)
     like :func:`~prunelab.measure.latency.time_alternating`."""
-    from statistics import median
-
     out: dict[str, dict[str, float]] = {k: {} for k in sessions}
     for b in batch_sizes:
-        x = torch.randn(int(b), *input_shape, generator=torch.Generator().manual_seed(b)).numpy()
-        times: dict[str, list[float]] = {k: [] for k in sessions}
-        for sess in sessions.values():
-            for _ in range(warmup):
-                sess.run(None, {"input": x})
-        for _ in range(rounds):
-            for k, sess in sessions.items():
-                for _ in range(runs):
-                    t = time.perf_counter()
-                    sess.run(None, {"input": x})
-                    times[k].append(time.perf_counter() - t)
-        for k in sessions:
-            out[k][f"batch_{b}"] = 1e3 * median(times[k])
+        feed = {"input": torch.randn(int(b), *input_shape,
+                                     generator=torch.Generator().manual_seed(b)).numpy()}
+        calls = {k: functools.partial(sess.run, None, feed) for k, sess in sessions.items()}
+        for k, ms in time_in_turn(calls, runs, warmup, rounds).items():
+            out[k][f"batch_{b}"] = ms
     return out
 
 

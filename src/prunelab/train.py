@@ -256,10 +256,10 @@ def two_four_warnings(net: Any, target: str) -> list[str]:
         return []
     from torch import nn
 
-    from prunelab.compress.semi_structured import DIM_MULTIPLE
+    from prunelab.compress.semi_structured import DIM_MULTIPLE, shape_reason
 
     linears = {n: tuple(m.weight.shape) for n, m in net.named_modules() if isinstance(m, nn.Linear)}
-    if any(r % DIM_MULTIPLE == 0 and c % DIM_MULTIPLE == 0 for r, c in linears.values()):
+    if any(shape_reason(r, c) is None for r, c in linears.values()):
         return []
     shapes = ", ".join(f"{n} {r}x{c}" for n, (r, c) in linears.items()) or "none"
     return [f"hardware=gpu_2to4: no Linear layer has both dimensions multiples of {DIM_MULTIPLE} "

@@ -40,6 +40,13 @@ class SemiStructuredReport:
     timings: list[dict] = field(default_factory=list)  # per measured layer: dense / 2:4 ms
 
 
+def shape_reason(rows: int, cols: int) -> str | None:
+    """Why a ``rows x cols`` weight cannot be semi-structured (``None`` if its shape can)."""
+    if rows % DIM_MULTIPLE or cols % DIM_MULTIPLE:
+        return f"shape {rows}x{cols}: both dimensions must be multiples of {DIM_MULTIPLE}"
+    return None
+
+
 def semi_structured_eligibility(model: nn.Module) -> dict[str, str | None]:
     """Per Linear layer: ``None`` if it can be converted, else the reason it cannot."""
     out: dict[str, str | None] = {}
@@ -47,9 +54,8 @@ def semi_structured_eligibility(model: nn.Module) -> dict[str, str | None]:
         if not isinstance(mod, nn.Linear):
             continue
         w = mod.weight
-        rows, cols = w.shape
-        if rows % DIM_MULTIPLE or cols % DIM_MULTIPLE:
-            out[name] = f"shape {rows}x{cols}: both dimensions must be multiples of {DIM_MULTIPLE}"
+        if (reason := shape_reason(*w.shape)) is not None:
+            out[name] = reason
         elif not is_two_four(w.detach()):
             out[name] = "weight is not 2:4 sparse (prune with pruner=nm pruner.n=2 pruner.m=4)"
         else:

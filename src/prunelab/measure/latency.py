@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["measure_latency", "placement", "time_alternating"]
+__all__ = ["measure_latency", "placement", "time_alternating", "time_in_turn"]
 
 
 def _sync(device: torch.device) -> None:
@@ -101,6 +101,25 @@ def placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+def time_in_turn(calls: Mapping[Any, Callable[[], Any]], runs: int, warmup: int,
+                 rounds: int) -> dict[Any, float]:
+    """Median milliseconds of each call: ``warmup`` untimed calls each, then the calls timed in
+    turn (A B C A B C ...), ``runs`` at a time, for ``rounds`` rounds."""
+    from statistics import median
+
+    times: dict[Any, list[float]] = {k: [] for k in calls}
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    for _ in range(rounds):
+        for k, call in calls.items():
+            for _ in range(runs):
+                t = time.perf_counter()
+                call()
+                times[k].append(time.perf_counter() - t)
+    return {k: 1e3 * median(v) for k, v in times.items()}
+
+
 def time_alternating(models: Mapping[Any, nn.Module], input_shape: Sequence[int],
                      batch_sizes: Sequence[int], runs: int, warmup: int, rounds: int,
                      threads: int | None) -> dict[Any, dict[str, float]]:
@@ -109,30 +128,23 @@ def time_alternating(models: Mapping[Any, nn.Module], input_shape: Sequence[int]
 
     Each model gets the input on the device and in the floating dtype of its first parameter;
     CUDA is synchronized after every run, so a run's time includes its kernels."""
-    from statistics import median
+    def forward(m: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+        def call() -> None:
+            m(x)
+            _sync(x.device)
+        return call
 
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
-    times: dict[Any, dict[int, list[float]]] = {k: {b: [] for b in batch_sizes} for k in models}
+    out: dict[Any, dict[str, float]] = {k: {} for k in models}
     try:
         with torch.inference_mode():
             for b in batch_sizes:
                 x = torch.randn(int(b), *input_shape, generator=torch.Generator().manual_seed(b))
-                xs = {k: x.to(*placement(m)) for k, m in models.items()}
-                for k, m in models.items():
-                    m.eval()
-                    for _ in range(warmup):
-                        m(xs[k])
-                    _sync(xs[k].device)
-                for _ in range(rounds):
-                    for k, m in models.items():
-                        xk, dev = xs[k], xs[k].device
-                        for _ in range(runs):
-                            t = time.perf_counter()
-                            m(xk)
-                            _sync(dev)
-                            times[k][b].append(time.perf_counter() - t)
+                calls = {k: forward(m.eval(), x.to(*placement(m))) for k, m in models.items()}
+                for k, ms in time_in_turn(calls, runs, warmup, rounds).items():
+                    out[k][f"batch_{b}"] = ms
     finally:
         torch.set_num_threads(previous)
-    return {k: {f"batch_{b}": 1e3 * median(v) for b, v in d.items()} for k, d in times.items()}
+    return out
