@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--int8-run", default=None)
+    ap.add_argument("--sections", default="compaction,csr",
+                    help="comma-separated: compaction, csr (int8 runs when --int8-run is given)")
     ap.add_argument("--no-onnx", action="store_true",
                     help="skip the onnxruntime timing of the compaction section")
     ap.add_argument("--out", default=str(Path(__file__).with_name("bench_deploy_results.json")))
@@ -94,6 +96,20 @@ def main() -> None:
     out = {"threads": args.threads, "reps": args.reps, "runs": args.runs,
            "torch": torch.__version__, "compaction": {}, "csr": {}}
 
+    sections = set(args.sections.split(","))
+    if not sections <= {"compaction", "csr"}:
+        ap.error(f"--sections={args.sections!r}; allowed: compaction, csr")
+    if "compaction" in sections:
+        compaction_section(args, out)
+    if "csr" in sections:
+        csr_section(args, out)
+    if args.int8_run:
+        int8_section(args, out)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+def compaction_section(args, out) -> None:
     print(f"## Compaction, 50% of channels ({args.threads} threads, median of {args.reps} x "
           f"{args.runs} runs)\n")
     print("| model | channels kept | MACs reduction | activations reduction | batch | dense ms | "
@@ -131,6 +147,9 @@ def main() -> None:
                   f"{sp:.2f} | {sp / reduction:.2f} | {ort_cells} |", flush=True)
         out["compaction"][name] = row
 
+
+
+def csr_section(args, out) -> None:
     print(f"\n## Unstructured 95%, CSR where measured faster ({args.threads} threads)\n")
     print("| model | batch | dense ms | sparse ms | speedup | layers on CSR (measured speedup per "
           "layer) |")
@@ -140,8 +159,9 @@ def main() -> None:
         net = magnitude("mlp", (1, 28, 28), 0.95, **kw)
         out["csr"][label] = {}
         for b in (1, 64):
-            sp, choices = sparsify(copy.deepcopy(net), batch_sizes=(b,), threads=args.threads,
-                                   runs=args.runs)
+            sp, res = sparsify(copy.deepcopy(net), batch_sizes=(b,), threads=args.threads,
+                               runs=args.runs, input_shape=(1, 28, 28), rounds=args.reps)
+            choices = res.layers
             lat = time_alternating({"dense": net, "sparse": sp}, (1, 28, 28), (b,), args.runs, 10,
                                    args.reps, args.threads)
             k = f"batch_{b}"
@@ -149,24 +169,25 @@ def main() -> None:
             layers = ", ".join(f"{c.name} {c.shape[1]}x{c.shape[0]}: "
                                f"{c.dense_ms[b] / c.sparse_ms[b]:.2f}x"
                                f"{' (CSR)' if c.sparse else ' (dense kept)'}" for c in choices)
+            if res.reverted:
+                layers = (f"whole model with the faster ones not faster "
+                          f"({res.as_dict()['model_speedup'][b]:.2f}x), all kept dense: {layers}")
             out["csr"][label][k] = {"dense_ms": lat["dense"][k], "sparse_ms": lat["sparse"][k],
-                                    "speedup": speed, "layers": [c.as_dict() for c in choices]}
+                                    "speedup": speed, **res.as_dict()}
             print(f"| {label} | {b} | {lat['dense'][k]:.3f} | {lat['sparse'][k]:.3f} | "
                   f"{speed:.2f} | {layers} |")
 
-    if args.int8_run:
-        conf = MeasureConf(run=args.int8_run, threads=args.threads, runs=args.runs,
-                           rounds=args.reps)
-        res = measure_run(conf)
-        v = res["variants"]
-        out["int8"] = {"run": args.int8_run, "dense_bytes": v["dense"]["bytes"],
-                       "int8_bytes": v["int8"]["bytes"],
-                       "size_fraction": v["int8"]["bytes"] / v["dense"]["bytes"],
-                       "dense_acc": v["dense"]["test_acc"], "int8_acc": v["int8"]["test_acc"],
-                       "int8_zeros": v["int8"]["int8_zeros"]["global"],
-                       "latency_ms": {k: v[k]["latency_ms"] for k in v}}
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+
+def int8_section(args, out) -> None:
+    conf = MeasureConf(run=args.int8_run, threads=args.threads, runs=args.runs, rounds=args.reps)
+    res = measure_run(conf)
+    v = res["variants"]
+    out["int8"] = {"run": args.int8_run, "dense_bytes": v["dense"]["bytes"],
+                   "int8_bytes": v["int8"]["bytes"],
+                   "size_fraction": v["int8"]["bytes"] / v["dense"]["bytes"],
+                   "dense_acc": v["dense"]["test_acc"], "int8_acc": v["int8"]["test_acc"],
+                   "int8_zeros": v["int8"]["int8_zeros"]["global"],
+                   "latency_ms": {k: v[k]["latency_ms"] for k in v}}
 
 
 if __name__ == "__main__":

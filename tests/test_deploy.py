@@ -99,12 +99,41 @@ def test_sparse_linear_matches_dense_and_choice_is_measured():
     assert layer(one).shape == (1, 300)
     assert torch.allclose(layer(one), net.features[0](one), atol=1e-5)
     assert torch.allclose(layer(h[0]), net.features[0](h[0]), atol=1e-5)  # no batch dimension
-    model, choices = sparsify(net, batch_sizes=(1, 8), warmup=2, runs=5)
-    assert len(choices) == 3
+    model, res = sparsify(net, batch_sizes=(1, 8), warmup=2, runs=5)
+    choices = res.layers
+    assert len(choices) == 3 and res.model_ms is None  # no input shape: no whole-model check
     for c in choices:  # every decision follows its own measurement
         assert c.sparse == all(c.sparse_ms[b] < c.dense_ms[b] for b in (1, 8))
         swapped = isinstance(model.get_submodule(c.name), SparseLinear)
         assert swapped == c.sparse
+    assert torch.allclose(model(x), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_faster", [True, False])
+def test_sparsify_keeps_the_layers_only_if_the_whole_model_is_faster(monkeypatch, model_faster):
+    """Every layer measures faster on CSR alone; the whole-model timing decides whether they stay."""
+    import prunelab.compress.sparse as sparse_mod
+
+    def fake_timing(models, input_shape, batch_sizes, runs, warmup, rounds, threads):
+        whole = tuple(input_shape) == (1, 28, 28)
+        sparse_ms = (1.0 if model_faster else 3.0) if whole else 1.0
+        return {"dense": {f"batch_{b}": 2.0 for b in batch_sizes},
+                "sparse": {f"batch_{b}": sparse_ms for b in batch_sizes}}
+
+    monkeypatch.setattr(sparse_mod, "time_alternating", fake_timing)
+    net = pruned_mlp(0.95)
+    x = torch.randn(4, 1, 28, 28)
+    ref = net(x)
+    model, res = sparsify(net, batch_sizes=[1, 64], input_shape=(1, 28, 28))
+    assert res.model_ms == {"dense": {1: 2.0, 64: 2.0},
+                            "sparse": {1: 1.0 if model_faster else 3.0,
+                                       64: 1.0 if model_faster else 3.0}}
+    assert res.reverted is (not model_faster)
+    n_sparse = sum(isinstance(m, SparseLinear) for m in model.modules())
+    assert n_sparse == (3 if model_faster else 0)
+    assert all(c.sparse is model_faster for c in res.layers)
+    assert res.as_dict()["model_speedup"] == {1: 2.0 if model_faster else 2 / 3,
+                                              64: 2.0 if model_faster else 2 / 3}
     assert torch.allclose(model(x), ref, atol=1e-5)
 
 
@@ -144,6 +173,14 @@ def test_measure_cli_on_unstructured_run_counts_int8_zeros(runs):
     assert "compact" not in v and {"dense", "sparse", "int8"} <= set(v)
     assert v["int8"]["int8_zeros"]["zeros"] >= results["sparsity"]["zeros"]
     assert v["int8"]["bytes"] * 8 <= v["dense"]["bytes"]  # 90% sparse int8: under 1/8 of fp32
+    # the CSR decision is recorded per layer and for the whole model, and printed
+    sp = v["sparse"]
+    assert {c["name"] for c in sp["layers"]} >= {"features.0"}
+    if any(c["sparse"] for c in sp["layers"]) or sp["reverted"]:
+        assert set(sp["model_speedup"]) == {"1"}
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("sparse: CSR on "))
+    for c in sp["layers"]:
+        assert c["name"] in line
 
 
 def test_onnx_export_round_trip(runs):
@@ -250,8 +287,10 @@ def test_sparsify_force_swaps_every_candidate_layer():
     net = pruned_mlp(0.95)
     x = torch.randn(4, 1, 28, 28)
     ref = net(x)
-    model, choices = sparsify(net, batch_sizes=[1], runs=3, warmup=1, force=True)
-    assert len(choices) == 3 and all(c.sparse for c in choices)
+    model, res = sparsify(net, batch_sizes=[1], runs=3, warmup=1, force=True,
+                          input_shape=(1, 28, 28))
+    assert len(res.layers) == 3 and all(c.sparse for c in res.layers)
+    assert res.model_ms is None and not res.reverted  # forced: no whole-model veto
     assert sum(isinstance(m, SparseLinear) for m in model.modules()) == 3
     assert torch.allclose(model(x), ref, atol=1e-5)
 

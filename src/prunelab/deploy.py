@@ -239,13 +239,14 @@ def measure_run(conf: Any) -> dict[str, Any]:
         "macs": macs["dense"]}}
     info["dense"]["sparse_file_bytes"] = _sparse_bytes(run.net, out, save_sparse_state_dict)
     if conf.sparse and not gpu:
-        sp, choices = sparsify(copy.deepcopy(run.net), batch_sizes=conf.batch_sizes,
-                               threads=conf.threads, force=conf.sparse_layers == "all")
-        if choices:
+        sp, sparse = sparsify(copy.deepcopy(run.net), batch_sizes=conf.batch_sizes,
+                              threads=conf.threads, force=conf.sparse_layers == "all",
+                              input_shape=run.input_shape)
+        if sparse.layers:
             models["sparse"] = sp
             info["sparse"] = {"file": "model_sparse.pt", "bytes": info["dense"]["sparse_file_bytes"],
                               "macs": macs["effective"],
-                              "layers": [c.as_dict() for c in choices]}
+                              **sparse.as_dict()}
     base = run.net
     try:
         small, report = compact(run.net, run.input_shape)
@@ -374,11 +375,32 @@ def print_table(result: dict[str, Any]) -> None:
              else f"{result['threads']} threads")
     print(f"run {result['run']} ({where})")
     print("\n".join(lines))
+    sparse = result["variants"].get("sparse")
+    if sparse and "layers" in sparse:
+        print(sparse_summary(sparse))
     for k, v in result["variants"].items():
         if "onnxruntime_latency_ms" in v:
             print(f"{k} on onnxruntime: " + ", ".join(
                 f"{v['onnxruntime_latency_ms'][f'batch_{b}']:.3f} ms @{b} "
                 f"(speedup {v['onnxruntime_speedup'][f'batch_{b}']:.2f})" for b in bs))
+
+
+def sparse_summary(sparse: dict[str, Any]) -> str:
+    """One line: which Linear layers the ``sparse`` variant runs on CSR, with the speedups that
+    decided it (each layer alone, then the whole model)."""
+    def speed(c: dict[str, Any]) -> str:
+        return "/".join(f"{v:.2f}x" for v in c["speedup"].values())
+
+    on = [f"{c['name']} ({speed(c)})" for c in sparse["layers"] if c["sparse"]]
+    off = [f"{c['name']} ({speed(c)})" for c in sparse["layers"] if not c["sparse"]]
+    line = "sparse: CSR on " + (", ".join(on) if on else "no layer")
+    if off:
+        line += "; dense kept: " + ", ".join(off)
+    if sparse.get("reverted"):
+        line += ("; the layers faster alone did not make the whole model faster ("
+                 + "/".join(f"{v:.2f}x" for v in sparse["model_speedup"].values())
+                 + "), so all stay dense")
+    return line + " (speedup per layer alone, at each batch size)"
 
 
 # -- onnxruntime -------------------------------------------------------------------------------------
