@@ -94,9 +94,9 @@ def main() -> None:
               "(pip install 'prunelab[deploy]')")
         args.no_onnx = True
     out = {"threads": args.threads, "reps": args.reps, "runs": args.runs,
-           "torch": torch.__version__, "compaction": {}, "csr": {}}
+           "torch": torch.__version__}
 
-    sections = set(args.sections.split(","))
+    sections = {x for x in args.sections.split(",") if x}
     if not sections <= {"compaction", "csr"}:
         ap.error(f"--sections={args.sections!r}; allowed: compaction, csr")
     if "compaction" in sections:
@@ -110,6 +110,7 @@ def main() -> None:
 
 
 def compaction_section(args, out) -> None:
+    out["compaction"] = {}
     print(f"## Compaction, 50% of channels ({args.threads} threads, median of {args.reps} x "
           f"{args.runs} runs)\n")
     print("| model | channels kept | MACs reduction | activations reduction | batch | dense ms | "
@@ -148,8 +149,8 @@ def compaction_section(args, out) -> None:
         out["compaction"][name] = row
 
 
-
 def csr_section(args, out) -> None:
+    out["csr"] = {}
     print(f"\n## Unstructured 95%, CSR where measured faster ({args.threads} threads)\n")
     print("| model | batch | dense ms | sparse ms | speedup | layers on CSR (measured speedup per "
           "layer) |")

@@ -241,7 +241,8 @@ def measure_run(conf: Any) -> dict[str, Any]:
     if conf.sparse and not gpu:
         sp, sparse = sparsify(copy.deepcopy(run.net), batch_sizes=conf.batch_sizes,
                               threads=conf.threads, force=conf.sparse_layers == "all",
-                              input_shape=run.input_shape)
+                              input_shape=run.input_shape, runs=conf.runs, warmup=conf.warmup,
+                              rounds=conf.rounds)
         if sparse.layers:
             models["sparse"] = sp
             info["sparse"] = {"file": "model_sparse.pt", "bytes": info["dense"]["sparse_file_bytes"],
@@ -386,21 +387,24 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def sparse_summary(sparse: dict[str, Any]) -> str:
-    """One line: which Linear layers the ``sparse`` variant runs on CSR, with the speedups that
-    decided it (each layer alone, then the whole model)."""
-    def speed(c: dict[str, Any]) -> str:
-        return "/".join(f"{v:.2f}x" for v in c["speedup"].values())
+    """One line: which Linear layers the ``sparse`` variant runs on CSR, the speedup of each layer
+    alone at each batch size, and the whole model's when it was checked."""
+    def speed(values: Any) -> str:
+        return "/".join(f"{v:.2f}x" for v in values)
 
-    on = [f"{c['name']} ({speed(c)})" for c in sparse["layers"] if c["sparse"]]
-    off = [f"{c['name']} ({speed(c)})" for c in sparse["layers"] if not c["sparse"]]
-    line = "sparse: CSR on " + (", ".join(on) if on else "no layer")
-    if off:
-        line += "; dense kept: " + ", ".join(off)
+    layers = sparse["layers"]
+    on = [f"{c['name']} ({speed(c['speedup'].values())})" for c in layers if c["sparse"]]
+    off = [f"{c['name']} ({speed(c['speedup'].values())})" for c in layers if not c["sparse"]]
+    line = ("sparse: CSR on " + (", ".join(on) if on else "no layer")
+            + ("; dense kept: " + ", ".join(off) if off else "") + " (each layer alone)")
+    if "model_speedup" in sparse:
+        line += f"; whole model {speed(sparse['model_speedup'].values())}"
     if sparse.get("reverted"):
-        line += ("; the layers faster alone did not make the whole model faster ("
-                 + "/".join(f"{v:.2f}x" for v in sparse["model_speedup"].values())
-                 + "), so all stay dense")
-    return line + " (speedup per layer alone, at each batch size)"
+        faster = [c["name"] for c in layers if all(v > 1 for v in c["speedup"].values())]
+        line += (f": not faster at every batch size with {', '.join(faster)} on CSR, so every "
+                 "layer stays dense "
+                 "(the sparse variant is the dense model)")
+    return line
 
 
 # -- onnxruntime -------------------------------------------------------------------------------------

@@ -44,10 +44,13 @@ class SparseLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", _csr32(linear.weight))
         bias = linear.bias.detach().clone() if linear.bias is not None else \
-            torch.zeros(linear.out_features, dtype=linear.weight.dtype)
+            torch.zeros(linear.out_features, dtype=linear.weight.dtype,
+                        device=linear.weight.device)
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 1:
+            return torch.addmv(self.bias, self.weight, x)
         if x.dim() == 2 and x.shape[0] == 1:
             # one sample: the CSR matrix-vector product (3x faster than addmm with a one-column
             # matrix on a 4096x4096 layer at 95 %), with as few tensor ops around it as
@@ -147,8 +150,13 @@ def sparsify(model: nn.Module, batch_sizes: Sequence[int] = (1, 64), min_sparsit
                 _set_module(model, name, cand)
         result = SparsifyResult(choices)
         if dense is not None and originals:
-            lat = time_alternating({"dense": dense, "sparse": model}, input_shape, sizes, runs,
-                                   warmup, rounds, None)
+            try:
+                lat = time_alternating({"dense": dense, "sparse": model}, input_shape, sizes,
+                                       runs, warmup, rounds, None)
+            except BaseException:
+                for name, mod in originals.items():  # the model is handed back as it came
+                    _set_module(model, name, mod)
+                raise
             result.model_ms = {k: {b: lat[k][f"batch_{b}"] for b in sizes} for k in lat}
             if not all(result.model_ms["sparse"][b] < result.model_ms["dense"][b] for b in sizes):
                 for name, mod in originals.items():
