@@ -13,7 +13,11 @@
 2. Unstructured 95% (layer-wise magnitude): LeNet-300-100 and an MLP with two 4096-wide hidden
    layers; Linear layers through the CSR kernel where measured faster (chosen per batch size),
    against the dense model, timed in turn.
-3. int8 (``--int8-run``): ``python -m prunelab.measure`` on a trained run: size and accuracy of the
+3. The floor (``--sections floor``): the same three models compacted with every prunable channel
+   group cut to one channel, timed beside the dense and the 50 % compact ones in PyTorch and on
+   onnxruntime: the largest speedup any channel pruning could give on this machine, next to the
+   speedup a 0.8 score needs (0.8 x the MACs reduction of 50 %).
+4. int8 (``--int8-run``): ``python -m prunelab.measure`` on a trained run: size and accuracy of the
    sparse int8 file against the dense fp32 one.
 
 Writes ``scripts/bench_deploy_results.json`` and prints markdown tables. Weights are random for 1
@@ -84,7 +88,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--int8-run", default=None)
     ap.add_argument("--sections", default="compaction,csr",
-                    help="comma-separated: compaction, csr (int8 runs when --int8-run is given)")
+                    help="comma-separated: compaction, csr, floor (int8 runs when --int8-run is "
+                         "given)")
     ap.add_argument("--no-onnx", action="store_true",
                     help="skip the onnxruntime timing of the compaction section")
     ap.add_argument("--out", default=str(Path(__file__).with_name("bench_deploy_results.json")))
@@ -97,12 +102,14 @@ def main() -> None:
            "torch": torch.__version__}
 
     sections = {x for x in args.sections.split(",") if x}
-    if not sections <= {"compaction", "csr"}:
-        ap.error(f"--sections={args.sections!r}; allowed: compaction, csr")
+    if not sections <= {"compaction", "csr", "floor"}:
+        ap.error(f"--sections={args.sections!r}; allowed: compaction, csr, floor")
     if "compaction" in sections:
         compaction_section(args, out)
     if "csr" in sections:
         csr_section(args, out)
+    if "floor" in sections:
+        floor_section(args, out)
     if args.int8_run:
         int8_section(args, out)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
@@ -177,6 +184,52 @@ def csr_section(args, out) -> None:
                                     "speedup": speed, **res.as_dict()}
             print(f"| {label} | {b} | {lat['dense'][k]:.3f} | {lat['sparse'][k]:.3f} | "
                   f"{speed:.2f} | {layers} |")
+
+
+def one_channel(name: str, shape) -> torch.nn.Module:
+    """``name`` compacted with every channel group the structured pruner may shrink cut to one
+    channel (what is left when channel pruning has taken everything it can)."""
+    from prunelab.compress.compact import channel_groups
+    from prunelab.pruning.latency import LatencyModel, _candidates
+
+    torch.manual_seed(0)
+    net = build_model(name, input_shape=shape, num_classes=10).eval()
+    pruner = Pruner(name="structured", score="magnitude", granularity="structured", scope="layer")
+    pruner.prepare(net)
+    groups = channel_groups(net, shape)
+    keeps = {}
+    for gi in _candidates(groups, list(pruner.resolve(net)), sorted(pruner._protected)):
+        keeps[gi] = torch.zeros(groups[gi].size, dtype=torch.bool)
+        keeps[gi][0] = True
+    return LatencyModel(net, shape, groups, 1, None, 1).build(keeps)
+
+
+def floor_section(args, out) -> None:
+    out["floor"] = {}
+    print(f"\n## The floor: every prunable channel group cut to one channel ({args.threads} "
+          "threads)\n")
+    print("| model | batch | runtime | dense ms | 50 % compact ms | one-channel ms | speedup at 50 % "
+          "| largest possible speedup | speedup a 0.8 score needs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, shape in (("seed_cnn", (1, 28, 28)), ("lenet5", (1, 28, 28)),
+                        ("resnet20", (3, 32, 32))):
+        torch.manual_seed(0)
+        dense = build_model(name, input_shape=shape, num_classes=10).eval()
+        small, _ = compact(half_channels(name, shape), shape)
+        models = {"dense": dense, "compact": small, "one_channel": one_channel(name, shape)}
+        need = 0.8 * count_macs(dense, shape)["dense"] / count_macs(small, shape)["dense"]
+        lat = {"PyTorch": time_alternating(models, shape, (1, 64), args.runs, 10, args.reps,
+                                           args.threads)}
+        if not args.no_onnx:
+            lat["onnxruntime"] = {k: v["latency_ms"] for k, v in onnxruntime_latency(
+                models, shape, (1, 64), args.runs, 10, args.reps, args.threads).items()}
+        out["floor"][name] = {"needed_speedup": need, "latency_ms": lat}
+        for b in (1, 64):
+            k = f"batch_{b}"
+            for runtime, t in lat.items():
+                d, c, f = t["dense"][k], t["compact"][k], t["one_channel"][k]
+                print(f"| {name} | {b} | {runtime} | {d:.3f} | {c:.3f} | {f:.3f} | {d / c:.2f} | "
+                      f"{d / f:.2f} | {need:.2f} |", flush=True)
 
 
 def int8_section(args, out) -> None:
