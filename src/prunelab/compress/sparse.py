@@ -49,16 +49,21 @@ class SparseLinear(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the buffers are read from ``_buffers`` directly: ``self.weight`` goes through
+        # ``nn.Module.__getattr__``, and at batch 1 the two lookups cost about 3 us, a third of
+        # the 784x300 CSR product
+        buffers = self._buffers
+        weight, bias = buffers["weight"], buffers["bias"]
         if x.dim() == 1:
-            return torch.addmv(self.bias, self.weight, x)
+            return torch.addmv(bias, weight, x)
         if x.dim() == 2 and x.shape[0] == 1:
             # one sample: the CSR matrix-vector product (3x faster than addmm with a one-column
             # matrix on a 4096x4096 layer at 95 %), with as few tensor ops around it as
             # possible: at this size each costs about a microsecond, a tenth of the product
-            return torch.addmv(self.bias, self.weight, x.view(-1)).view(1, -1)
+            return torch.addmv(bias, weight, x.view(-1)).view(1, -1)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        y = torch.addmm(self.bias.unsqueeze(1), self.weight, x2.t().contiguous()).t()
+        y = torch.addmm(bias.unsqueeze(1), weight, x2.t().contiguous()).t()
         return y.reshape(*lead, self.out_features)
 
     @property
