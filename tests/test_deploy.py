@@ -159,7 +159,8 @@ def test_measure_cli_compares_variants(runs):
     res = json.loads((runs / "structured" / "deploy" / "measure.json").read_text())
     v = res["variants"]
     assert {"dense", "compact", "int8"} <= set(v)
-    assert v["compact"]["test_acc"] == v["dense"]["test_acc"]  # the same function
+    # the same function (up to float rounding: each may run in a different memory format)
+    assert v["compact"]["test_acc"] == pytest.approx(v["dense"]["test_acc"], abs=0.005)
     assert v["compact"]["bytes"] < 0.5 * v["dense"]["bytes"]
     assert v["compact"]["macs_reduction"] > 2
     assert v["int8"]["of"] == "compact" and v["int8"]["bytes"] < v["compact"]["bytes"] / 3
@@ -167,6 +168,14 @@ def test_measure_cli_compares_variants(runs):
         assert set(v[k]["latency_ms"]) == {"batch_1", "batch_64"}
         assert (runs / "structured" / "deploy" / v[k]["file"]).stat().st_size == v[k]["bytes"]
     assert "compact |" in proc.stdout and "int8 |" in proc.stdout
+    # the float conv variants were timed in both memory formats and run in the faster one
+    for k in ("dense", "compact"):
+        ms = v[k]["memory_format_ms"]
+        for b in ("batch_1", "batch_64"):
+            faster = ms["channels_last"][b] < ms["contiguous"][b]
+            assert v[k]["memory_format"][b] == ("channels_last" if faster else "contiguous")
+    assert "memory_format" not in v["int8"]
+    assert "memory format @1/64 (channels_last speed vs contiguous): dense " in proc.stdout
     # onnx=true: the float variants also exported, checked against PyTorch and timed on onnxruntime
     for k in ("dense", "compact"):
         assert set(v[k]["onnxruntime_latency_ms"]) == {"batch_1", "batch_64"}
@@ -308,6 +317,64 @@ def test_sparsify_force_swaps_every_candidate_layer():
     assert res.model_ms is None and not res.reverted  # forced: no whole-model veto
     assert sum(isinstance(m, SparseLinear) for m in model.modules()) == 3
     assert torch.allclose(model(x), ref, atol=1e-5)
+
+
+CL, CONTIG = "channels_last", "contiguous"
+
+
+@pytest.mark.parametrize("setting,timed_faster,expect", [
+    ("measured", {1: True, 64: True}, {1: CL, 64: CL}),
+    ("measured", {1: False, 64: True}, {1: CONTIG, 64: CL}),  # chosen per batch size
+    ("measured", {1: False, 64: False}, {1: CONTIG, 64: CONTIG}),
+    ("contiguous", None, {1: CONTIG, 64: CONTIG}),
+    ("channels_last", None, {1: CL, 64: CL}),
+])
+def test_memory_format_follows_the_measurement(monkeypatch, setting, timed_faster, expect):
+    import prunelab.deploy as deploy
+
+    timed = []
+
+    def fake_timing(models, input_shape, batch_sizes, runs, warmup, rounds, threads):
+        timed.append(models)
+        return {"contiguous": {f"batch_{b}": 2.0 for b in batch_sizes},
+                "channels_last": {f"batch_{b}": 1.0 if timed_faster[b] else 3.0
+                                  for b in batch_sizes}}
+
+    monkeypatch.setattr(deploy, "time_alternating", fake_timing)
+    torch.manual_seed(0)
+    cnn = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10).eval()
+    mlp = build_model("mlp", input_shape=(1, 28, 28), num_classes=10).eval()
+    q = quantize_int8(cnn, (1, 28, 28), [torch.randn(8, 1, 28, 28)])[0]
+    models = {"dense": cnn, "sparse": mlp, "int8": q}
+    info = {k: {} for k in models}
+    conf = deploy.MeasureConf(memory_format=setting, batch_sizes=[1, 64])
+    deploy.choose_memory_format(conf, models, info, (1, 28, 28))
+    assert info["dense"]["memory_format"] == {f"batch_{b}": f for b, f in expect.items()}
+    assert len(timed) == (1 if setting == "measured" else 0)  # only the conv net is timed
+    assert timed == [] or set(timed[0]) == {"contiguous", "channels_last"}
+    assert models["sparse"] is mlp and "memory_format" not in info["sparse"]  # no conv: as is
+    assert models["int8"] is q and "memory_format" not in info["int8"]  # own kernels
+    chosen = models["dense"]
+    cl_batches = {b for b, f in expect.items() if f == "channels_last"}
+    if cl_batches:
+        assert isinstance(chosen, deploy.ChannelsLast) and chosen.batches == cl_batches
+    else:
+        assert chosen is cnn
+    with torch.inference_mode():
+        for b in (1, 64, 5):  # channels_last where chosen, the model as it is elsewhere
+            x = torch.randn(b, 1, 28, 28)
+            assert torch.allclose(chosen(x), cnn(x), atol=1e-5)
+    assert all(p.is_contiguous() for p in cnn.parameters())  # the original is not converted
+
+
+def test_measure_rejects_an_unknown_memory_format(runs):
+    out = runs / "structured" / "deploy" / "measure.json"
+    before = out.read_bytes() if out.exists() else None
+    proc = cli("prunelab.measure", [f"run={runs / 'structured'}", "memory_format=nhwc"], runs)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "prunelab: error: memory_format='nhwc'; allowed: measured, contiguous, channels_last"
+    assert (out.read_bytes() if out.exists() else None) == before  # nothing overwritten
 
 
 def test_measure_rejects_an_unknown_sparse_layers_value(runs):

@@ -53,7 +53,7 @@ def test_train_on_gpu_in_bf16_keeps_pruned_weights_at_zero(tmp_path):
     assert "bf16 |" in proc.stdout
     # CPU-only options are refused on a GPU profile, and nothing is overwritten
     before = (run / "deploy" / "measure.json").read_bytes()
-    for bad in ("onnx=true", "qat_epochs=1", "sparse_layers=all"):
+    for bad in ("onnx=true", "qat_epochs=1", "sparse_layers=all", "memory_format=channels_last"):
         proc = cli("prunelab.measure", [f"run={run}", "hardware=gpu", bad], tmp_path)
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines()[-1].startswith(

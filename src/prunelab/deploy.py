@@ -51,6 +51,9 @@ class DeployError(RunError):
 
 #: measure's ``sparse_layers``: sparse kernels where they measured faster, or on every eligible layer
 SPARSE_LAYERS = ("measured", "all")
+#: measure's ``memory_format`` for the float variants of conv nets on the CPU: the faster of the
+#: two (timed), or one of them
+MEMORY_FORMATS = ("measured", "contiguous", "channels_last")
 
 
 @dataclass
@@ -72,6 +75,7 @@ class MeasureConf:
     qat_batches: Optional[int] = 200  # training batches per QAT epoch (null: all)
     eval_batches: Optional[int] = None  # test batches for accuracy (null: the whole test set)
     onnx: bool = False  # also time the float variants (dense, compact) exported to onnxruntime
+    memory_format: str = "measured"  # conv nets on the CPU: measured | contiguous | channels_last
     out: Optional[str] = None  # output directory (default: <run>/deploy)
 
 
@@ -212,14 +216,20 @@ def measure_run(conf: Any) -> dict[str, Any]:
     gpu = target in ("gpu", "gpu_2to4")
     if conf.sparse_layers not in SPARSE_LAYERS:
         raise DeployError(f"sparse_layers={conf.sparse_layers!r}; allowed: {', '.join(SPARSE_LAYERS)}")
+    if conf.memory_format not in MEMORY_FORMATS:
+        raise DeployError(f"memory_format={conf.memory_format!r}; allowed: "
+                          f"{', '.join(MEMORY_FORMATS)}")
     if gpu:  # what runs on the CPU only is refused, not dropped
         cpu_only = (["onnx=true"] if conf.onnx else []) \
             + ([f"qat_epochs={conf.qat_epochs}"] if conf.qat_epochs else []) \
+            + ([f"memory_format={conf.memory_format}"]
+               if conf.memory_format == "channels_last" else []) \
             + ([f"sparse_layers={conf.sparse_layers}"]
                if target == "gpu" and conf.sparse_layers != "measured" else [])
         if cpu_only:
-            raise DeployError(f"{cpu_only[0]} runs on the CPU only (onnxruntime, int8 QAT, CSR), not "
-                              f"on hardware={conf.hardware}; allowed there: onnx=false, qat_epochs=0"
+            raise DeployError(f"{cpu_only[0]} runs on the CPU only (onnxruntime, int8 QAT, CSR, "
+                              f"channels_last), not on hardware={conf.hardware}; allowed there: "
+                              f"onnx=false, qat_epochs=0, memory_format=measured|contiguous"
                               + (", sparse_layers=measured" if target == "gpu" else ""))
     if conf.onnx:
         _need_onnxruntime("onnx=true")
@@ -286,6 +296,8 @@ def measure_run(conf: Any) -> dict[str, Any]:
     if conf.onnx:  # exported and checked first, so a bad export fails before the long timing
         floats = {k: models[k] for k in ("dense", "compact") if k in models}
         sessions, diffs = onnx_sessions(floats, run.input_shape, conf.threads)
+    if not gpu:
+        choose_memory_format(conf, models, info, run.input_shape)
     latency = time_alternating(models, run.input_shape, conf.batch_sizes, conf.runs, conf.warmup,
                                conf.rounds, None if gpu else conf.threads)
     if conf.onnx:  # timed after PyTorch (the sessions' worker threads do not spin when idle)
@@ -317,6 +329,48 @@ def measure_run(conf: Any) -> dict[str, Any]:
     print_table(result)
     print(f"wrote {out / 'measure.json'}")
     return result
+
+
+class ChannelsLast(nn.Module):
+    """A conv net that runs in the channels_last memory format at the batch sizes in ``batches``
+    (weights converted once, each NCHW input converted on the way in, inside the timed forward)
+    and as it is at any other batch size."""
+
+    def __init__(self, model: nn.Module, batches: Sequence[int]):
+        super().__init__()
+        self.model = model
+        self.channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        self.batches = frozenset(int(b) for b in batches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] in self.batches:
+            return self.channels_last(x.contiguous(memory_format=torch.channels_last))
+        return self.model(x)
+
+
+def choose_memory_format(conf: Any, models: dict[str, nn.Module], info: dict[str, dict[str, Any]],
+                         input_shape: Sequence[int]) -> None:
+    """For each float variant with a Conv2d (int8 ones have their own kernels), the memory format
+    it runs in at each batch size: ``conf.memory_format``, or with ``measured`` the faster of
+    the contiguous and the channels_last model, timed in turn at that batch size. Replaces
+    ``models[k]`` with a :class:`ChannelsLast` where that is used (the model itself is not
+    converted) and records ``info[k]["memory_format"]`` per batch size."""
+    sizes = [int(b) for b in conf.batch_sizes]
+    for k, m in list(models.items()):
+        if k.startswith("int8") or not any(isinstance(x, nn.Conv2d) for x in m.modules()):
+            continue
+        use = {"contiguous": [], "channels_last": sizes}.get(conf.memory_format)
+        cl = ChannelsLast(m, sizes)
+        if use is None:  # measured
+            lat = time_alternating({"contiguous": m, "channels_last": cl}, input_shape, sizes,
+                                   conf.runs, conf.warmup, conf.rounds, conf.threads)
+            info[k]["memory_format_ms"] = lat
+            use = [b for b in sizes
+                   if lat["channels_last"][f"batch_{b}"] < lat["contiguous"][f"batch_{b}"]]
+        info[k]["memory_format"] = {f"batch_{b}": "channels_last" if b in use else "contiguous"
+                                    for b in sizes}
+        if use:
+            models[k] = ChannelsLast(m, use)
 
 
 def _gpu_variants(conf: Any, run: LoadedRun, base: nn.Module, target: str,
@@ -379,6 +433,16 @@ def print_table(result: dict[str, Any]) -> None:
     sparse = result["variants"].get("sparse")
     if sparse and "layers" in sparse:
         print(sparse_summary(sparse))
+    formats = []
+    for k, v in result["variants"].items():
+        if "memory_format" in v:
+            fmt, ms = v["memory_format"], v.get("memory_format_ms")
+            speed = (" (" + "/".join(f"{ms['contiguous'][b] / ms['channels_last'][b]:.2f}x"
+                                     for b in fmt) + ")") if ms else ""
+            formats.append(f"{k} {'/'.join(fmt.values())}{speed}")
+    if formats:
+        print(f"memory format @{'/'.join(str(b) for b in bs)} (channels_last speed vs "
+              f"contiguous): " + "; ".join(formats))
     for k, v in result["variants"].items():
         if "onnxruntime_latency_ms" in v:
             print(f"{k} on onnxruntime: " + ", ".join(
