@@ -1,5 +1,6 @@
 """Deployment: measured variants of a run, int8 zeros, ONNX round trip, bad input."""
 
+import copy
 import json
 import os
 import subprocess
@@ -365,6 +366,27 @@ def test_memory_format_follows_the_measurement(monkeypatch, setting, timed_faste
             x = torch.randn(b, 1, 28, 28)
             assert torch.allclose(chosen(x), cnn(x), atol=1e-5)
     assert all(p.is_contiguous() for p in cnn.parameters())  # the original is not converted
+
+
+def test_channels_last_over_a_conv_net_with_csr_layers():
+    """A CNN whose Linear layers run on CSR: the channels_last copy shares the sparse buffers."""
+    from prunelab.deploy import ChannelsLast
+
+    torch.manual_seed(0)
+    net = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10).eval()
+    pruner = Pruner(name="magnitude")
+    masks = pruner.prepare(net)
+    masks.update(pruner.compute_masks(masks.params, masks.as_dict(), 0.95))
+    masks.apply_()
+    sp, res = sparsify(copy.deepcopy(net), batch_sizes=[1], runs=2, warmup=1, force=True)
+    assert any(c.sparse for c in res.layers)
+    cl = ChannelsLast(sp, [64])
+    conv = next(m for m in cl.channels_last.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for b in (64, 3):
+            x = torch.randn(b, 1, 28, 28)
+            assert torch.allclose(cl(x), net(x), atol=1e-4)
 
 
 def test_measure_rejects_an_unknown_memory_format(runs):

@@ -339,7 +339,10 @@ class ChannelsLast(nn.Module):
     def __init__(self, model: nn.Module, batches: Sequence[int]):
         super().__init__()
         self.model = model
-        self.channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        # sparse (CSR) buffers cannot be deep-copied, and no memory format applies to them: the
+        # copy shares them
+        shared = {id(t): t for t in model.buffers() if t.layout != torch.strided}
+        self.channels_last = copy.deepcopy(model, shared).to(memory_format=torch.channels_last)
         self.batches = frozenset(int(b) for b in batches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
