@@ -13,7 +13,8 @@
 
 and measures each at the same time, in alternating order: latency (warm-up, median of at least
 ``runs`` runs, ``torch.inference_mode``, threads from ``threads``), test accuracy, size on disk of
-the file it would ship as.
+the file it would ship as. The float variants of conv nets run, at each batch size, in the faster
+memory format of contiguous and channels_last (``memory_format``; :func:`choose_memory_format`).
 
 With a GPU profile (``hardware=gpu`` or ``hardware=gpu_2to4``) the variants run on the CUDA GPU
 instead: ``dense`` (float32), ``compact``, the half-precision model the profile deploys
@@ -346,7 +347,7 @@ class ChannelsLast(nn.Module):
         self.batches = frozenset(int(b) for b in batches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] in self.batches:
+        if x.dim() == 4 and x.shape[0] in self.batches:
             return self.channels_last(x.contiguous(memory_format=torch.channels_last))
         return self.model(x)
 
@@ -357,13 +358,15 @@ def choose_memory_format(conf: Any, models: dict[str, nn.Module], info: dict[str
     it runs in at each batch size: ``conf.memory_format``, or with ``measured`` the faster of
     the contiguous and the channels_last model, timed in turn at that batch size. Replaces
     ``models[k]`` with a :class:`ChannelsLast` where that is used (the model itself is not
-    converted) and records ``info[k]["memory_format"]`` per batch size."""
+    converted) and records ``info[k]["memory_format"]`` per batch size. The test accuracy is
+    then computed at the loader's batch size, contiguous unless that size was timed in
+    channels_last: the same function either way, up to float rounding."""
     sizes = [int(b) for b in conf.batch_sizes]
     for k, m in list(models.items()):
         if k.startswith("int8") or not any(isinstance(x, nn.Conv2d) for x in m.modules()):
             continue
         use = {"contiguous": [], "channels_last": sizes}.get(conf.memory_format)
-        cl = ChannelsLast(m, sizes)
+        cl = ChannelsLast(m, sizes) if use != [] else None
         if use is None:  # measured
             lat = time_alternating({"contiguous": m, "channels_last": cl}, input_shape, sizes,
                                    conf.runs, conf.warmup, conf.rounds, conf.threads)
@@ -373,7 +376,8 @@ def choose_memory_format(conf: Any, models: dict[str, nn.Module], info: dict[str
         info[k]["memory_format"] = {f"batch_{b}": "channels_last" if b in use else "contiguous"
                                     for b in sizes}
         if use:
-            models[k] = ChannelsLast(m, use)
+            cl.batches = frozenset(use)
+            models[k] = cl
 
 
 def _gpu_variants(conf: Any, run: LoadedRun, base: nn.Module, target: str,
