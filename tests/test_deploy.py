@@ -49,9 +49,9 @@ def runs(tmp_path_factory):
     return tmp
 
 
-def pruned_mlp(sparsity):
+def pruned_model(sparsity, model="mlp"):
     torch.manual_seed(0)
-    net = build_model("mlp", input_shape=(1, 28, 28), num_classes=10).eval()
+    net = build_model(model, input_shape=(1, 28, 28), num_classes=10).eval()
     p = Pruner(name="magnitude")
     masks = p.prepare(net)
     masks.update(p.compute_masks(masks.params, masks.as_dict(), sparsity))
@@ -60,7 +60,7 @@ def pruned_mlp(sparsity):
 
 
 def test_int8_keeps_every_pruned_weight_at_zero():
-    net = pruned_mlp(0.9)
+    net = pruned_model(0.9)
     q, mode = quantize_int8(net, (1, 28, 28))
     assert mode == "dynamic"
     ints = int8_weights(q)
@@ -76,12 +76,7 @@ def test_int8_keeps_every_pruned_weight_at_zero():
 
 
 def test_static_int8_for_conv_nets_counts_zeros_per_channel():
-    torch.manual_seed(0)
-    net = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10).eval()
-    p = Pruner(name="magnitude")
-    masks = p.prepare(net)
-    masks.update(p.compute_masks(masks.params, masks.as_dict(), 0.8))
-    masks.apply_()
+    net = pruned_model(0.8, model="lenet5")
     q, mode = quantize_int8(net, (1, 28, 28), [torch.randn(8, 1, 28, 28) for _ in range(2)])
     assert mode == "static"
     assert count_int8_zeros(q)["global"] >= 0.8 - 1e-6
@@ -90,7 +85,7 @@ def test_static_int8_for_conv_nets_counts_zeros_per_channel():
 
 
 def test_sparse_linear_matches_dense_and_choice_is_measured():
-    net = pruned_mlp(0.95)
+    net = pruned_model(0.95)
     x = torch.randn(3, 1, 28, 28)
     ref = net(x)
     layer = SparseLinear(net.features[0])
@@ -132,7 +127,7 @@ def test_sparsify_keeps_the_layers_only_if_the_whole_model_is_faster(monkeypatch
                 "sparse": {f"batch_{b}": model_ms[b] if whole else 1.0 for b in batch_sizes}}
 
     monkeypatch.setattr(sparse_mod, "time_alternating", fake_timing)
-    net = pruned_mlp(0.95)
+    net = pruned_model(0.95)
     x = torch.randn(4, 1, 28, 28)
     ref = net(x)
     model, res = sparsify(net, batch_sizes=[1, 64], input_shape=(1, 28, 28), rounds=4)
@@ -147,7 +142,7 @@ def test_sparsify_keeps_the_layers_only_if_the_whole_model_is_faster(monkeypatch
 
 
 def test_sparsify_puts_the_model_back_if_the_whole_model_timing_fails():
-    net = pruned_mlp(0.95)
+    net = pruned_model(0.95)
     with pytest.raises(RuntimeError):
         sparsify(net, batch_sizes=[1], runs=2, warmup=1, input_shape=(1, 27, 28))
     assert not any(isinstance(m, SparseLinear) for m in net.modules())
@@ -279,7 +274,7 @@ def test_train_with_a_teacher_records_it(runs):
 def test_quantization_aware_finetuning_keeps_pruned_weights_at_int8_zero():
     from prunelab.compress.quantize import qat_int8
 
-    net = pruned_mlp(0.9)
+    net = pruned_model(0.9)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(64, 1, 28, 28, generator=gen)
     y = net(x).argmax(1)  # learnable targets: the float model's own predictions
@@ -309,7 +304,7 @@ def test_measure_takes_threads_and_batch_sizes_from_a_hardware_profile():
 def test_sparsify_force_swaps_every_candidate_layer():
     from prunelab.compress.sparse import SparseLinear, sparsify
 
-    net = pruned_mlp(0.95)
+    net = pruned_model(0.95)
     x = torch.randn(4, 1, 28, 28)
     ref = net(x)
     model, res = sparsify(net, batch_sizes=[1], runs=3, warmup=1, force=True,
@@ -372,12 +367,7 @@ def test_channels_last_over_a_conv_net_with_csr_layers():
     """A CNN whose Linear layers run on CSR: the channels_last copy shares the sparse buffers."""
     from prunelab.deploy import ChannelsLast
 
-    torch.manual_seed(0)
-    net = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10).eval()
-    pruner = Pruner(name="magnitude")
-    masks = pruner.prepare(net)
-    masks.update(pruner.compute_masks(masks.params, masks.as_dict(), 0.95))
-    masks.apply_()
+    net = pruned_model(0.95, model="lenet5")
     sp, res = sparsify(copy.deepcopy(net), batch_sizes=[1], runs=2, warmup=1, force=True)
     assert any(c.sparse for c in res.layers)
     cl = ChannelsLast(sp, [64])
@@ -389,21 +379,15 @@ def test_channels_last_over_a_conv_net_with_csr_layers():
             assert torch.allclose(cl(x), net(x), atol=1e-4)
 
 
-def test_measure_rejects_an_unknown_memory_format(runs):
-    out = runs / "structured" / "deploy" / "measure.json"
+@pytest.mark.parametrize("run, arg, message", [
+    ("structured", "memory_format=nhwc",
+     "memory_format='nhwc'; allowed: measured, contiguous, channels_last"),
+    ("unstructured", "sparse_layers=some", "sparse_layers='some'; allowed: measured, all"),
+])
+def test_measure_rejects_an_unknown_value(runs, run, arg, message):
+    out = runs / run / "deploy" / "measure.json"
     before = out.read_bytes() if out.exists() else None
-    proc = cli("prunelab.measure", [f"run={runs / 'structured'}", "memory_format=nhwc"], runs)
+    proc = cli("prunelab.measure", [f"run={runs / run}", arg], runs)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == \
-        "prunelab: error: memory_format='nhwc'; allowed: measured, contiguous, channels_last"
-    assert (out.read_bytes() if out.exists() else None) == before  # nothing overwritten
-
-
-def test_measure_rejects_an_unknown_sparse_layers_value(runs):
-    out = runs / "unstructured" / "deploy" / "measure.json"
-    before = out.read_bytes() if out.exists() else None
-    proc = cli("prunelab.measure", [f"run={runs / 'unstructured'}", "sparse_layers=some"], runs)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == \
-        "prunelab: error: sparse_layers='some'; allowed: measured, all"
+    assert proc.stderr.strip().splitlines()[-1] == f"prunelab: error: {message}"
     assert (out.read_bytes() if out.exists() else None) == before  # nothing overwritten
