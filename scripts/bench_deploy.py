@@ -9,7 +9,9 @@
    rounds of ``--runs`` runs after a warm-up, batch 1 and 64; the score is the measured speedup
    divided by the MACs reduction (1.0 = the time fell as much as the arithmetic). The same pair
    is timed again exported to ONNX and run by onnxruntime (``--no-onnx`` skips it), and the
-   reduction of the activations the layers write is printed beside the MACs reduction.
+   reduction of the activations the layers write is printed beside the MACs reduction. The
+   PyTorch models run contiguous (NCHW); ``--memory-format measured`` runs each in its faster
+   memory format per batch size, as ``prunelab.measure`` does.
 2. Unstructured 95% (layer-wise magnitude): LeNet-300-100 and an MLP with two 4096-wide hidden
    layers; Linear layers through the CSR kernel where measured faster (chosen per batch size),
    against the dense model, timed in turn.
@@ -35,8 +37,8 @@ import torch
 
 from prunelab.compress.compact import compact
 from prunelab.compress.sparse import sparsify
-from prunelab.deploy import (MeasureConf, measure_run, onnxruntime_available, onnxruntime_latency,
-                             time_alternating)
+from prunelab.deploy import (MeasureConf, choose_memory_format, measure_run, onnxruntime_available,
+                             onnxruntime_latency, time_alternating)
 from prunelab.measure import count_macs
 from prunelab.models import build_model
 from prunelab.pruning import Pruner
@@ -90,6 +92,10 @@ def main() -> None:
     ap.add_argument("--sections", default="compaction,csr",
                     help="comma-separated: compaction, csr, floor (int8 runs when --int8-run is "
                          "given)")
+    ap.add_argument("--memory-format", default="contiguous",
+                    choices=["contiguous", "measured", "channels_last"],
+                    help="compaction section: the PyTorch models' memory format; measured: each "
+                         "model in its faster one per batch size, as prunelab.measure does")
     ap.add_argument("--no-onnx", action="store_true",
                     help="skip the onnxruntime timing of the compaction section")
     ap.add_argument("--out", default=str(Path(__file__).with_name("bench_deploy_results.json")))
@@ -119,7 +125,7 @@ def main() -> None:
 def compaction_section(args, out) -> None:
     out["compaction"] = {}
     print(f"## Compaction, 50% of channels ({args.threads} threads, median of {args.reps} x "
-          f"{args.runs} runs)\n")
+          f"{args.runs} runs, PyTorch memory format: {args.memory_format})\n")
     print("| model | channels kept | MACs reduction | activations reduction | batch | dense ms | "
           "compact ms | speedup | speedup / MACs reduction | onnxruntime: dense ms | compact ms | "
           "speedup | / MACs reduction |")
@@ -129,15 +135,22 @@ def compaction_section(args, out) -> None:
         net = half_channels(name, shape)
         small, rep = compact(net, shape)
         reduction = count_macs(net, shape)["dense"] / count_macs(small, shape)["dense"]
-        lat = time_alternating({"dense": net, "compact": small}, shape, (1, 64), args.runs, 10,
-                               args.reps, args.threads)
+        timed = {"dense": net, "compact": small}
+        formats = {}
+        if args.memory_format != "contiguous":  # each model in its faster format, per batch size
+            conf = MeasureConf(memory_format=args.memory_format, batch_sizes=[1, 64],
+                               runs=args.runs, warmup=10, rounds=args.reps, threads=args.threads)
+            formats = {k: {} for k in timed}
+            choose_memory_format(conf, timed, formats, shape)
+        lat = time_alternating(timed, shape, (1, 64), args.runs, 10, args.reps, args.threads)
         acts = activation_elements(net, shape) / activation_elements(small, shape)
         ort_lat = None if args.no_onnx else {
             k: v["latency_ms"] for k, v in onnxruntime_latency(
                 {"dense": net, "compact": small}, shape, (1, 64), args.runs, 10, args.reps,
                 args.threads).items()}
         row = {"channels": [rep.channels_before, rep.channels_after], "macs_reduction": reduction,
-               "activation_reduction": acts, "latency_ms": lat, "onnxruntime_latency_ms": ort_lat}
+               "activation_reduction": acts, "latency_ms": lat, "onnxruntime_latency_ms": ort_lat,
+               "memory_format": {k: v.get("memory_format") for k, v in formats.items()}}
         for b in (1, 64):
             k = f"batch_{b}"
             sp = lat["dense"][k] / lat["compact"][k]
