@@ -203,17 +203,14 @@ def one_channel(name: str, shape) -> torch.nn.Module:
     """``name`` compacted with every channel group the structured pruner may shrink cut to one
     channel (what is left when channel pruning has taken everything it can)."""
     from prunelab.compress.compact import channel_groups
-    from prunelab.pruning.latency import LatencyModel, _candidates
+    from prunelab.pruning.latency import LatencyModel, one_channel_keeps
 
     torch.manual_seed(0)
     net = build_model(name, input_shape=shape, num_classes=10).eval()
     pruner = Pruner(name="structured", score="magnitude", granularity="structured", scope="layer")
     pruner.prepare(net)
     groups = channel_groups(net, shape)
-    keeps = {}
-    for gi in _candidates(groups, list(pruner.resolve(net)), sorted(pruner._protected)):
-        keeps[gi] = torch.zeros(groups[gi].size, dtype=torch.bool)
-        keeps[gi][0] = True
+    keeps = one_channel_keeps(groups, list(pruner.resolve(net)), sorted(pruner._protected))
     return LatencyModel(net, shape, groups, 1, None, 1).build(keeps)
 
 

@@ -201,6 +201,11 @@ def apply_profile(conf: Any) -> str:
     return target
 
 
+def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise DeployError(f"{key}={value!r}; allowed: {', '.join(allowed)}")
+
+
 def file_size(obj: Any, path: Path) -> int:
     torch.save(obj, path)
     return path.stat().st_size
@@ -215,11 +220,8 @@ def measure_run(conf: Any) -> dict[str, Any]:
 
     target = apply_profile(conf)
     gpu = target in ("gpu", "gpu_2to4")
-    if conf.sparse_layers not in SPARSE_LAYERS:
-        raise DeployError(f"sparse_layers={conf.sparse_layers!r}; allowed: {', '.join(SPARSE_LAYERS)}")
-    if conf.memory_format not in MEMORY_FORMATS:
-        raise DeployError(f"memory_format={conf.memory_format!r}; allowed: "
-                          f"{', '.join(MEMORY_FORMATS)}")
+    _check_choice("sparse_layers", conf.sparse_layers, SPARSE_LAYERS)
+    _check_choice("memory_format", conf.memory_format, MEMORY_FORMATS)
     if gpu:  # what runs on the CPU only is refused, not dropped
         cpu_only = (["onnx=true"] if conf.onnx else []) \
             + ([f"qat_epochs={conf.qat_epochs}"] if conf.qat_epochs else []) \
@@ -365,19 +367,21 @@ def choose_memory_format(conf: Any, models: dict[str, nn.Module], info: dict[str
     for k, m in list(models.items()):
         if k.startswith("int8") or not any(isinstance(x, nn.Conv2d) for x in m.modules()):
             continue
-        use = {"contiguous": [], "channels_last": sizes}.get(conf.memory_format)
-        cl = ChannelsLast(m, sizes) if use != [] else None
-        if use is None:  # measured
-            lat = time_alternating({"contiguous": m, "channels_last": cl}, input_shape, sizes,
-                                   conf.runs, conf.warmup, conf.rounds, conf.threads)
-            info[k]["memory_format_ms"] = lat
-            use = [b for b in sizes
-                   if lat["channels_last"][f"batch_{b}"] < lat["contiguous"][f"batch_{b}"]]
+        use: list[int] = []
+        if conf.memory_format != "contiguous":
+            cl = ChannelsLast(m, sizes)
+            use = sizes
+            if conf.memory_format == "measured":
+                lat = time_alternating({"contiguous": m, "channels_last": cl}, input_shape,
+                                       sizes, conf.runs, conf.warmup, conf.rounds, conf.threads)
+                info[k]["memory_format_ms"] = lat
+                use = [b for b in sizes
+                       if lat["channels_last"][f"batch_{b}"] < lat["contiguous"][f"batch_{b}"]]
+            if use:
+                cl.batches = frozenset(use)
+                models[k] = cl
         info[k]["memory_format"] = {f"batch_{b}": "channels_last" if b in use else "contiguous"
                                     for b in sizes}
-        if use:
-            cl.batches = frozenset(use)
-            models[k] = cl
 
 
 def _gpu_variants(conf: Any, run: LoadedRun, base: nn.Module, target: str,
@@ -566,10 +570,8 @@ def export_run(conf: Any) -> dict[str, Any]:
     """Write an ONNX file of the run, validate it with onnxruntime, measure it."""
     import warnings
 
-    if conf.format != "onnx":
-        raise DeployError(f"format={conf.format!r}; allowed: onnx")
-    if conf.quantize not in ("none", "int8"):
-        raise DeployError(f"quantize={conf.quantize!r}; allowed: none, int8")
+    _check_choice("format", conf.format, ("onnx",))
+    _check_choice("quantize", conf.quantize, ("none", "int8"))
     _need_onnxruntime("format=onnx")
     run = load(conf.run, conf.checkpoint)
     net = run.net

@@ -15,9 +15,9 @@ stays dense. Every decision and timing is returned.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,20 +155,20 @@ def sparsify(model: nn.Module, batch_sizes: Sequence[int] = (1, 64), min_sparsit
                 _set_module(model, name, cand)
         result = SparsifyResult(choices)
         if dense is not None and originals:
+            faster = False  # the model is handed back dense unless the timing says otherwise
             try:
                 lat = time_alternating({"dense": dense, "sparse": model}, input_shape, sizes,
                                        runs, warmup, rounds, None)
-            except BaseException:
-                for name, mod in originals.items():  # the model is handed back as it came
-                    _set_module(model, name, mod)
-                raise
-            result.model_ms = {k: {b: lat[k][f"batch_{b}"] for b in sizes} for k in lat}
-            if not all(result.model_ms["sparse"][b] < result.model_ms["dense"][b] for b in sizes):
-                for name, mod in originals.items():
-                    _set_module(model, name, mod)
-                for c in choices:
-                    c.sparse = False
-                result.reverted = True
+                result.model_ms = {k: {b: lat[k][f"batch_{b}"] for b in sizes} for k in lat}
+                faster = all(result.model_ms["sparse"][b] < result.model_ms["dense"][b]
+                             for b in sizes)
+            finally:
+                if not faster:
+                    for name, mod in originals.items():
+                        _set_module(model, name, mod)
+                    for c in choices:
+                        c.sparse = False
+                    result.reverted = result.model_ms is not None
     finally:
         torch.set_num_threads(previous)
     return model, result

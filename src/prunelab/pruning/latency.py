@@ -105,14 +105,19 @@ def latency_floor(model: nn.Module, input_shape: Sequence[int], prunable: Sequen
     from prunelab.compress.compact import channel_groups
 
     groups = channel_groups(model, input_shape)
-    cand = _candidates(groups, prunable, protected)
     lat = LatencyModel(model, input_shape, groups, batch, threads, runs)
-    one = {}
-    for gi in cand:
-        k = torch.zeros(groups[gi].size, dtype=torch.bool)
-        k[0] = True
-        one[gi] = k
-    return lat.measure(one), lat.measure({})
+    return lat.measure(one_channel_keeps(groups, prunable, protected)), lat.measure({})
+
+
+def one_channel_keeps(groups: list, prunable: Sequence[str],
+                      protected: Sequence[str]) -> dict[int, torch.Tensor]:
+    """Keeps (group index -> bool per channel) that cut every shrinkable group to its first
+    channel: as far as channel pruning can go (:meth:`LatencyModel.build` makes the model)."""
+    keeps = {}
+    for gi in _candidates(groups, prunable, protected):
+        keeps[gi] = torch.zeros(groups[gi].size, dtype=torch.bool)
+        keeps[gi][0] = True
+    return keeps
 
 
 def _candidates(groups: list, prunable: Sequence[str], protected: Sequence[str]) -> list[int]:
