@@ -35,8 +35,8 @@ from torch import nn
 
 from prunelab.compress import to_semi_structured
 from prunelab.models import build_model
+from prunelab.pruning import NM
 from prunelab.pruning.masks import MaskSet
-from prunelab.pruning.pruner import Pruner
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -45,7 +45,7 @@ def pruned_two_four(width: int, hidden: Sequence[int], seed: int) -> nn.Module:
     """prunelab's ``mlp`` (``width`` inputs and outputs) pruned to 2:4 by the N:M pruner."""
     torch.manual_seed(seed)
     net = build_model("mlp", (width,), width, hidden=list(hidden)).cuda()
-    pruner = Pruner("nm", score="magnitude", granularity="nm", n=2, m=4)
+    pruner = NM(n=2, m=4)
     masks = MaskSet(pruner.resolve(net))
     masks.update(pruner.compute_masks(masks.params, masks.as_dict(), 0.5))
     masks.apply_()

@@ -37,17 +37,22 @@ import torch
 
 from prunelab.compress.compact import compact
 from prunelab.compress.sparse import sparsify
-from prunelab.deploy import (MeasureConf, choose_memory_format, measure_run, onnxruntime_available,
-                             onnxruntime_latency, time_alternating)
-from prunelab.measure import count_macs
+from prunelab.deploy import (
+    MeasureConf,
+    choose_memory_format,
+    measure_run,
+    onnxruntime_available,
+    onnxruntime_latency,
+)
+from prunelab.metrics import count_macs, time_alternating
 from prunelab.models import build_model
-from prunelab.pruning import Pruner
+from prunelab.pruning import Magnitude, Structured
 
 
 def half_channels(name: str, shape: tuple[int, ...]):
     torch.manual_seed(0)
     net = build_model(name, input_shape=shape, num_classes=10).eval()
-    pruner = Pruner(name="structured", score="magnitude", granularity="structured", scope="layer")
+    pruner = Structured(scope="layer")
     masks = pruner.prepare(net)
     total = sum(p.numel() for p in masks.params.values())
     eligible = sum(p.numel() for n, p in masks.params.items() if n not in pruner._protected)
@@ -59,7 +64,7 @@ def half_channels(name: str, shape: tuple[int, ...]):
 def magnitude(name: str, shape, sparsity: float, **kw):
     torch.manual_seed(0)
     net = build_model(name, input_shape=shape, num_classes=10, **kw).eval()
-    pruner = Pruner(name="magnitude")
+    pruner = Magnitude()
     masks = pruner.prepare(net)
     masks.update(pruner.compute_masks(masks.params, masks.as_dict(), sparsity))
     masks.apply_()
@@ -202,12 +207,12 @@ def csr_section(args, out) -> None:
 def one_channel(name: str, shape) -> torch.nn.Module:
     """``name`` compacted with every channel group the structured pruner may shrink cut to one
     channel (what is left when channel pruning has taken everything it can)."""
-    from prunelab.compress.compact import channel_groups
-    from prunelab.pruning.latency import LatencyModel, one_channel_keeps
+    from prunelab.graph import channel_groups
+    from prunelab.pruning.methods.latency_aware import LatencyModel, one_channel_keeps
 
     torch.manual_seed(0)
     net = build_model(name, input_shape=shape, num_classes=10).eval()
-    pruner = Pruner(name="structured", score="magnitude", granularity="structured", scope="layer")
+    pruner = Structured(scope="layer")
     pruner.prepare(net)
     groups = channel_groups(net, shape)
     keeps = one_channel_keeps(groups, list(pruner.resolve(net)), sorted(pruner._protected))

@@ -93,7 +93,7 @@ from prunelab.models import build_model
 from prunelab.module import ClassifierModule
 from prunelab.pruning.callback import PruningCallback
 from prunelab.pruning.masks import MaskSet
-from prunelab.pruning.pruner import Pruner, default_prunable
+from prunelab.pruning import Magnitude, default_prunable
 from prunelab.pruning.schedules import OneShot
 
 SPARSITY = 0.9
@@ -178,7 +178,7 @@ def run_bare(net: nn.Module, batches, epochs: int, lr: float, momentum: float,
     opt = make_optimizer(net.parameters(), lr, momentum)
     masks = None
     if masked:
-        pruner = Pruner("magnitude", score="magnitude", scope="layer")
+        pruner = Magnitude()
         masks = MaskSet(pruner.resolve(net))
         masks.update(pruner.compute_masks(masks.params, masks.as_dict(), SPARSITY))
         masks.apply_()
@@ -285,7 +285,7 @@ def run_lightning(kind: str, net: nn.Module, batches, loaders: dict[str, Any], e
     else:
         module = ClassifierModule(net, num_classes=num_classes, optimizer=optimizer)
     if kind in ("prunelab", "pl_minimal_prune", "prunelab_tbl", "prunelab_g8"):
-        pruner = Pruner("magnitude", score="magnitude", scope="layer")
+        pruner = Magnitude()
         callbacks.append(PruningCallback(pruner, OneShot(0), SPARSITY))
     elif kind in ("modelpruning", "modelpruning_dl", "pl_minimal_mp"):
         callbacks.append(ModelPruning(

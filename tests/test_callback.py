@@ -13,9 +13,12 @@ from prunelab.pruning import (
     FinalSparsityCheckpoint,
     Gradual,
     Iterative,
+    Dense,
+    GlobalMagnitude,
+    Magnitude,
     OneShot,
-    Pruner,
     PruningCallback,
+    Random,
 )
 
 
@@ -80,8 +83,9 @@ def masked_forward(net, masks, x):
 def test_pruned_weights_stay_zero_after_every_step(tmp_path, opt, scope):
     pl.seed_everything(0)
     net = TinyNet()
-    cb = PruningCallback(Pruner(name="magnitude" if scope == "layer" else "global_magnitude",
-                                scope=scope), Gradual(1, 3), sparsity=0.8)
+    method = Magnitude() if scope == "layer" else GlobalMagnitude()
+    assert method.scope == scope
+    cb = PruningCallback(method, Gradual(1, 3), sparsity=0.8)
     checker = ZeroChecker(cb)
     module = ClassifierModule(net, 2, optimizer=OPTIMIZERS[opt])
     trainer_for(tmp_path, [cb, checker], epochs=5).fit(module, make_data(), make_data(64, 1))
@@ -97,7 +101,7 @@ def test_pruned_weights_stay_zero_after_every_step(tmp_path, opt, scope):
 
 def test_schedule_events_applied_at_epoch_starts(tmp_path):
     net = TinyNet()
-    cb = PruningCallback(Pruner(), Iterative(1, 3, 2), sparsity=0.75)
+    cb = PruningCallback(Magnitude(), Iterative(1, 3, 2), sparsity=0.75)
     seen = {}
 
     class Spy(pl.Callback):
@@ -114,7 +118,7 @@ def test_schedule_events_applied_at_epoch_starts(tmp_path):
 def test_checkpoint_reload_and_resume_keep_zeros(tmp_path):
     pl.seed_everything(0)
     net = TinyNet()
-    cb = PruningCallback(Pruner(), Gradual(1, 3), sparsity=0.7, rewind_step=0)
+    cb = PruningCallback(Magnitude(), Gradual(1, 3), sparsity=0.7, rewind_step=0)
     ckpt = FinalSparsityCheckpoint(dirpath=str(tmp_path / "ck"), filename="best",
                                    monitor="val/acc", mode="max", save_last=True)
     module = ClassifierModule(net, 2, optimizer=OPTIMIZERS["adam"])
@@ -139,7 +143,7 @@ def test_checkpoint_reload_and_resume_keep_zeros(tmp_path):
     # a fresh process: new objects, resume from last.ckpt to epoch 6
     pl.seed_everything(1)
     net2 = TinyNet()
-    cb2 = PruningCallback(Pruner(), Gradual(1, 3), sparsity=0.7, rewind_step=0)
+    cb2 = PruningCallback(Magnitude(), Gradual(1, 3), sparsity=0.7, rewind_step=0)
     checker = ZeroChecker(cb2)
     ckpt2 = FinalSparsityCheckpoint(dirpath=str(tmp_path / "ck2"), filename="best",
                                     monitor="val/acc", mode="max", save_last=True)
@@ -164,7 +168,7 @@ def test_checkpoint_reload_and_resume_keep_zeros(tmp_path):
 
 def test_oneshot_at_epoch_zero_prunes_before_training(tmp_path):
     net = TinyNet()
-    cb = PruningCallback(Pruner(name="random", score="random", seed=3), OneShot(0), sparsity=0.5)
+    cb = PruningCallback(Random(seed=3), OneShot(0), sparsity=0.5)
     module = ClassifierModule(net, 2, optimizer=OPTIMIZERS["sgd"])
     trainer_for(tmp_path, [cb], epochs=1).fit(module, make_data())
     for name, p in cb.masks.params.items():
@@ -175,6 +179,6 @@ def test_callback_rejects_bad_sparsity_and_dense_conflict():
     from prunelab.pruning import PruningConfigError
 
     with pytest.raises(PruningConfigError, match=r"sparsity=1.0 must be a number in \[0, 1\)"):
-        PruningCallback(Pruner(), OneShot(1), sparsity=1.0)
+        PruningCallback(Magnitude(), OneShot(1), sparsity=1.0)
     with pytest.raises(PruningConfigError, match="pruner=none cannot reach sparsity=0.5"):
-        PruningCallback(Pruner(name="none", score=None), OneShot(1), sparsity=0.5)
+        PruningCallback(Dense(), OneShot(1), sparsity=0.5)

@@ -5,14 +5,15 @@ import torch
 from torch import nn
 
 from prunelab.compress.compact import (
-    channel_groups,
+    CompactionError,
     compact,
     dead_channels,
     load_compact,
     save_compact,
 )
+from prunelab.graph import channel_groups
 from prunelab.models import build_model, list_models
-from prunelab.pruning import Pruner
+from prunelab.pruning import Structured
 
 SMALL_INPUT = {"mlp": (1, 28, 28), "lenet5": (1, 28, 28), "seed_cnn": (1, 28, 28)}
 
@@ -21,7 +22,7 @@ def pruned(name, sparsity=0.5, seed=0):
     shape = SMALL_INPUT.get(name, (3, 32, 32))
     torch.manual_seed(seed)
     net = build_model(name, input_shape=shape, num_classes=10)
-    pruner = Pruner(name="structured", score="magnitude", granularity="structured", scope="layer")
+    pruner = Structured(scope="layer")
     masks = pruner.prepare(net)
     masks.update(pruner.compute_masks(masks.params, masks.as_dict(), sparsity))
     masks.apply_()
@@ -129,12 +130,28 @@ def test_save_and_load_as_an_ordinary_checkpoint(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), small.eval()(x))
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in small.parameters())
+    assert not loaded.training  # ready for inference
+
+
+def test_load_compact_refuses_other_files_in_one_line(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(2)}, plain)  # a state dict, not a compact checkpoint
+    with pytest.raises(CompactionError, match="is not a compact checkpoint"):
+        load_compact(plain)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"state_dict": {}, "compact": True, "model": nn.Linear(2, 2)}, pickled)
+    with pytest.raises(CompactionError, match="weights_only=True"):  # no pickle executed
+        load_compact(pickled)
+    unnamed = save_compact(nn.Linear(2, 2), tmp_path / "unnamed.pt", model=None,
+                           input_shape=(2,), num_classes=2)
+    with pytest.raises(CompactionError, match="names no registered model"):
+        load_compact(unnamed)
 
 
 def test_structured_pruning_removes_residual_channels_jointly():
     torch.manual_seed(0)
     net = build_model("resnet20", input_shape=(3, 32, 32), num_classes=10).eval()
-    pruner = Pruner(name="structured", score="magnitude", granularity="structured", scope="layer")
+    pruner = Structured(scope="layer")
     masks = pruner.prepare(net)
     masks.update(pruner.compute_masks(masks.params, masks.as_dict(), 0.45))
     masks.apply_()

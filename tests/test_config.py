@@ -9,8 +9,16 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from prunelab.pruning import PRUNERS, SCHEDULES
-from prunelab.train import CHECKED_GROUPS, CONF_DIR, ConfigError, check_overrides, known_options
+import prunelab.config  # noqa: F401  (registers the schemas and resolvers)
+from prunelab.cli import COMMAND_GROUPS, CONF_DIR, check_group_options, experiments, known_options
+from prunelab.errors import ConfigError
+from prunelab.pruning import PruningMethod, Schedule, build_method
+
+CHECKED_GROUPS = COMMAND_GROUPS["train"]
+
+
+def check_overrides(argv):
+    check_group_options(argv, CHECKED_GROUPS, "train")
 
 
 def compose_train(*overrides):
@@ -20,7 +28,7 @@ def compose_train(*overrides):
 
 def test_defaults_compose_to_a_magnitude_run():
     cfg = compose_train()
-    assert cfg.pruner.name == "magnitude" and cfg.sparsity == 0.5
+    assert build_method(cfg.pruner).name == "magnitude" and cfg.sparsity == 0.5
     assert cfg.trainer.max_epochs == cfg.epochs == 10
     # gradual default: epochs_frac 0.1 .. 0.6 of 10 epochs
     assert (cfg.schedule.start_epoch, cfg.schedule.end_epoch) == (1, 6)
@@ -39,9 +47,35 @@ def test_pruner_none_defaults_to_zero_sparsity():
     assert compose_train("pruner=none", "sparsity=0.3").sparsity == 0.3  # rejected later, at run
 
 
-def test_registries_match_config_files():
-    assert set(known_options("pruner")) == set(PRUNERS)
-    assert set(known_options("schedule")) == set(SCHEDULES)
+def _class_of(target):
+    import importlib
+
+    module, _, name = target.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("name", known_options("pruner"))
+def test_every_pruner_file_builds_its_class(name, tmp_path):
+    """conf/pruner/<name>.yaml composes, names its class in _target_, and builds an instance of
+    it whose registry name is <name> (what results.json reports as "pruner")."""
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("target_sparsity: 0.6\nlayers: {a.weight: 0.7}\n")
+    extra = {"sensitivity": [f"pruner.profile={profile}"],
+             "latency_aware": ["hardware.latency_budget_ms=1.0"]}.get(name, [])
+    cfg = compose_train(f"pruner={name}", *extra)
+    target = cfg.pruner._target_
+    assert target.startswith("prunelab.pruning.methods.")
+    method = build_method(cfg.pruner)
+    assert type(method) is _class_of(target) and isinstance(method, PruningMethod)
+    assert method.name == name and method.describe()["pruner"] == name
+    assert method.needs <= {"gradients", "calibration", "latency", "profile"}
+    method.check_sparsity(cfg.sparsity)  # each method's default sparsity is valid for it
+
+
+def test_every_schedule_file_instantiates_its_schedule():
+    for name in known_options("schedule"):
+        sched = instantiate(compose_train(f"schedule={name}").schedule)
+        assert isinstance(sched, Schedule) and sched.name == name
 
 
 @pytest.mark.parametrize("group", [g for g in CHECKED_GROUPS])
@@ -50,6 +84,8 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
     assert options, f"group {group} has no options"
     profile = tmp_path / "profile.yaml"
     profile.write_text("target_sparsity: 0.6\nlayers: {features.0.weight: 0.7, classifier.weight: 0.2}\n")
+    if group == "experiment":
+        options = experiments("train")
     for opt in options:
         extra = {("pruner", "sensitivity"): [f"pruner.profile={profile}"],
                  ("pruner", "latency_aware"): ["hardware.latency_budget_ms=1.0"]}.get((group, opt), [])
@@ -63,9 +99,9 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
             net = instantiate(cfg.model, input_shape=shape, num_classes=10)
             assert net(torch.zeros(2, *shape)).shape == (2, 10)
         if group in ("pruner", "experiment"):
-            pruner = instantiate(cfg.pruner)
-            assert pruner.name == cfg.pruner.name
-            pruner.check_sparsity(cfg.sparsity)  # each preset's default sparsity is valid for it
+            method = build_method(cfg.pruner)
+            assert isinstance(method, PruningMethod)
+            method.check_sparsity(cfg.sparsity)  # each method's default sparsity is valid for it
         if group in ("schedule", "experiment", "debug"):
             sched = instantiate(cfg.schedule)
             sched.validate(cfg.epochs, 0.5)
@@ -93,6 +129,29 @@ def test_typos_in_structured_configs_fail_at_compose_time():
         compose_train("pruner.scpoe=global")
     with pytest.raises(ConfigCompositionException):
         compose_train("pruner.scope=glob")
+    # each method has its own schema: another method's key fails too
+    for overrides in (["pruner.n=2"], ["pruner=nm", "pruner.norm=2"],
+                      ["pruner=nm", "pruner.scope=global"], ["pruner=taylor", "pruner.granularity=nm"],
+                      ["pruner=none", "pruner.seed=1"], ["pruner=structured", "pruner.profile=p.yaml"],
+                      ["pruner=magnitude", "pruner.latency_budget_ms=1"]):
+        with pytest.raises(ConfigCompositionException):
+            compose_train(*overrides)
+    # and every key a user sets today still composes with its method
+    cfg = compose_train("pruner=structured", "pruner.norm=2", "pruner.scope=global",
+                        "pruner.include=[features.*]", "pruner.exclude=[classifier.*]",
+                        "pruner.seed=3", "pruner.default_sparsity=0.4")
+    method = build_method(cfg.pruner)
+    assert (method.norm, method.scope, method.include, method.exclude, method.seed) == (
+        2, "global", ["features.*"], ["classifier.*"], 3) and cfg.sparsity == 0.4
+    nm = build_method(compose_train("pruner=nm", "pruner.n=1", "pruner.m=8",
+                                    "pruner.skip_incompatible=true").pruner)
+    assert (nm.n, nm.m, nm.skip_incompatible) == (1, 8, True)
+    taylor = build_method(compose_train("pruner=taylor", "pruner.granularity=structured",
+                                        "pruner.score_batches=3").pruner)
+    assert (taylor.granularity, taylor.score_batches) == ("structured", 3)
+    lat = compose_train("pruner=latency_aware", "pruner.latency_budget_ms=2",
+                        "pruner.latency_batch_size=8", "pruner.latency_threads=2").pruner
+    assert (lat.latency_budget_ms, lat.latency_batch_size, lat.latency_threads) == (2, 8, 2)
     with pytest.raises(ConfigCompositionException):
         compose_train("schedule=oneshot", "schedule.at_epoch=soon")
     with pytest.raises(ConfigCompositionException):
@@ -123,7 +182,7 @@ def test_experiments_are_global_overlays():
     assert Path(CONF_DIR / "experiment" / "lenet300_mnist.yaml").read_text().startswith("# @package")
 
 
-@pytest.mark.parametrize("experiment", known_options("experiment"))
+@pytest.mark.parametrize("experiment", experiments("train"))
 def test_every_experiment_shrinks_with_debug_fast(experiment):
     cfg = compose_train(f"experiment={experiment}", "debug=fast")
     assert cfg.epochs == 4 and cfg.data.subset == 1000
@@ -131,12 +190,12 @@ def test_every_experiment_shrinks_with_debug_fast(experiment):
 
 
 def test_speedup_advice_per_target():
-    from prunelab.pruning import Pruner
-    from prunelab.train import speedup_warnings
+    from prunelab.hardware import speedup_warnings
+    from prunelab.pruning import NM, Dense, Magnitude, Structured
 
-    unstructured = Pruner(name="magnitude")
-    structured = Pruner(name="structured", granularity="structured")
-    nm = Pruner(name="nm", granularity="nm")
+    unstructured = Magnitude()
+    structured = Structured()
+    nm = NM()
     assert speedup_warnings(unstructured, 0.5, "cpu")
     assert not speedup_warnings(unstructured, 0.95, "cpu")  # the CSR path may pay off
     assert not speedup_warnings(structured, 0.5, "edge_cpu")
@@ -144,13 +203,12 @@ def test_speedup_advice_per_target():
     assert speedup_warnings(unstructured, 0.5, "gpu")
     assert not speedup_warnings(nm, 0.5, "gpu_2to4")
     assert speedup_warnings(structured, 0.5, "gpu_2to4")
-    assert not speedup_warnings(Pruner(name="none", score=None), 0.0, "cpu")
+    assert not speedup_warnings(Dense(), 0.0, "cpu")
 
 
 def test_edge_cpu_profile_measures_one_thread_batch_one():
     cfg = compose_train("hardware=edge_cpu")
     assert cfg.hardware.threads == 1 and list(cfg.measure.batch_sizes) == [1]
-    assert cfg.hardware.int8 is True
 
 
 def test_slurm_launcher_and_named_sweeps_compose():

@@ -1,4 +1,5 @@
-"""Deployment: measured variants of a run, int8 zeros, ONNX round trip, bad input."""
+"""Deployment (prunelab.deploy, the measure and export commands): measured variants of a run,
+int8 zeros, ONNX round trip, the compact checkpoint, bad input."""
 
 import copy
 import json
@@ -18,7 +19,7 @@ from prunelab.compress.quantize import (
 )
 from prunelab.compress.sparse import SparseLinear, sparsify
 from prunelab.models import build_model
-from prunelab.pruning import Pruner
+from prunelab.pruning import Magnitude
 
 FAST = ["debug=fast", "data.subset=400", "epochs=2", "measure.latency=false",
         "trainer.enable_progress_bar=false", "logger=none"]
@@ -52,7 +53,7 @@ def runs(tmp_path_factory):
 def pruned_model(sparsity, model="mlp"):
     torch.manual_seed(0)
     net = build_model(model, input_shape=(1, 28, 28), num_classes=10).eval()
-    p = Pruner(name="magnitude")
+    p = Magnitude()
     masks = p.prepare(net)
     masks.update(p.compute_masks(masks.params, masks.as_dict(), sparsity))
     masks.apply_()
@@ -141,17 +142,34 @@ def test_sparsify_keeps_the_layers_only_if_the_whole_model_is_faster(monkeypatch
     assert torch.allclose(model(x), ref, atol=1e-5)
 
 
-def test_sparsify_puts_the_model_back_if_the_whole_model_timing_fails():
+def test_sparsify_puts_the_model_back_if_the_whole_model_timing_fails(monkeypatch):
+    """Every layer measures faster on CSR (faked, so that the whole model is timed, whatever
+    the machine's load); the whole-model timing then fails on a wrong input shape."""
+    import prunelab.compress.sparse as sparse_mod
+
+    real = sparse_mod.time_alternating
+
+    def layers_faster(models, input_shape, batch_sizes, *args):
+        if len(input_shape) == 1:  # one layer, timed alone
+            return {"dense": {f"batch_{b}": 2.0 for b in batch_sizes},
+                    "sparse": {f"batch_{b}": 1.0 for b in batch_sizes}}
+        return real(models, input_shape, batch_sizes, *args)
+
+    monkeypatch.setattr(sparse_mod, "time_alternating", layers_faster)
     net = pruned_model(0.95)
     with pytest.raises(RuntimeError):
         sparsify(net, batch_sizes=[1], runs=2, warmup=1, input_shape=(1, 27, 28))
     assert not any(isinstance(m, SparseLinear) for m in net.modules())
 
 
-def test_measure_cli_compares_variants(runs):
+def test_measure_cli_compares_variants(runs, tmp_path):
+    from prunelab.compress.compact import load_compact
+    from prunelab.deploy import load
+
     proc = cli("prunelab.measure", [f"run={runs / 'structured'}", "runs=3", "rounds=1",
-                                    "warmup=1", "eval_batches=2", "onnx=true"], runs)
+                                    "warmup=1", "eval_batches=2", "onnx=true"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # only its outputs: no .hydra/, log or outputs/ here
     res = json.loads((runs / "structured" / "deploy" / "measure.json").read_text())
     v = res["variants"]
     assert {"dense", "compact", "int8"} <= set(v)
@@ -181,6 +199,14 @@ def test_measure_cli_compares_variants(runs):
         assert v["compact"]["onnxruntime_speedup"][b] == pytest.approx(
             v["dense"]["onnxruntime_latency_ms"][b] / v["compact"]["onnxruntime_latency_ms"][b])
     assert "onnxruntime_latency_ms" not in v["int8"]
+    # the compact file is an ordinary checkpoint that load_compact rebuilds: the same function
+    small = load_compact(runs / "structured" / "deploy" / v["compact"]["file"])
+    dense = load(str(runs / "structured")).net
+    x = torch.randn(6, 1, 28, 28)
+    with torch.no_grad():
+        assert (small(x) - dense(x)).abs().max() <= 1e-4
+    assert sum(p.numel() for p in small.parameters()) == (
+        v["compact"]["compaction"]["params_after"])
 
 
 def test_measure_cli_on_unstructured_run_counts_int8_zeros(runs):
@@ -203,14 +229,16 @@ def test_measure_cli_on_unstructured_run_counts_int8_zeros(runs):
         assert c["name"] in line
 
 
-def test_onnx_export_round_trip(runs):
+def test_onnx_export_round_trip(runs, tmp_path):
     import onnxruntime as ort
 
+    from prunelab.compress.compact import compact, load_compact
     from prunelab.deploy import load
 
     proc = cli("prunelab.export", [f"run={runs / 'structured'}", "format=onnx", "compact=true",
-                                   "runs=3"], runs)
+                                   "runs=3"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []  # only its outputs, under <run>/export
     path = runs / "structured" / "export" / "model_compact.onnx"
     assert path.is_file() and "onnxruntime vs PyTorch" in proc.stdout
     run = load(str(runs / "structured"))
@@ -224,6 +252,12 @@ def test_onnx_export_round_trip(runs):
 
     n_onnx = sum(int(torch.tensor(t.dims).prod()) for t in onnx.load(str(path)).graph.initializer)
     assert n_onnx < 0.5 * sum(p.numel() for p in run.net.parameters())
+    # the compact PyTorch model beside it (save_compact): rebuilt by load_compact, same outputs
+    small = load_compact(runs / "structured" / "export" / "model_compact.pt")
+    with torch.no_grad():
+        assert (small(x) - got).abs().max() <= 1e-4
+    expected = compact(run.net, (1, 28, 28))[1].params_after
+    assert sum(p.numel() for p in small.parameters()) == expected
 
 
 def test_onnx_int8_export(runs):
@@ -236,7 +270,9 @@ def test_onnx_int8_export(runs):
 
 @pytest.mark.parametrize("args, message", [
     (["compact=true"], "has no whole channel at zero"),
-    (["formt=onnx"], "Key 'formt' not in 'ExportConf'"),
+    (["formt=onnx"], "formt: no such option"),
+    (["atol=-1"], "atol=-1.0 must be a number >= 0"),
+    (["runs=0"], "runs=0 must be a number >= 1"),
     (["quantize=int4"], "quantize='int4'; allowed: none, int8"),
     (["format=tflite"], "format='tflite'; allowed: onnx"),
 ])
@@ -288,17 +324,45 @@ def test_quantization_aware_finetuning_keeps_pruned_weights_at_int8_zero():
     assert float((q(x).argmax(1) == y).float().mean()) >= 0.9
 
 
-def test_measure_takes_threads_and_batch_sizes_from_a_hardware_profile():
-    from prunelab.deploy import DeployError, MeasureConf, apply_profile, parse_args
+def compose_measure(overrides):
+    """The measure command's config as Hydra composes it, and the chosen hardware option."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
 
-    conf = parse_args(MeasureConf, ["hardware=edge_cpu"])
+    from prunelab.cli import CONF_DIR
+    from prunelab.measure import register
+
+    register()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="measure"):
+        cfg = compose("measure", overrides=overrides, return_hydra_config=True)
+    choice = cfg.hydra.runtime.choices.get("hardware")
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return OmegaConf.to_object(cfg), choice
+
+
+def test_measure_takes_threads_and_batch_sizes_from_a_hardware_profile():
+    from prunelab.deploy import DeployError, MeasureConf, apply_profile
+
+    conf, name = compose_measure(["hardware=edge_cpu"])  # the hardware config group
+    assert isinstance(conf, MeasureConf) and name == "edge_cpu"
+    assert apply_profile(conf, name) == "edge_cpu"
+    assert conf.threads == 1 and conf.batch_sizes == [1]
+    conf, name = compose_measure(["hardware=edge_cpu", "threads=2", "batch_sizes=[8]"])
+    apply_profile(conf, name)
+    assert conf.threads == 2 and conf.batch_sizes == [8]  # set on the command line: kept
+    conf, name = compose_measure(["hardware=edge_cpu", "hardware.batch_sizes=[4,16]"])
+    apply_profile(conf, name)
+    assert conf.threads == 1 and conf.batch_sizes == [4, 16]  # the profile's own keys
+    conf, name = compose_measure([])  # no profile: the CPU, batch sizes 1 and 64
+    assert conf.hardware is None and not name
+    assert apply_profile(conf, name) == "cpu" and conf.batch_sizes == [1, 64]
+    assert conf.threads is None
+    conf = MeasureConf(hardware="edge_cpu")  # library callers may name a profile
     apply_profile(conf)
-    assert conf.threads == 1 and list(conf.batch_sizes) == [1]
-    conf = parse_args(MeasureConf, ["hardware=edge_cpu", "threads=2", "batch_sizes=[8]"])
-    apply_profile(conf)
-    assert conf.threads == 2 and list(conf.batch_sizes) == [8]
+    assert conf.threads == 1 and conf.batch_sizes == [1]
     with pytest.raises(DeployError, match="hardware='phone'; known: cpu, edge_cpu, gpu, gpu_2to4"):
-        apply_profile(parse_args(MeasureConf, ["hardware=phone"]))
+        apply_profile(MeasureConf(hardware="phone"))
 
 
 def test_sparsify_force_swaps_every_candidate_layer():
@@ -327,6 +391,7 @@ CL, CONTIG = "channels_last", "contiguous"
 ])
 def test_memory_format_follows_the_measurement(monkeypatch, setting, timed_faster, expect):
     import prunelab.deploy as deploy
+    import prunelab.deploy.memory_format as memory_format
 
     timed = []
 
@@ -336,7 +401,7 @@ def test_memory_format_follows_the_measurement(monkeypatch, setting, timed_faste
                 "channels_last": {f"batch_{b}": 1.0 if timed_faster[b] else 3.0
                                   for b in batch_sizes}}
 
-    monkeypatch.setattr(deploy, "time_alternating", fake_timing)
+    monkeypatch.setattr(memory_format, "time_alternating", fake_timing)
     torch.manual_seed(0)
     cnn = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10).eval()
     mlp = build_model("mlp", input_shape=(1, 28, 28), num_classes=10).eval()
@@ -383,11 +448,13 @@ def test_channels_last_over_a_conv_net_with_csr_layers():
     ("structured", "memory_format=nhwc",
      "memory_format='nhwc'; allowed: measured, contiguous, channels_last"),
     ("unstructured", "sparse_layers=some", "sparse_layers='some'; allowed: measured, all"),
+    ("unstructured", "qat_epochs=-1", "qat_epochs=-1 must be a number >= 0"),
+    ("structured", "checkpoint=worst", "checkpoint='worst'; allowed: best, last"),
 ])
 def test_measure_rejects_an_unknown_value(runs, run, arg, message):
     out = runs / run / "deploy" / "measure.json"
     before = out.read_bytes() if out.exists() else None
     proc = cli("prunelab.measure", [f"run={runs / run}", arg], runs)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == f"prunelab: error: {message}"
+    assert proc.stderr.strip().splitlines() == [f"prunelab: error: {message}"]
     assert (out.read_bytes() if out.exists() else None) == before  # nothing overwritten

@@ -15,19 +15,25 @@ FAST = ["debug=fast", "data.subset=2000", "epochs=2", "measure.latency=false",
 
 
 def checkpoint_zeros(path, name):
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     w = state[name]
     return float((w == 0).float().mean())
 
 
 @pytest.mark.skipif(CUDA, reason="CPU-only behaviour")
 @pytest.mark.parametrize("profile", ["gpu", "gpu_2to4"])
-def test_gpu_profiles_without_a_gpu_are_one_line_errors(profile):
-    from prunelab.deploy import DeployError, MeasureConf, apply_profile, parse_args
+def test_gpu_profiles_without_a_gpu_are_one_line_errors(profile, tmp_path):
+    from prunelab.deploy import DeployError, MeasureConf, apply_profile
 
-    with pytest.raises(DeployError, match=f"hardware={profile} but no CUDA GPU is available here; "
-                                          f"allowed: hardware=cpu or hardware=edge_cpu"):
-        apply_profile(parse_args(MeasureConf, [f"hardware={profile}"]))
+    message = (f"hardware={profile} but no CUDA GPU is available here; allowed: hardware=cpu or "
+               f"hardware=edge_cpu")
+    with pytest.raises(DeployError, match=message):
+        apply_profile(MeasureConf(hardware=profile))
+    # the command refuses it before loading the run (which does not exist here) or timing
+    proc = cli("prunelab.measure", [f"run={tmp_path / 'nope'}", f"hardware={profile}"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"prunelab: error: {message}"]
+    assert list(tmp_path.iterdir()) == []
     # (prunelab.train's refusal of these profiles is in test_bad_input.py)
 
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from prunelab.models import build_model
-from prunelab.pruning import Pruner
-from prunelab.pruning import latency as lat_mod
-from prunelab.pruning.latency import LatencyBudgetError, latency_aware_keeps
+from prunelab.errors import UserError
+from prunelab.pruning import Gradual, LatencyAware, OneShot, PruningConfigError
+from prunelab.pruning.methods import latency_aware as lat_mod
+from prunelab.pruning.methods.latency_aware import LatencyBudgetError, latency_aware_keeps
 
 #: synthetic costs (ms per kept channel) of lenet5's three shrinkable groups
 COST = {"features.0": 0.002, "features.2": 0.010, "classifier.0": 0.001}
@@ -79,7 +80,8 @@ def test_a_budget_below_the_floor_names_the_closest_reachable(lenet5):
 
 def test_pruner_preset_masks_whole_channels(lenet5):
     net, _, _ = lenet5
-    pruner = Pruner(name="latency_aware", granularity="structured", latency_budget_ms=0.5)
+    pruner = LatencyAware(latency_budget_ms=0.5)
+    assert pruner.report() is None  # nothing pruned yet
     masks = pruner.prepare(net)
     new = pruner.compute_masks(masks.params, masks.as_dict(), 0.5)
     masks.update(new)
@@ -87,14 +89,28 @@ def test_pruner_preset_masks_whole_channels(lenet5):
     w = net.features[2].weight.detach().reshape(50, -1)
     rows_zero = (w == 0).all(1)
     assert rows_zero.any() and bool(((w == 0).all(1) | (w != 0).all(1)).all())
-    assert pruner.latency_report["achieved_ms"] <= 0.5
+    report = pruner.report()
+    assert report["met"] and report["achieved_ms"] <= 0.5 and report["budget_ms"] == 0.5
+    assert pruner.describe() == {"pruner": "latency_aware", "scope": "layer",
+                                 "granularity": "structured", "skipped_layers": []}
 
 
 def test_latency_aware_needs_a_budget():
-    from prunelab.pruning.pruner import PruningConfigError
-
     with pytest.raises(PruningConfigError, match="needs hardware.latency_budget_ms"):
-        Pruner(name="latency_aware", granularity="structured")
+        LatencyAware()
+    with pytest.raises(PruningConfigError, match="needs hardware.latency_budget_ms"):
+        LatencyAware(latency_budget_ms=0)
+
+
+def test_check_run_wants_oneshot_and_a_reachable_budget(lenet5):
+    net, _, _ = lenet5
+    floor = BASE + COST["features.0"] + COST["features.2"] + COST["classifier.0"]
+    with pytest.raises(PruningConfigError, match=r"^pruner=latency_aware prunes once: use "
+                                                 r"schedule=oneshot \(got schedule=gradual\)$"):
+        LatencyAware(latency_budget_ms=0.5).check_run(net, Gradual(1, 2), 0.5)
+    with pytest.raises(UserError, match=rf"closest reachable: latency_budget_ms={floor:.3f}"):
+        LatencyAware(latency_budget_ms=0.01).check_run(net, OneShot(1), 0.5)
+    LatencyAware(latency_budget_ms=0.5).check_run(net, OneShot(1), 0.5)  # reachable: no error
 
 
 def test_layers_whose_removal_saves_no_time_are_left_whole(lenet5, monkeypatch):

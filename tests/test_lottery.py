@@ -14,15 +14,12 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from prunelab.lottery import (
-    LotteryRun,
-    imp_masks,
-    layer_fractions,
-    load,
-    random_masks,
-    read_levels,
-)
-from prunelab.train import CONF_DIR, ConfigError
+from prunelab.cli import CONF_DIR, experiments, known_options
+from prunelab.config import register_configs
+from prunelab.errors import ConfigError
+from prunelab.tickets import LotteryRun, load, read_levels
+from prunelab.pruning.methods.imp import imp_masks, layer_fractions, random_masks
+from prunelab.tickets.settings import group_hash
 
 #: a tiny synthetic problem: a level trains in well under a second
 TINY = ["data=synthetic", "data.input_shape=[1,8,8]", "data.num_samples=640", "data.val_size=128",
@@ -32,6 +29,7 @@ P = 0.2
 
 
 def compose_lottery(*overrides):
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("lottery", overrides=list(overrides))
 
@@ -70,8 +68,7 @@ def test_imp_global_scope_keeps_the_output_layer_on_its_own_rate():
 
 def test_layer_fractions_globs_then_output_then_default():
     names = ["features.0.weight", "classifier.0.weight", "classifier.4.weight"]
-    settings = {"layer_fractions": {"features.*": 0.1}, "output_fraction": 0.05}
-    assert layer_fractions(names, "classifier.4", settings) == {
+    assert layer_fractions(names, "classifier.4", {"features.*": 0.1}, 0.05) == {
         "features.0.weight": 0.1, "classifier.4.weight": 0.05}
 
 
@@ -230,7 +227,7 @@ def test_control_without_masks_from_trains_its_own_ticket(ticket_run, tmp_path):
 
 
 def test_lottery_report_combines_seeds(tmp_path):
-    from prunelab.report import write_report
+    from prunelab.analysis.sweep import write_report
 
     for seed in (0, 1):
         cfg = compose_lottery(*TINY, "lottery.levels=1", f"seed={seed}")
@@ -263,7 +260,7 @@ def test_lth_conv2_runs_on_synthetic_cifar_shapes(tmp_path):
     conv = mask["features.0.weight"]
     assert abs(int(conv.sum()) - 0.9 * conv.numel()) <= 1  # conv layers: 10% per level
     assert abs(int(mask["classifier.0.weight"].sum()) - 0.8 * mask["classifier.0.weight"].numel()) <= 1
-    assert rows[1]["model"] == "conv2"
+    assert (rows[1]["model"], rows[1]["data"]) == ("conv2", "synthetic")  # outside Hydra too
 
 
 def test_a_finished_run_with_another_config_is_refused(ticket_run):
@@ -312,7 +309,10 @@ def test_killed_in_level_2_resumes_there_and_keeps_levels_0_and_1(tmp_path):
     for lvl, hashes in before.items():
         assert file_hashes(run_dir / lvl) == hashes, lvl
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "level_00").rglob("*")} == mtimes
-    assert [r["level"] for r in read_levels(run_dir)] == [0, 1, 2, 3]
+    rows = read_levels(run_dir)
+    assert [r["level"] for r in rows] == [0, 1, 2, 3]
+    assert {(r["model"], r["data"]) for r in rows} == {("mlp", "synthetic")}  # Hydra's choices
+    assert len({r["group_hash"] for r in rows}) == 1  # one identity across the resume
 
 
 @pytest.mark.parametrize("override, message", [
@@ -324,6 +324,11 @@ def test_killed_in_level_2_resumes_there_and_keeps_levels_0_and_1(tmp_path):
     ("lottery.rewind_epoch=2", "lottery.rewind_epoch=2 is beyond level 0's length"),
     ("lottery.control=reinit", "lottery.control='reinit'; allowed: none, random_reinit, "
                                "random_mask"),
+    ("experiment=lenet300_mnist", "experiment=lenet300_mnist belongs to prunelab.train"),
+    ("model=mlpp", "unknown model='mlpp'; known: conv2, conv4"),
+    ("lottery.levles=3", "lottery.levles: no such option"),
+    ("++lottery.layer_fractions={conv9.*:0.1}", "lottery.layer_fractions pattern 'conv9.*' "
+                                                "matches no prunable parameter"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, override, message):
     run_dir = tmp_path / "run"
@@ -350,3 +355,35 @@ def test_resume_with_a_different_config_names_the_keys_and_overwrites_nothing(ti
     after.pop("lottery.log", None)
     before.pop("lottery.log", None)
     assert after == before
+
+
+def test_group_hash_ignores_seeds_and_control_and_is_the_one_runs_wrote_before():
+    """Reports average the levels of one group_hash: the value must not change between versions
+    (a resumed run would split in two), nor with the seed or the control."""
+    config = {"seed": 0, "data.seed": 0, "lottery.control": "none", "lottery.prune_fraction": 0.2,
+              "model._target_": "prunelab.models.mlp.MLP", "model.hidden": [300, 100],
+              "optimizer.lr": 0.0012, "epochs": 5}
+    old = {k: v for k, v in config.items() if k not in ("seed", "data.seed", "lottery.control")}
+    expected = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()
+    assert group_hash(config) == expected[:16]
+    assert group_hash({**config, "seed": 3, "data.seed": 3,
+                       "lottery.control": "random_mask"}) == group_hash(config)
+    assert group_hash({**config, "lottery.prune_fraction": 0.3}) != group_hash(config)
+
+
+def test_help_lists_the_lottery_groups_and_experiments_only(tmp_path):
+    proc = run_lottery(["--help"], tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "python -m prunelab.lottery experiment=lth_lenet300 seed=0" in out  # the examples
+    assert "lottery.masks_from=outputs/lottery" in out
+    assert "schema/" not in out and "$APP_CONFIG_GROUPS" not in out
+    words = set(out.replace(",", " ").split())
+    for name in experiments("train"):
+        assert name not in words, name
+    for name in experiments("lottery"):
+        assert name in words, name
+    for group in ("data", "model", "optimizer", "lr_scheduler", "hardware", "trainer", "logger"):
+        for option in known_options(group):  # the template's lists follow conf/<group>/
+            assert option in words, (group, option)
+    assert not any(tmp_path.iterdir())  # --help writes nothing

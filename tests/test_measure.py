@@ -1,8 +1,12 @@
-"""Tests for prunelab.measure."""
+"""prunelab.metrics (parameters, MACs, size on disk, latency, accuracy) and the ``measure``
+command's command line (help, unknown options, the deprecated ``prunelab.measure`` imports)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
@@ -10,7 +14,8 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 
-from prunelab.measure import (
+from prunelab.metrics import (
+    accuracy,
     count_macs,
     count_params,
     effective_state_dict,
@@ -267,3 +272,150 @@ def test_parametrized_weights_are_measured_through_the_parametrization():
     assert sparsity_report(net, ["0.weight"])["zeros"] == 8
     assert count_macs(net, (4,))["per_layer"]["0"] == {"dense": 16, "effective": 8}
     assert set(effective_state_dict(net)) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+
+
+# -- accuracy: the one evaluation loop ---------------------------------------------------------------
+class _Fixed(nn.Module):
+    """Predicts class ``x[:, 0] > 0`` (logits built from the first feature)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        first = x.flatten(1)[:, :1] * self.scale
+        return torch.cat([-first, first], 1)
+
+
+def _batches():
+    x = torch.tensor([[1.0], [-1.0], [2.0], [3.0], [-2.0], [1.0]])
+    y = torch.tensor([1, 1, 1, 0, 0, 0])  # right: samples 0, 2, 4
+    return [(x[i:i + 2], y[i:i + 2]) for i in range(0, 6, 2)]
+
+
+def test_accuracy_counts_right_predictions_and_restores_the_mode():
+    from prunelab.data.loader import BatchGroups
+
+    net = _Fixed().train()
+    batches = _batches()
+    assert accuracy(net, batches) == pytest.approx(3 / 6)
+    assert net.training  # evaluated in eval mode, put back as it was
+    assert accuracy(net, batches, max_batches=1) == pytest.approx(1 / 2)
+    assert accuracy(net, batches, max_batches=2) == pytest.approx(2 / 4)
+    # groups of batches (data.steps_per_batch) are unpacked: max_batches counts single batches
+    grouped = BatchGroups(batches, 2)
+    assert accuracy(net, grouped) == pytest.approx(3 / 6)
+    assert accuracy(net, grouped, max_batches=1) == pytest.approx(1 / 2)
+    assert accuracy(net, []) == 0.0
+
+
+def test_accuracy_moves_inputs_to_the_models_dtype():
+    net = _Fixed().double()
+    assert accuracy(net, _batches()) == pytest.approx(0.5)
+
+
+# -- the old package name ------------------------------------------------------------------------------
+def test_old_measure_imports_still_work_with_a_deprecation_warning():
+    import prunelab.measure as old
+    import prunelab.metrics as new
+
+    with pytest.warns(DeprecationWarning, match="prunelab.measure.load_sparse_state_dict is now "
+                                                 "prunelab.metrics.load_sparse_state_dict"):
+        fn = old.load_sparse_state_dict
+    assert fn is new.load_sparse_state_dict
+    with pytest.warns(DeprecationWarning):
+        from prunelab.measure import count_macs as old_count_macs
+    assert old_count_macs is new.count_macs
+    with pytest.raises(AttributeError):
+        old.no_such_name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from prunelab.metrics import timing
+
+
+def test_metrics_imports_no_command():
+    code = ("import sys, prunelab.metrics; "
+            "bad = [m for m in ('prunelab.measure', 'prunelab.export', 'prunelab.deploy', "
+            "'prunelab.train', 'prunelab.cli', 'prunelab.data.datamodules') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- the measure command's command line ----------------------------------------------------------------
+def _cli(args, cwd, module="prunelab.measure"):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _help_options(text):
+    """``key=default`` of each line of the help's options section."""
+    section = text.split("== Options", 1)[1].split("Examples:", 1)[0]
+    out = {}
+    for line in section.splitlines()[1:]:
+        if "=" in line.strip().split(" ", 1)[0]:
+            key, value = line.split()[0].split("=", 1)
+            out[key] = value
+    return out
+
+
+def _yaml(value):
+    """A config value as the help writes it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+@pytest.mark.parametrize("command, schema", [("measure", "MeasureConf"),
+                                             ("export", "ExportConf")])
+def test_help_lists_every_option_with_its_default_and_examples(tmp_path, command, schema):
+    import dataclasses
+
+    import prunelab.deploy as deploy
+
+    proc = _cli(["--help"], tmp_path, f"prunelab.{command}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
+    assert text.startswith(f"prunelab.{command}: ")
+    assert "schema/" not in text and "_schema" not in text and "pruner" not in text
+    assert text.count(f"python -m prunelab.{command} run=") == 2  # two examples
+    fields = {f.name: f for f in dataclasses.fields(getattr(deploy, schema))}
+    options = _help_options(text)
+    assert set(options) == set(fields) - {"hardware"}
+    defaults = getattr(deploy, schema)()
+    for key, shown in options.items():
+        assert shown == _yaml(getattr(defaults, key)), key
+    if command == "measure":
+        from prunelab.cli import known_options
+
+        profiles = text.split("== Hardware profile", 1)[1].split("== Options", 1)[0]
+        listed = {line.split()[0] for line in profiles.splitlines()[1:] if line.strip()}
+        assert listed == {"(none)", *known_options("hardware")}
+    assert list(tmp_path.iterdir()) == []  # --help writes nothing
+
+
+@pytest.mark.parametrize("args, message", [
+    (["foo=1"], "foo: no such option"),
+    (["runs=abc"], "runs=abc"),
+    (["hardware=phone"], "hardware='phone'; known: cpu, edge_cpu, gpu, gpu_2to4"),
+    ([], "run= is required"),
+    (["run=nope"], "run='nope' does not exist"),
+    (["run=nope", "memory_format=nhwc"],
+     "memory_format='nhwc'; allowed: measured, contiguous, channels_last"),
+    (["run=nope", "qat_epochs=-1"], "qat_epochs=-1 must be a number >= 0"),
+    (["run=nope", "batch_sizes=[0]"], "batch_sizes=[0] must be integers >= 1"),
+    (["run=nope", "hardware=edge_cpu", "hardware.threads=x"], "hardware.threads='x'"),
+])
+def test_measure_bad_command_line_is_one_line_and_writes_nothing(tmp_path, args, message):
+    proc = _cli(args, tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunelab: error: ") and message in lines[0]
+    assert list(tmp_path.iterdir()) == []  # not even Hydra's .hydra/, a log or outputs/
+    assert tmp_path.is_dir()  # the working directory itself stays

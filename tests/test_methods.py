@@ -10,13 +10,17 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunelab.module import ClassifierModule
-from prunelab.pruning import OneShot, Pruner, PruningCallback, PruningConfigError
-from prunelab.pruning.granularity import (
-    channel_scores,
-    coupled_parameters,
-    nm_mask,
-    select_channels,
+from prunelab.graph import coupled_parameters
+from prunelab.pruning import (
+    NM,
+    SNIP,
+    OneShot,
+    PruningCallback,
+    PruningConfigError,
+    Structured,
+    Taylor,
 )
+from prunelab.pruning.granularity import channel_norms, channel_sums, nm_mask, select_channels
 from prunelab.pruning.regularizers import L1, GroupL1
 
 
@@ -40,22 +44,18 @@ class ConvBN(nn.Module):
         return "fc"
 
 
-def structured(**kw):
-    return Pruner(name="structured", score=kw.pop("score", "magnitude"), granularity="structured",
-                  **kw)
-
-
 # -- structured -------------------------------------------------------------------------------
-def test_channel_scores_l1_and_l2_rank_differently():
+def test_channel_norms_l1_and_l2_rank_differently():
     w = torch.tensor([[3.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    assert channel_scores(w, "norm", 1).tolist() == [3.0, 4.0]  # L1 keeps channel 1
-    assert channel_scores(w, "norm", 2).tolist() == [3.0, 2.0]  # L2 keeps channel 0
+    assert channel_norms(w, 1).tolist() == [3.0, 4.0]  # L1 keeps channel 1
+    assert channel_norms(w, 2).tolist() == [3.0, 2.0]  # L2 keeps channel 0
+    assert channel_sums(torch.tensor([[3.0, -1.0], [0.5, 0.25]])).tolist() == [2.0, 0.75]
     lin = nn.Linear(4, 2, bias=False)
     lin.weight.data = w.clone()
     for norm, pruned in ((1, 0), (2, 1)):
         params = {"weight": lin.weight}
         ones = {"weight": torch.ones(2, 4, dtype=torch.bool)}
-        m = structured(norm=norm).compute_masks(params, ones, 0.5)["weight"]
+        m = Structured(norm=norm).compute_masks(params, ones, 0.5)["weight"]
         assert not m[pruned].any() and m[1 - pruned].all()
 
 
@@ -98,7 +98,7 @@ def test_structured_pruned_channel_output_is_exactly_zero():
         bn.weight.data.uniform_(0.5, 1.5)
         bn.bias.data.uniform_(0.1, 0.5)
         bn.running_mean.uniform_(-0.5, 0.5)
-    pruner = structured()
+    pruner = Structured()
     masks = pruner.prepare(net)
     assert list(masks.params) == ["conv1.weight", "conv2.weight", "fc.weight"]
     assert set(masks.coupled["conv1.weight"]) == {"conv1.bias", "bn1.weight", "bn1.bias"}
@@ -156,12 +156,12 @@ def test_nm_exact_small_case_and_old_zeros():
 def test_nm_pruner_errors_and_skip():
     with pytest.raises(PruningConfigError, match=r"pruner.n=4 and pruner.m=4: need integers with "
                                                  r"1 <= n < m"):
-        Pruner(name="nm", granularity="nm", n=4, m=4)
+        NM(n=4, m=4)
     net = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(8 * 4, 10))
     with pytest.raises(PruningConfigError, match=r"pruner=nm: 0.weight has input dimension 1, not "
                                                  r"a multiple of m=4"):
-        Pruner(name="nm", granularity="nm").resolve(net)
-    p = Pruner(name="nm", granularity="nm", skip_incompatible=True)
+        NM().resolve(net)
+    p = NM(skip_incompatible=True)
     assert list(p.resolve(net)) == ["2.weight"] and p.skipped == ["0.weight"]
     with pytest.raises(PruningConfigError, match="sparsity must be 0.5"):
         p.check_sparsity(0.7)
@@ -206,7 +206,7 @@ def test_taylor_scores_equal_accumulated_abs_w_times_grad(tmp_path):
         def on_train_epoch_end(self, trainer, pl_module):
             seen[trainer.current_epoch] = cb._wg and {k: v.clone() for k, v in cb._wg.items()}
 
-    cb = PruningCallback(Pruner(name="taylor", score="taylor"), OneShot(1), sparsity=0.5)
+    cb = PruningCallback(Taylor(), OneShot(1), sparsity=0.5)
     fit(net, cb, 2, tmp_path, extra=[Spy()])
     for n, v in expected.items():
         assert torch.allclose(seen[0][n], v, atol=1e-6), n
@@ -225,7 +225,8 @@ def test_snip_prunes_at_init_from_batches_without_touching_bn(tmp_path):
     probe = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
     probe.load_state_dict(init)
     expected = manual_wg(probe, tiny_data(), batches=2)
-    pruner = Pruner(name="snip", score="snip", scope="global", at_init=True, score_batches=2)
+    pruner = SNIP(score_batches=2)
+    assert pruner.at_init and pruner.scope == "global" and pruner.needs == {"calibration"}
     cb = PruningCallback(pruner, OneShot(5), sparsity=0.75)  # schedule ignored: at_init
     masks_at_start = {}
 
@@ -281,7 +282,8 @@ def test_l1_loss_grows_by_exactly_lambda_sum_abs_w(tmp_path):
 def test_taylor_accumulation_survives_checkpoint_resume(tmp_path):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
-    cb = PruningCallback(Pruner(name="taylor", score="taylor"), OneShot(1), sparsity=0.5)
+    cb = PruningCallback(Taylor(), OneShot(1), sparsity=0.5)
+
     class Stop(pl.Callback):  # interrupted after epoch 0: |w*g| gathered, epoch 1's event pending
         def on_train_epoch_end(self, trainer, pl_module):
             trainer.should_stop = True
@@ -289,7 +291,7 @@ def test_taylor_accumulation_survives_checkpoint_resume(tmp_path):
     fit(net, cb, 2, tmp_path, extra=[Stop()])
     state = cb.state_dict()
     assert state["wg"] is not None and state["accumulating"]
-    cb2 = PruningCallback(Pruner(name="taylor", score="taylor"), OneShot(1), sparsity=0.5)
+    cb2 = PruningCallback(Taylor(), OneShot(1), sparsity=0.5)
     cb2.load_state_dict(state)
     cb2.bind(net)
     assert all(torch.equal(cb2._wg[k], state["wg"][k]) for k in state["wg"])
@@ -302,5 +304,5 @@ def test_structured_global_l2_compares_rms_across_fan_in():
     a.data[2] *= 0.9
     params = {"a": a, "b": b}
     ones = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
-    m = structured(norm=2, scope="global").compute_masks(params, ones, 4 / 416)
+    m = Structured(norm=2, scope="global").compute_masks(params, ones, 4 / 416)
     assert not m["a"][2].any() and m["b"].all()

@@ -8,11 +8,14 @@ from prunelab.pruning import (
     Gradual,
     Iterative,
     MaskSet,
+    Magnitude,
     OneShot,
-    Pruner,
     PruningConfigError,
+    Random,
     ScheduleError,
+    build_method,
     get_score,
+    prunable_parameters,
     select_masks,
 )
 from prunelab.pruning.scores import ScoreContext
@@ -152,7 +155,7 @@ def test_maskset_state_roundtrip():
         ms2.load_state_dict({})
 
 
-# -- pruner -----------------------------------------------------------------------------------
+# -- prunable parameters and method construction -----------------------------------------------
 class Tiny(nn.Module):
     def __init__(self):
         super().__init__()
@@ -162,35 +165,67 @@ class Tiny(nn.Module):
 
 
 def test_default_prunable_is_linear_and_conv_weights():
-    assert list(Pruner().resolve(Tiny())) == ["conv.weight", "fc.weight"]
+    net = Tiny()
+    params = prunable_parameters(net)
+    assert list(params) == ["conv.weight", "fc.weight"]
+    assert params["fc.weight"] is net.fc.weight  # the parameters themselves, not copies
+    assert list(Magnitude().resolve(net)) == ["conv.weight", "fc.weight"]
 
 
 def test_include_exclude_globs_and_errors():
-    assert list(Pruner(include=["*.bias"]).resolve(Tiny())) == ["conv.bias", "bn.bias", "fc.bias"]
-    assert list(Pruner(exclude=["fc.*"]).resolve(Tiny())) == ["conv.weight"]
-    with pytest.raises(PruningConfigError, match=r"pruner.include=\['nothing\*'\] matches no"):
-        Pruner(include=["nothing*"]).resolve(Tiny())
+    net = Tiny()
+    assert list(prunable_parameters(net, include=["*.bias"])) == ["conv.bias", "bn.bias",
+                                                                   "fc.bias"]
+    assert list(prunable_parameters(net, exclude=["fc.*"])) == ["conv.weight"]
+    assert list(Magnitude(exclude=["fc.*"]).resolve(net)) == ["conv.weight"]
+    with pytest.raises(PruningConfigError, match=r"^pruner.include=\['nothing\*'\] matches no "
+                                                 r"parameter; parameter names look like: "
+                                                 r"conv.weight, conv.bias"):
+        prunable_parameters(net, include=["nothing*"])
+    with pytest.raises(PruningConfigError, match=r"^pruner.exclude=\['\*'\] leaves no prunable"):
+        prunable_parameters(net, exclude=["*"])
+    with pytest.raises(PruningConfigError, match=r"^lottery.include=\['x'\] matches no"):
+        prunable_parameters(net, include=["x"], option="lottery")
 
 
-def test_pruner_rejects_unknown_names():
-    with pytest.raises(PruningConfigError, match="unknown pruner='magnitud'; known: "
-                                                 "global_magnitude, latency_aware, magnitude, nm, "
-                                                 "none, random, sensitivity, snip, structured, "
-                                                 "taylor"):
-        Pruner(name="magnitud")
-    with pytest.raises(PruningConfigError, match="pruner.scope='glob'"):
-        Pruner(scope="glob")
+def test_methods_reject_bad_values_in_one_line():
+    with pytest.raises(PruningConfigError, match=r"^pruner.scope='glob' is not one of layer, "
+                                                 r"global$"):
+        Magnitude(scope="glob")
+    with pytest.raises(PruningConfigError, match=r"^pruner.granularity='nm' is not one of "
+                                                 r"unstructured, structured$"):
+        Random(granularity="nm")
+
+
+def test_build_method_drops_run_keys_and_unwraps_errors():
+    m = build_method({"_target_": "prunelab.pruning.methods.Random", "seed": 4,
+                      "default_sparsity": 0.3, "scope": "global"})
+    assert isinstance(m, Random) and (m.seed, m.scope) == (4, "global")
+    with pytest.raises(PruningConfigError, match=r"^pruner.scope='glob' is not one of"):
+        build_method({"_target_": "prunelab.pruning.methods.Magnitude", "scope": "glob"})
+    with pytest.raises(PruningConfigError, match=r"^pruner._target_='torch.nn.Identity' is not a "
+                                                 r"pruning method"):
+        build_method({"_target_": "torch.nn.Identity"})
+    with pytest.raises(PruningConfigError, match=r"^pruner._target_='prunelab.pruning.methods."
+                                                 r"Nope' could not be built"):
+        build_method({"_target_": "prunelab.pruning.methods.Nope"})
 
 
 def test_random_pruner_same_seed_same_masks():
     net = Tiny()
-    params = Pruner().resolve(net)
+    params = prunable_parameters(net)
     old = {k: ones(*v.shape) for k, v in params.items()}
-    a = Pruner(name="random", score="random", seed=1).compute_masks(params, old, 0.5)
-    b = Pruner(name="random", score="random", seed=1).compute_masks(params, old, 0.5)
-    c = Pruner(name="random", score="random", seed=2).compute_masks(params, old, 0.5)
+    a = Random(seed=1).compute_masks(params, old, 0.5)
+    b = Random(seed=1).compute_masks(params, old, 0.5)
+    c = Random(seed=2).compute_masks(params, old, 0.5)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+    # the seed formula of every published random mask: seed * 1_000_003 + event
+    gen = torch.Generator().manual_seed(1 * 1_000_003 + 2)
+    scores = {k: torch.rand(v.shape, generator=gen) for k, v in params.items()}
+    expected = select_masks(scores, old, 0.5, "layer")
+    got = Random(seed=1).compute_masks(params, old, 0.5, event=2)
+    assert all(torch.equal(got[k], expected[k]) for k in got)
 
 
 # -- schedules --------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
-"""Sweep reports group seeds of the same configuration, and only those."""
+"""Sweep reports group seeds of the same configuration, and only those; the report command."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from prunelab.report import collect, markdown, summarize, write_report
+from prunelab.analysis.sweep import collect, collect_failures, markdown, summarize, write_report
+from prunelab.formatting import count, fixed, markdown_table, nbytes, percent
+from prunelab.report import dir_argument
 from prunelab.results import config_hash
 
 
@@ -44,13 +49,84 @@ def test_seedless_hash_ignores_only_seeds():
     assert config_hash(cfg, seedless=True) != config_hash(other_reg, seedless=True)
 
 
-def test_report_cli_errors_on_empty_directory(tmp_path, capsys):
-    from prunelab.report import main
+def report(args, cwd):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
+    return subprocess.run([sys.executable, "-m", "prunelab.report", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
 
-    with pytest.raises(SystemExit) as exc:
-        main([str(tmp_path)])
-    assert exc.value.code == 2
-    assert "prunelab: error: no results.json under" in capsys.readouterr().err
+
+def listing(directory):
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{empty}"], "prunelab: error: no results.json under {empty}"),
+    (["dir={empty}"], "prunelab: error: no results.json under {empty}"),
+    (["{tmp}/nope"], "prunelab: error: '{tmp}/nope' is not a directory"),
+    ([], "prunelab: error: no directory given: python -m prunelab.report <dir>"),
+    (["{empty}", "colour=red"], "prunelab: error: colour: no such option"),
+])
+def test_report_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fill = {"empty": str(empty), "tmp": str(tmp_path)}
+    p = report([a.format(**fill) for a in args], tmp_path)
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message.format(**fill)), p.stderr
+    assert listing(tmp_path) == ["empty"]  # no outputs/, .hydra/ or log anywhere
+
+
+def test_report_cli_positional_and_dir_forms_write_only_the_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):  # sweep job directories hold '=' and ',' in their names
+        fake(sweep / f"pruner=magnitude,seed={seed}", "magnitude", 0.9 + seed / 100, seed)
+    runs = listing(sweep)
+    p = report([str(sweep)], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| mnist | mlp | magnitude | 0.9000 | 0.9000 | 0.0000 | 90.50 | 0.71 | 2 |" in p.stdout
+    written = sorted(set(listing(sweep)) - set(runs))
+    assert written == ["acc_vs_macs.png", "acc_vs_sparsity.png", "plots.json", "report.csv",
+                       "report.md"]
+    assert listing(tmp_path) == sorted(["sweep", *(f"sweep/{f}" for f in listing(sweep))])
+    first = (sweep / "report.md").read_text()
+    (sweep / "report.md").unlink()
+    job = sweep / "pruner=magnitude,seed=0"  # a lone directory whose name holds '=' and ','
+    p = report([f"dir={sweep}"], job)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (sweep / "report.md").read_text() == first
+    p = report([str(job)], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (job / "report.md").is_file() and "| 1 |" in (job / "report.md").read_text()
+
+
+def test_dir_argument_rewrites_only_a_positional_directory(tmp_path):
+    job = tmp_path / "a=1,b='x'"
+    job.mkdir()
+    assert dir_argument(["runs/x"]) == ["dir='runs/x'"]
+    assert dir_argument([str(job)]) == [f"dir='{tmp_path}/a=1,b=\\'x\\''"]
+    assert dir_argument(["dir=runs/x", "--help", "hydra.verbose=true"]) == [
+        "dir=runs/x", "--help", "hydra.verbose=true"]
+    assert dir_argument(["runs/x", "--cfg", "job", "--info", "config"]) == [
+        "dir='runs/x'", "--cfg", "job", "--info", "config"]
+
+
+def test_report_help_shows_the_examples_and_no_internal_groups(tmp_path):
+    p = report(["--help"], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "python -m prunelab.report outputs/multirun/<stamp>" in p.stdout
+    assert "python -m prunelab.report dir=outputs/lottery" in p.stdout
+    assert "schema/" not in p.stdout and "== Config ==" not in p.stdout
+    assert listing(tmp_path) == []
+
+
+def test_formatters():
+    assert [count(n) for n in (999, 1234, 2.5e6, 3e9)] == ["999", "1.23K", "2.50M", "3.00G"]
+    assert [nbytes(n) for n in (10, 2048, 3.5e6)] == ["10 B", "2.05 KB", "3.50 MB"]
+    assert percent(0.98765) == "98.77" and fixed(4, floats_only=True)(0) == "0"
+    md = markdown_table([{"a": 0.5, "b": None}], [("a", "A", fixed(2)), ("b", "B", None)],
+                        missing="n/a")
+    assert md == "| A | B |\n|---|---|\n| 0.50 | n/a |\n"
 
 
 def full(run_dir, data, pruner, sparsity, acc, seed, layers=("fc1.weight", "fc2.weight")):
@@ -94,8 +170,6 @@ def test_plots_are_images_with_one_series_per_method_and_datasets_apart(tmp_path
 
 
 def test_failed_and_unfinished_jobs_are_listed(tmp_path):
-    from prunelab.report import collect_failures
-
     full(tmp_path / "ok", "mnist", "magnitude", 0.5, 0.97, 0)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "error.json").write_text(json.dumps({"error": "loss is nan"}))

@@ -48,8 +48,8 @@ def test_conversion_matches_masked_dense_on_gpu():
 
 
 def test_gpu_2to4_warns_when_no_linear_layer_can_be_converted():
+    from prunelab.hardware import two_four_warnings
     from prunelab.models import build_model
-    from prunelab.train import two_four_warnings
 
     lenet = build_model("mlp", (1, 28, 28), 10)  # 300x784, 100x300, 10x100
     (w,) = two_four_warnings(lenet, "gpu_2to4")

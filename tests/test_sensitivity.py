@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from prunelab.sensitivity import SensitivityError, make_profile
+from prunelab.analysis.sensitivity import SensitivityError, analyze, make_profile
 
 
 def rows_for(curves):
@@ -57,8 +57,8 @@ def test_sensitivity_cli_end_to_end(tmp_path):
     with open(out / "sensitivity.csv") as f:
         rows = list(csv.DictReader(f))
     layers = ["features.0.weight", "features.2.weight", "classifier.weight"]
-    assert [(r["layer"], float(r["sparsity"])) for r in rows] == \
-        [(n, s) for n in layers for s in (0.5, 0.9)]
+    assert [(r["layer"], float(r["sparsity"])) for r in rows] == [
+        (n, s) for n in layers for s in (0.5, 0.9)]
     assert (out / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
 
@@ -80,3 +80,56 @@ def test_sensitivity_cli_end_to_end(tmp_path):
     for n in layers:
         assert res["sparsity"]["per_layer"][n] == pytest.approx(prof["layers"][n], abs=1e-3)
     assert res["sparsity"]["global"] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_analyze_prunes_one_layer_at_a_time_and_restores_the_weights():
+    import torch
+    from torch import nn
+
+    from prunelab.metrics import accuracy
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(64, 8)
+    y = net(x).argmax(1)  # the unpruned net is always right
+    loader = [(x[:32], y[:32]), (x[32:], y[32:])]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    base, rows = analyze(net, loader, ["1.weight", "3.weight"], [0.5, 0.99])
+    assert base == 1.0
+    assert [(r["layer"], r["sparsity"]) for r in rows] == [
+        ("1.weight", 0.5), ("1.weight", 0.99), ("3.weight", 0.5), ("3.weight", 0.99)]
+    for r in rows:
+        assert r["drop"] == pytest.approx(base - r["val_acc"])
+    assert rows[1]["val_acc"] < 1.0  # 99% of a layer gone: accuracy falls
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    # the row's accuracy is the network's with that layer alone pruned
+    w = net[1].weight.detach().clone()
+    keep = w.abs() > w.abs().flatten().kthvalue(int(0.5 * w.numel())).values
+    with torch.no_grad():
+        net[1].weight.mul_(keep)
+    assert rows[0]["val_acc"] == accuracy(net, loader)
+
+
+def test_help_shows_the_options_and_examples(tmp_path):
+    p = run("prunelab.sensitivity", ["--help"], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "python -m prunelab.sensitivity run=outputs/runs/<dense run>" in p.stdout
+    assert "checkpoint=best" in p.stdout and "best | last" in p.stdout
+    assert "schema/" not in p.stdout and "== Config ==" not in p.stdout
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["checkpoint=middle"], "checkpoint='middle'; allowed: best, last"),
+    (["ratios=[0.5,1.5]"], "ratios=[0.5, 1.5] must be numbers in (0, 1)"),
+    (["target_sparsity=1"], "target_sparsity=1 must be a number in (0, 1)"),
+    (["model=mlp"], "model: no such option"),
+])
+def test_bad_options_are_one_line_and_write_nothing(tmp_path, args, message):
+    out = tmp_path / "sens"
+    p = run("prunelab.sensitivity", [f"run={tmp_path}", *args, f"hydra.run.dir={out}"], tmp_path)
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert lines == [f"prunelab: error: {message}"] or (
+        len(lines) == 1 and lines[0].startswith(f"prunelab: error: {message}")), p.stderr
+    assert not out.exists()

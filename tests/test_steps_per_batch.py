@@ -10,7 +10,7 @@ import torch
 
 from prunelab.data import BatchGroups, TensorBatchLoader, is_batch_group, iter_batches
 from prunelab.module import ClassifierModule
-from prunelab.pruning import Gradual, OneShot, Pruner, PruningCallback
+from prunelab.pruning import Gradual, Magnitude, OneShot, PruningCallback, PruningMethod, Taylor
 from test_callback import TinyNet, trainer_for
 
 N, BS = 200, 32  # 7 batches per epoch: groups of 3 are 3, 3, 1
@@ -91,7 +91,7 @@ class StepChecker(pl.Callback):
             self.violations += sum(int((p[~masks[n]] != 0).sum()) for n, p in masks.params.items())
 
 
-def train(tmp_path, k: int, pruner: Pruner, schedule, epochs: int = 3, rewind_step=None,
+def train(tmp_path, k: int, pruner: PruningMethod, schedule, epochs: int = 3, rewind_step=None,
           **trainer_kw):
     pl.seed_everything(0)
     net = TinyNet()
@@ -107,10 +107,9 @@ def train(tmp_path, k: int, pruner: Pruner, schedule, epochs: int = 3, rewind_st
 
 @pytest.mark.parametrize("method", ["magnitude", "taylor"])
 def test_grouped_training_is_step_for_step_the_same(tmp_path, method):
-    pruner = Pruner(name=method, score="taylor" if method == "taylor" else "magnitude")
-    ref_net, ref_cb, ref_chk, ref_tr = train(tmp_path, 1, pruner, Gradual(1, 2), rewind_step=4)
-    pruner = Pruner(name=method, score="taylor" if method == "taylor" else "magnitude")
-    net, cb, chk, tr = train(tmp_path, 3, pruner, Gradual(1, 2), rewind_step=4)
+    cls = {"magnitude": Magnitude, "taylor": Taylor}[method]
+    ref_net, ref_cb, ref_chk, ref_tr = train(tmp_path, 1, cls(), Gradual(1, 2), rewind_step=4)
+    net, cb, chk, tr = train(tmp_path, 3, cls(), Gradual(1, 2), rewind_step=4)
     assert tr.global_step == ref_tr.global_step == 21 and chk.steps == 21
     assert chk.violations == 0 and ref_chk.violations == 0
     for (name, a), b in zip(net.state_dict().items(), ref_net.state_dict().values()):
@@ -125,10 +124,10 @@ def test_grouped_training_is_step_for_step_the_same(tmp_path, method):
 def test_rewind_snapshot_is_taken_after_exactly_k_steps(tmp_path):
     """With groups of 3, step 4 falls inside the second group: the snapshot must still be the
     weights after 4 steps (those of a 4-step run), not after 3 or 6."""
-    _, cb, _, _ = train(tmp_path, 3, Pruner(), OneShot(0), epochs=3, rewind_step=4)
+    _, cb, _, _ = train(tmp_path, 3, Magnitude(), OneShot(0), epochs=3, rewind_step=4)
     pl.seed_everything(0)
     net = TinyNet()
-    ref = PruningCallback(Pruner(), OneShot(0), sparsity=0.8)
+    ref = PruningCallback(Magnitude(), OneShot(0), sparsity=0.8)
     opt = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-2)
     trainer = trainer_for(tmp_path / "ref", [ref], epochs=3, max_steps=4,
                           enable_checkpointing=False)
@@ -148,8 +147,8 @@ def test_group_size_is_not_part_of_the_result_hash():
 
 
 def test_max_steps_inside_a_group_stops_at_that_step(tmp_path):
-    ref, _, _, ref_tr = train(tmp_path, 1, Pruner(), OneShot(0), max_steps=11)
-    net, _, chk, tr = train(tmp_path, 3, Pruner(), OneShot(0), max_steps=11)
+    ref, _, _, ref_tr = train(tmp_path, 1, Magnitude(), OneShot(0), max_steps=11)
+    net, _, chk, tr = train(tmp_path, 3, Magnitude(), OneShot(0), max_steps=11)
     assert tr.global_step == ref_tr.global_step == 11 and chk.steps == 11
     for (name, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a, b), name
@@ -159,7 +158,7 @@ def test_max_steps_inside_a_group_stops_at_that_step(tmp_path):
 def test_rewind_to_step_0_holds_the_weights_pruned_at_epoch_0(tmp_path, k):
     pl.seed_everything(0)
     init = TinyNet().state_dict()
-    _, cb, _, _ = train(tmp_path, k, Pruner(), OneShot(0), epochs=1, rewind_step=0)
+    _, cb, _, _ = train(tmp_path, k, Magnitude(), OneShot(0), epochs=1, rewind_step=0)
     for name, mask in cb.masks.as_dict().items():
         w = cb.rewind_state[name]
         assert torch.equal(w, init[name] * mask), name  # the initial weights, masked

@@ -1,8 +1,9 @@
 """Structured configs (Hydra ConfigStore) and OmegaConf resolvers.
 
-The pruner and schedule groups are typed: every ``conf/pruner/*.yaml`` extends ``schema/pruner/base_pruner`` and
-every ``conf/schedule/*.yaml`` extends one of the ``schema/schedule/base_*`` schemas, so a misspelt key
-(``pruner.scpoe=global``) or a wrong type fails at compose time, before anything runs.
+The pruner and schedule groups are typed: every ``conf/pruner/<name>.yaml`` extends its method's
+schema ``schema/pruner/<name>`` and every ``conf/schedule/*.yaml`` one of the
+``schema/schedule/base_*`` schemas, so a misspelt key (``pruner.scpoe=global``), a key of another
+method (``pruner.n=2`` on magnitude) or a wrong type fails at compose time, before anything runs.
 """
 
 from __future__ import annotations
@@ -12,34 +13,80 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 Scope = Enum("Scope", {"layer": "layer", "global": "global"})
 Steps = Enum("Steps", {"geometric": "geometric", "linear": "linear"})
-Granularity = Enum("Granularity", {g: g for g in ("unstructured", "structured", "nm")})
+#: what a score-then-select method removes: elements or whole output channels
+Granularity = Enum("Granularity", {g: g for g in ("unstructured", "structured")})
+
+
+# -- pruning methods: one schema per family; each conf/pruner/<name>.yaml extends
+# -- schema/pruner/<name> and names its class in _target_ ---------------------------------------
+@dataclass
+class MethodConf:
+    """Keys of every method (``schema/pruner/base``)."""
+
+    _target_: str = MISSING
+    include: Optional[list[str]] = None  # parameter-name globs; null = Linear/Conv weights
+    exclude: list[str] = field(default_factory=list)
+    default_sparsity: float = 0.5  # the run's `sparsity` when the command sets none (not a
+    # constructor argument: build_method drops it)
 
 
 @dataclass
-class PrunerConf:
-    _target_: str = "prunelab.pruning.Pruner"
-    name: str = "magnitude"
-    score: Optional[str] = "magnitude"
+class DenseConf(MethodConf):
+    default_sparsity: float = 0.0
+
+
+@dataclass
+class ScoreThenSelectConf(MethodConf):
+    """``schema/pruner/score_then_select``: a score, then the shared selection."""
+
     scope: Scope = Scope["layer"]
     granularity: Granularity = Granularity["unstructured"]
-    norm: int = 1  # structured: rank channels by the L1 (1) or L2 (2) norm of their weights
-    n: int = 2  # N:M: keep n ...
-    m: int = 4  # ... of every m consecutive input weights
-    skip_incompatible: bool = False  # N:M: skip layers whose input dim is not a multiple of m
-    at_init: bool = False  # prune once before training (SNIP), ignoring the schedule
-    score_batches: int = 10  # batches for gradient scores gathered outside training
-    profile: Optional[str] = None  # sensitivity profile YAML (pruner=sensitivity)
-    include: Optional[list[str]] = None
-    exclude: list[str] = field(default_factory=list)
     seed: int = "${seed}"  # type: ignore[assignment]  # interpolation, resolved to an int
-    default_sparsity: float = 0.5  # what `sparsity` is when the command does not set it
-    latency_budget_ms: Optional[float] = None  # latency_aware: budget of the compacted model
+
+
+@dataclass
+class MagnitudeConf(ScoreThenSelectConf):
+    norm: int = 1  # structured: rank channels by the L1 (1) or L2 (2) norm of their weights
+
+
+@dataclass
+class GradientConf(ScoreThenSelectConf):
+    score_batches: int = 10  # batches for gradient scores gathered outside training
+
+
+@dataclass
+class NMConf(MethodConf):
+    n: int = 2  # keep n ...
+    m: int = 4  # ... of every m consecutive input weights
+    skip_incompatible: bool = False  # skip layers whose input dim is not a multiple of m
+    default_sparsity: float = "${nm_sparsity:${.n},${.m}}"  # type: ignore[assignment]
+
+
+@dataclass
+class SensitivityConf(MethodConf):
+    profile: Optional[str] = None  # sensitivity profile YAML (required)
+    default_sparsity: float = "${profile_sparsity:${.profile}}"  # type: ignore[assignment]
+
+
+@dataclass
+class LatencyAwareConf(MethodConf):
+    latency_budget_ms: Optional[float] = None  # the compacted model's latency budget
     latency_batch_size: int = 1  # ... measured at this batch size
     latency_threads: Optional[int] = None  # ... with this many threads
+
+
+#: ``schema/pruner/<name>`` -> its schema: the built-in methods, and the two bases a method of
+#: one's own extends (``base``: any method; ``score_then_select``: scope, granularity, seed).
+PRUNER_SCHEMAS = {
+    "base": MethodConf, "score_then_select": ScoreThenSelectConf, "none": DenseConf,
+    "magnitude": MagnitudeConf, "global_magnitude": MagnitudeConf, "structured": MagnitudeConf,
+    "random": ScoreThenSelectConf, "taylor": GradientConf, "snip": GradientConf, "nm": NMConf,
+    "sensitivity": SensitivityConf, "latency_aware": LatencyAwareConf,
+}
 
 
 @dataclass
@@ -84,7 +131,7 @@ def _profile_sparsity(path: Any) -> float:
     (0.5 while no profile is given; the pruner then asks for one)."""
     if path in (None, "", "None"):
         return 0.5
-    from prunelab.pruning.pruner import load_profile
+    from prunelab.pruning.methods.sensitivity import load_profile
 
     return load_profile(path)["target_sparsity"]
 
@@ -140,7 +187,8 @@ def register_configs() -> None:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
     cs = ConfigStore.instance()
-    cs.store(group="schema/pruner", name="base_pruner", node=PrunerConf)
+    for name, node in PRUNER_SCHEMAS.items():
+        cs.store(group="schema/pruner", name=name, node=node)
     cs.store(group="schema/schedule", name="base_oneshot", node=OneShotConf)
     cs.store(group="schema/schedule", name="base_iterative", node=IterativeConf)
     cs.store(group="schema/schedule", name="base_gradual", node=GradualConf)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunelab.errors import ConfigError
+
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
             temperature: float, alpha: float) -> torch.Tensor:
@@ -31,9 +33,9 @@ class Distiller:
     def __init__(self, teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.9,
                  source: str | None = None):
         if not isinstance(temperature, (int, float)) or temperature <= 0:
-            raise ValueError(f"distill.temperature={temperature!r} must be a number > 0")
+            raise ConfigError(f"distill.temperature={temperature!r} must be a number > 0")
         if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-            raise ValueError(f"distill.alpha={alpha!r} must be a number in [0, 1]")
+            raise ConfigError(f"distill.alpha={alpha!r} must be a number in [0, 1]")
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -55,16 +57,17 @@ class Distiller:
 def load_teacher(teacher: str, temperature: float, alpha: float, num_classes: int,
                  input_shape: tuple[int, ...]) -> Distiller:
     """A :class:`Distiller` from a prunelab run directory or checkpoint; checks that the teacher
-    fits the student's data (same input shape and classes)."""
-    from prunelab.runs import RunError, load_run, locate_checkpoint
+    fits the student's data (same input shape and classes). The checkpoint is read with
+    ``weights_only=True`` (:func:`prunelab.runs.read_checkpoint`)."""
+    from prunelab.runs import RunError, open_run
 
     try:
-        ckpt = locate_checkpoint(teacher, "best")
-        _, net, dm = load_run(ckpt)
+        run = open_run(teacher, "best")
     except RunError as exc:
-        raise ValueError(str(exc).replace("run=", "distill.teacher=", 1)) from None
+        raise RunError(str(exc).replace("run=", "distill.teacher=", 1)) from None
+    net, dm, ckpt = run.net, run.datamodule, run.checkpoint
     if int(dm.num_classes) != int(num_classes) or tuple(dm.input_shape) != tuple(input_shape):
-        raise ValueError(f"distill.teacher={teacher!r} was trained on inputs "
+        raise ConfigError(f"distill.teacher={teacher!r} was trained on inputs "
                          f"{tuple(dm.input_shape)} with {dm.num_classes} classes; this run has "
                          f"{tuple(input_shape)} and {num_classes}")
     return Distiller(net.float(), temperature, alpha, source=str(Path(ckpt)))

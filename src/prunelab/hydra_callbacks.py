@@ -15,12 +15,12 @@ class SweepSummary(Callback):
     status 1 if any did (the other jobs have all run)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from prunelab.report import collect_failures, write_report
+        from prunelab.analysis.sweep import ReportError, collect_failures, write_report
 
         sweep_dir = config.hydra.sweep.dir
         try:
             write_report(sweep_dir)
-        except FileNotFoundError as exc:
+        except ReportError as exc:
             print(f"prunelab: no summary: {exc}")
         failures = collect_failures(sweep_dir)
         if failures:

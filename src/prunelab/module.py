@@ -47,12 +47,16 @@ class ClassifierModule(pl.LightningModule):
         distiller: an optional :class:`prunelab.distill.Distiller`; the training loss becomes
             the knowledge-distillation loss against its frozen teacher.
         config: the run's resolved config, saved as hyperparameters (the network object is not).
+
+    ``ClassifierModule.load_from_checkpoint(path)`` works on a prunelab checkpoint: with no
+    ``net`` the network is rebuilt from ``config`` (its ``model`` and ``data`` entries), and
+    with no ``optimizer`` (or, when rebuilding, no ``lr_scheduler``) the config's is used.
     """
 
     FLUSH_EVERY = 32  # training steps whose loss / accuracy are reduced together
 
-    def __init__(self, net: nn.Module, num_classes: int,
-                 optimizer: Callable[..., torch.optim.Optimizer],
+    def __init__(self, net: nn.Module | None = None, num_classes: int | None = None,
+                 optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  lr_scheduler: Callable[..., Any] | None = None,
                  scheduler_interval: str = "epoch", gradient_clip_val: float | None = None,
                  regularizer: Callable[[], torch.Tensor] | None = None,
@@ -61,6 +65,9 @@ class ClassifierModule(pl.LightningModule):
         if scheduler_interval not in SCHEDULER_INTERVALS:
             raise ValueError(f"scheduler_interval={scheduler_interval!r}; allowed: "
                              f"{', '.join(SCHEDULER_INTERVALS)}")
+        if net is None or num_classes is None or optimizer is None:
+            net, num_classes, optimizer, lr_scheduler = _from_config(
+                config, net, num_classes, optimizer, lr_scheduler)
         self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler", "regularizer",
                                           "distiller"])
         self.automatic_optimization = False
@@ -206,3 +213,30 @@ class ClassifierModule(pl.LightningModule):
         sched = self.lr_scheduler_factory(optimizer=opt)
         return {"optimizer": opt,
                 "lr_scheduler": {"scheduler": sched, "interval": self.scheduler_interval}}
+
+
+def _from_config(config: Mapping | None, net: nn.Module | None, num_classes: int | None,
+                 optimizer: Any, lr_scheduler: Any) -> tuple[nn.Module, int, Any, Any]:
+    """Fill in what ``ClassifierModule`` was not given from the run config (as when Lightning's
+    ``load_from_checkpoint`` calls it with the saved hyperparameters only)."""
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    if config is None or any(key not in config for key in ("model", "data", "optimizer")):
+        missing = [n for n, v in (("net", net), ("num_classes", num_classes),
+                                  ("optimizer", optimizer)) if v is None]
+        raise TypeError(f"ClassifierModule needs {', '.join(missing)} or a run config "
+                        f"(config=) with model, data and optimizer entries")
+    cfg = config if isinstance(config, DictConfig) else OmegaConf.create(dict(config))
+    if net is None:
+        from prunelab.runs import build_network
+
+        net, dm = build_network(cfg)
+        num_classes = int(dm.num_classes) if num_classes is None else num_classes
+        if lr_scheduler is None and cfg.get("lr_scheduler"):
+            lr_scheduler = instantiate(cfg.lr_scheduler)
+    if num_classes is None:
+        num_classes = int(instantiate(cfg.data).num_classes)
+    if optimizer is None:
+        optimizer = instantiate(cfg.optimizer)
+    return net, int(num_classes), optimizer, lr_scheduler

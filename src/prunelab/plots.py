@@ -1,4 +1,6 @@
-"""Sweep plots: the figures a pruning paper shows, from ``report.summarize`` rows.
+"""The figures a pruning paper shows (matplotlib, imported only when a figure is drawn).
+
+Sweeps, from :func:`prunelab.analysis.sweep.summarize` rows (:func:`plot_sweep`):
 
 - ``acc_vs_sparsity.png``: test accuracy against sparsity, one line per method (error bars: std
   over seeds), the dense baseline (``pruner=none``) as a horizontal band;
@@ -8,6 +10,10 @@
 
 Runs of different data sets or models go to separate panels, never onto one axis. The series
 drawn in every figure are listed in ``plots.json`` beside the images.
+
+Lottery tickets (:func:`plot_lottery`): test accuracy against percent of weights remaining, from
+:func:`prunelab.tickets.summary.lottery_curves` rows. Sensitivity analysis
+(:func:`plot_sensitivity`): validation accuracy against each layer's sparsity.
 """
 
 from __future__ import annotations
@@ -37,13 +43,13 @@ def _is_dense(r: dict[str, Any]) -> bool:
     return r["pruner"] == "none" or not r.get("target_sparsity")
 
 
-def _figure(n: int):
+def _figure(n: int, size: tuple[float, float] | None = None):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=size or (6.5 * n, 4.5), squeeze=False)
     return plt, fig, axes[0]
 
 
@@ -133,3 +139,68 @@ def plot_sweep(summary: Sequence[dict[str, Any]], directory: str | Path) -> list
             series[name] = drawn
     (directory / "plots.json").write_text(json.dumps(series, indent=2) + "\n")
     return written
+
+
+def plot_lottery(curves: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Test accuracy against percent of weights remaining (log axis, decreasing to the right),
+    one line per control (error bars: std over seeds), the dense level as a band."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    plt, fig, axes = _figure(1, (7, 4.5))
+    ax = axes[0]
+    series: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in curves:
+        series[(r["group_hash"], r["control"])].append(r)
+    several = len({g for g, _ in series}) > 1
+    banded = set()
+    for (g, control), rs in series.items():
+        rs = sorted(rs, key=lambda r: r["level"])
+        dense = [r for r in rs if r["level"] == 0]
+        if dense and g not in banded:
+            m, s = 100 * dense[0]["test_acc_mean"], 100 * dense[0]["test_acc_std"]
+            ax.axhspan(m - max(s, 0.01), m + max(s, 0.01), color="grey", alpha=0.25,
+                       label="dense" + (f" ({rs[0]['model']})" if several else ""))
+            banded.add(g)
+        label = control if control != "none" else "winning ticket"
+        if several:
+            label = f"{rs[0]['model']}/{rs[0]['data']} {label}"
+        ax.errorbar([r["percent_remaining"] for r in rs], [100 * r["test_acc_mean"] for r in rs],
+                    yerr=[100 * r["test_acc_std"] for r in rs], marker="o", ms=3, capsize=2,
+                    label=label)
+    ax.set_xscale("log")
+    xs = [r["percent_remaining"] for r in curves]
+    ticks = [t for t in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1)
+             if min(xs) / 1.5 <= t <= max(xs) * 1.01]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.invert_xaxis()
+    ax.set_xlabel("percent of weights remaining")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "lottery tickets")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_sensitivity(rows: Sequence[dict[str, Any]], base: float, path: str | Path) -> Path:
+    """Validation accuracy against the sparsity of each layer pruned alone, one line per layer,
+    the unpruned accuracy as a dashed line."""
+    plt, fig, axes = _figure(1, (7, 4.5))
+    ax = axes[0]
+    for layer in dict.fromkeys(r["layer"] for r in rows):
+        pts = [(0.0, base)] + [(r["sparsity"], r["val_acc"]) for r in rows if r["layer"] == layer]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=layer)
+    ax.axhline(base, color="gray", ls="--", lw=1, label="unpruned")
+    ax.set_xlabel("sparsity of the layer (others unpruned)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Per-layer pruning sensitivity")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

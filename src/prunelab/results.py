@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import platform
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,9 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab.formatting import count as _fmt_count
+from prunelab.formatting import nbytes as _fmt_bytes
+
 #: Config keys that do not change what a run computes (left out of ``config_hash``).
 NON_RESULT_KEYS = ("logger", "resume", "measure", "checkpoint", "hydra", "objective")
-NON_RESULT_SUBKEYS = {"hardware": ("threads",), "trainer": ("enable_progress_bar",
+#: ``hardware.int8`` was never read and is gone from the configs: runs written before its removal
+#: keep their identity.
+RETIRED_KEYS = ("hardware.int8",)
+NON_RESULT_SUBKEYS = {"hardware": ("threads", "int8"), "trainer": ("enable_progress_bar",
                                                             "enable_model_summary",
                                                             "log_every_n_steps"),
                       # grouped batches train step for step the same (tests/test_steps_per_batch)
@@ -37,7 +42,7 @@ def config_hash(config: Mapping[str, Any], seedless: bool = False) -> str:
 
     ``seedless=True`` also leaves out the seeds: runs that differ only by seed share it (sweep
     reports group seeds by it)."""
-    cfg = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
+    cfg = {k: v for k, v in config.items() if k not in (*NON_RESULT_KEYS, *RETIRED_KEYS)}
     drop = {key: list(sub) for key, sub in NON_RESULT_SUBKEYS.items()}
     if seedless:
         for key, sub in SEED_KEYS.items():
@@ -66,7 +71,7 @@ def measure_model(net: nn.Module, prunable: Sequence[str], input_shape: Sequence
                   warmup: int = 10, runs: int = 50, threads: int | None = None,
                   size: bool = True) -> dict[str, Any]:
     """Sparsity, parameters, MACs, size on disk and CPU latency of ``net`` as it is now."""
-    from prunelab import measure
+    from prunelab import metrics as measure
 
     cpu_net = copy.deepcopy(net).float().cpu().eval()
     sp = measure.sparsity_report(cpu_net, list(prunable))
@@ -88,6 +93,48 @@ def measure_model(net: nn.Module, prunable: Sequence[str], input_shape: Sequence
     return out
 
 
+def run_results(cfg: Any, resolved: Mapping[str, Any], parts: Any, trainer: Any, ckpt: Any,
+                test_metrics: Mapping[str, Any], measured: Mapping[str, Any], *,
+                adversarial: Any, train_time: float, wall_time: float, out: Path
+                ) -> dict[str, Any]:
+    """The ``results.json`` of a finished ``train`` run (``parts``: its assemble.RunParts)."""
+    from prunelab.cli import choice
+
+    best_score = ckpt.best_model_score
+    distiller = parts.distiller
+    return {
+        "model": parts.model_name,
+        "data": parts.data_name,
+        **parts.method.describe(),
+        "schedule": choice("schedule", parts.schedule.name),
+        "seed": int(cfg.seed),
+        "epochs": int(cfg.epochs),
+        "epochs_run": int(trainer.current_epoch),
+        "target_sparsity": parts.sparsity,
+        "mask_sparsity": parts.callback.masks.stats()["global"],
+        "test_acc": float(test_metrics["test/acc"]),
+        "test_loss": float(test_metrics["test/loss"]),
+        "best_val_acc": None if best_score is None else float(best_score),
+        "best_checkpoint": ckpt.best_model_path or None,
+        "adversarial": adversarial,
+        "ddp": parts.callback.rank_check or None,
+        "hardware": choice("hardware", str(cfg.hardware.get("target", "cpu"))),
+        "threads": torch.get_num_threads(),
+        "latency_aware": parts.method.report(),
+        "warnings": parts.warnings,
+        "distill": None if distiller is None else {
+            "teacher": distiller.source, "temperature": distiller.temperature,
+            "alpha": distiller.alpha},
+        **measured,
+        "train_time_s": train_time,
+        "wall_time_s": wall_time,
+        "config_hash": config_hash(resolved),
+        "group_hash": config_hash(resolved, seedless=True),
+        "versions": package_versions(),
+        "results_path": str(out / "results.json"),
+    }
+
+
 def channel_sparsity(net: nn.Module, names: Sequence[str]) -> dict[str, Any]:
     """Fraction of output channels / neurons whose weights are all zero, global and per layer."""
     params = dict(net.named_parameters())
@@ -102,36 +149,6 @@ def channel_sparsity(net: nn.Module, names: Sequence[str]) -> dict[str, Any]:
         total += w.shape[0]
     return {"global": dead / total if total else 0.0, "per_layer": per_layer,
             "pruned_channels": dead, "channels": total}
-
-
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON to ``path`` via a temporary file and rename (never a half-written result)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.item() if obj.numel() == 1 else obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
-
-
-def _fmt_count(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit, div in (("MB", 1e6), ("KB", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{n:.0f} B"
 
 
 def summary_rows(res: Mapping[str, Any]) -> list[tuple[str, str]]:

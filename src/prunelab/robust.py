@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunelab.errors import ConfigError
+
 ATTACKS = ("fgsm", "pgd")
 
 
@@ -63,18 +65,23 @@ def pgd(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, lo:
 def adversarial_accuracy(net: nn.Module, loader: Iterable, dm: Any, attack: str, epsilon: float,
                          steps: int = 10, alpha: float | None = None,
                          max_batches: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Clean and attacked accuracy of ``net`` on (up to ``max_batches`` of) ``loader``."""
+    """Clean and attacked accuracy of ``net`` on (up to ``max_batches`` of) ``loader`` (a
+    DataLoader or a list of ``(x, y)`` batches, read twice, in the same order: the clean
+    accuracy is :func:`prunelab.metrics.accuracy` over the same batches)."""
+    from prunelab.data.loader import iter_batches
+    from prunelab.metrics.accuracy import accuracy, correct_predictions
+
     if attack not in ATTACKS:
-        raise ValueError(f"eval.adversarial={attack!r}; allowed: {', '.join(ATTACKS)} (or null)")
+        raise ConfigError(f"eval.adversarial={attack!r}; allowed: {', '.join(ATTACKS)} (or null)")
     if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon <= 0:
-        raise ValueError(f"eval.epsilon={epsilon!r} must be a number > 0 (pixel units)")
+        raise ConfigError(f"eval.epsilon={epsilon!r} must be a number > 0 (pixel units)")
     was_training = net.training
     net.eval()
     param = next(net.parameters())
     gen = torch.Generator().manual_seed(seed)
-    correct = clean = total = 0
+    correct = total = 0
     try:
-        for i, (x, y) in enumerate(loader):
+        for i, (x, y) in enumerate(iter_batches(loader)):
             if max_batches is not None and i >= max_batches:
                 break
             x, y = x.to(param.device, param.dtype), y.to(param.device)
@@ -86,10 +93,10 @@ def adversarial_accuracy(net: nn.Module, loader: Iterable, dm: Any, attack: str,
                 step = (alpha if alpha is not None else 2.5 * epsilon / steps) * unit
                 adv = pgd(net, x, y, eps, lo, hi, steps, step, gen)
             with torch.no_grad():
-                correct += int((net(adv).argmax(1) == y).sum())
-                clean += int((net(x).argmax(1) == y).sum())
+                correct += correct_predictions(net, adv, y)
             total += int(y.numel())
+        clean = accuracy(net, loader, max_batches)
     finally:
         net.train(was_training)
     return {"attack": attack, "epsilon": float(epsilon), "steps": steps if attack == "pgd" else 1,
-            "acc": correct / max(total, 1), "clean_acc": clean / max(total, 1), "samples": total}
+            "acc": correct / max(total, 1), "clean_acc": clean, "samples": total}

@@ -22,6 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab.errors import UserError
+from prunelab.files import save_torch_atomic
+
+
+class QuantizationError(UserError):
+    """A quantization setting that cannot work (one-line message)."""
+
 
 def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in model.modules())
@@ -38,7 +45,7 @@ def quantize_int8(model: nn.Module, input_shape: Sequence[int],
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     if mode not in ("auto", "dynamic", "static"):
-        raise ValueError(f"quantize mode={mode!r}; allowed: auto, dynamic, static")
+        raise QuantizationError(f"quantize mode={mode!r}; allowed: auto, dynamic, static")
     net = copy.deepcopy(model).float().cpu().eval()
     if mode == "auto":
         mode = "static" if has_conv(net) else "dynamic"
@@ -47,7 +54,7 @@ def quantize_int8(model: nn.Module, input_shape: Sequence[int],
         if mode == "dynamic":
             return quantize_dynamic(net, {nn.Linear}, dtype=torch.qint8), mode
         if calibration is None:
-            raise ValueError("static quantization needs calibration batches")
+            raise QuantizationError("static quantization needs calibration batches")
         example = (torch.zeros(1, *input_shape),)
         prepared = prepare_fx(net, get_default_qconfig_mapping("x86"), example)
         seen = 0
@@ -56,7 +63,7 @@ def quantize_int8(model: nn.Module, input_shape: Sequence[int],
                 prepared(x.float().cpu())
                 seen += 1
         if seen == 0:
-            raise ValueError("static quantization needs at least one calibration batch")
+            raise QuantizationError("static quantization needs at least one calibration batch")
         return convert_fx(prepared), mode
 
 
@@ -136,7 +143,7 @@ def decode_int8_sparse(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
 def save_int8_sparse(qmodel: nn.Module, path: str | Path) -> int:
     """Write the sparse int8 encoding; returns the file size in bytes."""
     path = Path(path)
-    torch.save(encode_int8_sparse(qmodel), path)
+    save_torch_atomic(encode_int8_sparse(qmodel), path)
     return path.stat().st_size
 
 
@@ -151,7 +158,7 @@ def qat_int8(model: nn.Module, input_shape: Sequence[int], train_batches: Iterab
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
     if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"qat_epochs={epochs!r} must be an integer >= 1")
+        raise QuantizationError(f"qat_epochs={epochs!r} must be an integer >= 1")
     net = copy.deepcopy(model).float().cpu().train()
     zero = {n: (p.detach() == 0) for n, p in net.named_parameters() if p.dim() > 1}
     with warnings.catch_warnings():

@@ -2,13 +2,11 @@
 
 ``torch.sparse.to_sparse_semi_structured`` stores a 2:4-sparse weight compressed and runs the
 matrix product on sparse tensor cores (CUTLASS on compute capability 8.x; cuSPARSELt, which also
-serves 9.x, needs both weight dimensions to be multiples of 16; measured on an H200 in
-``shared/DESIGN.md``). The speedup only shows for large matrices (on an H200 with torch 2.11, a
-2:4 fp16 product costs about 0.45 ms whatever its size up to 2048 rows x 4096 x 11008, 16x a
-dense one at 64 rows; 1.25-1.38x faster from 8192 rows: BENCHMARKS.md), so this module converts
-what is eligible, keeps dense (given ``batch_sizes``) the layers where the sparse product measured
-slower, says why for every layer left dense, and checks the outputs against the masked dense
-model.
+serves 9.x, needs both weight dimensions to be multiples of 16). The speedup only shows for
+large matrices (a few thousand rows and more; the measurements are in BENCHMARKS.md, "GPU: 2:4
+semi-structured sparsity"), so this module converts what is eligible, keeps dense (given
+``batch_sizes``) the layers where the sparse product measured slower, says why for every layer
+left dense, and checks the outputs against the masked dense model.
 """
 
 from __future__ import annotations
@@ -95,7 +93,7 @@ def to_semi_structured(model: nn.Module, example: torch.Tensor, dtype: torch.dty
             report.skipped[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
             continue
         if batch_sizes:
-            from prunelab.measure.latency import time_alternating
+            from prunelab.metrics.timing import time_alternating
 
             twin = dense.get_submodule(name)
             lat = time_alternating({"dense": twin, "2:4": mod}, (mod.in_features,),

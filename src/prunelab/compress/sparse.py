@@ -6,11 +6,11 @@ depends on the CPU, so :func:`sparsify` measures: for every Linear layer it time
 with a contiguous ``x^T`` for a batch) on
 inputs of the layer's real shape at each batch size asked for, and swaps in :class:`SparseLinear`
 only where the sparse one is faster at every batch size. A layer timed alone is not the layer
-inside its model, though: on 2 threads the CSR matrix-vector product of LeNet-300-100's first
-layer measured 1.1-2.2x faster alone, yet the whole model with it was 0.98x (the kernels around
-it pay for it). So when the model's input shape is given, the whole model is then timed with the
-chosen layers against the dense one, and if it is not faster at every batch size, every layer
-stays dense. Every decision and timing is returned.
+inside its model, though: a layer can measure faster on CSR alone while the whole model with it
+is not (the kernels around it pay for it; BENCHMARKS.md has cases). So when the model's input
+shape is given, the whole model is then timed with the chosen layers against the dense one, and
+if it is not faster at every batch size, every layer stays dense. Every decision and timing is
+returned.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.measure.latency import time_alternating
+from prunelab.metrics.timing import time_alternating
 
 
 def _csr32(weight: torch.Tensor) -> torch.Tensor:
@@ -43,9 +43,9 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", _csr32(linear.weight))
-        bias = linear.bias.detach().clone() if linear.bias is not None else \
-            torch.zeros(linear.out_features, dtype=linear.weight.dtype,
-                        device=linear.weight.device)
+        bias = (linear.bias.detach().clone() if linear.bias is not None
+                else torch.zeros(linear.out_features, dtype=linear.weight.dtype,
+                                 device=linear.weight.device))
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,9 +57,9 @@ class SparseLinear(nn.Module):
         if x.dim() == 1:
             return torch.addmv(bias, weight, x)
         if x.dim() == 2 and x.shape[0] == 1:
-            # one sample: the CSR matrix-vector product (3x faster than addmm with a one-column
-            # matrix on a 4096x4096 layer at 95 %), with as few tensor ops around it as
-            # possible: at this size each costs about a microsecond, a tenth of the product
+            # one sample: the CSR matrix-vector product (much faster than addmm with a
+            # one-column matrix; BENCHMARKS.md), with as few tensor ops around it as possible:
+            # each costs a fixed overhead comparable to a small product
             return torch.addmv(bias, weight, x.view(-1)).view(1, -1)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)

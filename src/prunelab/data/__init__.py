@@ -5,21 +5,17 @@
 * :class:`RandomCropFlip`: vectorized CIFAR augmentation on whole batches.
 * Data modules: :class:`MNISTDataModule`, :class:`FashionMNISTDataModule`,
   :class:`CIFAR10DataModule`, :class:`CIFAR100DataModule`, :class:`SyntheticDataModule`, all
-  derived from :class:`TensorDataModule`; ``DATAMODULES`` maps config names to them.
+  derived from :class:`TensorDataModule`, one file per family
+  (``base.py``, ``mnist.py``, ``cifar.py``, ``synthetic.py``); ``conf/data/<name>.yaml`` names
+  each by its ``_target_``.
 * :class:`DataError`: one-line error for missing or unusable data files.
 * :func:`read_idx`: reader of the IDX format with optional SHA-256 verification.
 """
 
-from prunelab.data.datamodules import (
-    BUNDLED_MNIST_DIR,
-    CIFAR10DataModule,
-    CIFAR100DataModule,
-    DataError,
-    FashionMNISTDataModule,
-    MNISTDataModule,
-    SyntheticDataModule,
-    TensorDataModule,
-)
+from prunelab.data.base import DataError, TensorDataModule
+from prunelab.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from prunelab.data.mnist import BUNDLED_MNIST_DIR, FashionMNISTDataModule, MNISTDataModule
+from prunelab.data.synthetic import SyntheticDataModule
 from prunelab.data.idx import load_checksums, read_idx
 from prunelab.data.loader import (
     BatchGroup,
@@ -31,22 +27,12 @@ from prunelab.data.loader import (
     iter_batches,
 )
 
-#: Config name (``conf/data/<name>.yaml``) -> data module class.
-DATAMODULES: dict[str, type[TensorDataModule]] = {
-    "mnist": MNISTDataModule,
-    "fashion_mnist": FashionMNISTDataModule,
-    "cifar10": CIFAR10DataModule,
-    "cifar100": CIFAR100DataModule,
-    "synthetic": SyntheticDataModule,
-}
-
 __all__ = [
     "BUNDLED_MNIST_DIR",
     "BatchGroup",
     "BatchGroups",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
-    "DATAMODULES",
     "DataError",
     "FashionMNISTDataModule",
     "MNISTDataModule",

@@ -20,20 +20,34 @@ files were compressed.
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import hashlib
 import os
 from collections.abc import Mapping
+from contextlib import ExitStack
+from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 
-__all__ = ["read_idx", "parse_idx", "read_idx_bytes", "load_checksums", "verify_sha256"]
+__all__ = [
+    "bundled_dir",
+    "read_idx",
+    "parse_idx",
+    "read_idx_bytes",
+    "load_checksums",
+    "verify_sha256",
+]
 
 PathLike = Union[str, os.PathLike]
 
 _GZIP_MAGIC = b"\x1f\x8b"
+
+# Temporary copies of package data taken out of a zipped install (kept until exit).
+_EXTRACTED = ExitStack()
+atexit.register(_EXTRACTED.close)
 
 #: IDX element type code -> big-endian numpy dtype.
 _IDX_DTYPES: dict[int, np.dtype] = {
@@ -145,3 +159,16 @@ def read_idx(
             raise ValueError(f"no sha256 checksum listed for {key} (reading {path})")
         verify_sha256(data, sums[key], str(path))
     return parse_idx(data, name=str(path))
+
+
+def bundled_dir(name: str) -> Path:
+    """Directory of a data set shipped inside the package: ``prunelab/datasets/<name>``.
+
+    Located with :mod:`importlib.resources`, so it is the same directory in a source checkout,
+    an editable install and an installed wheel. From a zipped install (Python >= 3.12) the
+    directory is extracted once to a temporary directory that lives until the process exits.
+    """
+    resource = files("prunelab") / "datasets" / name
+    if isinstance(resource, Path):
+        return resource
+    return Path(_EXTRACTED.enter_context(as_file(resource)))

@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from prunelab.errors import UserError
+
 __all__ = [
     "MODELS",
     "UnknownModelError",
@@ -43,7 +45,7 @@ MODELS: dict[str, type[nn.Module]] = {}
 _T = TypeVar("_T", bound=type[nn.Module])
 
 
-class UnknownModelError(KeyError, ValueError):
+class UnknownModelError(KeyError, UserError):
     """Raised for an unregistered model name.
 
     Subclasses both :class:`KeyError` and :class:`ValueError` so callers may

@@ -1,6 +1,11 @@
-"""``PruningCallback``: applies a pruner on a schedule during Lightning training.
+"""``PruningCallback``: applies a pruning method on a schedule during Lightning training.
 
-Bookkeeping only; the maths lives in :mod:`scores` and :mod:`selection`.
+Bookkeeping only; the maths lives in the method classes (:mod:`prunelab.pruning.methods`). The
+callback reads what a method declares, never its name: ``is_dense``, ``at_init`` (one event at
+epoch 0, the schedule unused), ``needs`` (``gradients``: |w * dL/dw| accumulated during the epoch
+before each event; ``calibration``, or ``gradients`` with nothing gathered yet: a pass over
+``score_batches`` training batches), and ``may_regrow`` (otherwise a mask that revives a pruned
+weight is refused).
 
 - ``setup``: resolves the prunable parameters of ``pl_module.net`` and validates the schedule
   against ``trainer.max_epochs``.
@@ -22,7 +27,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from prunelab.data.loader import iter_batches
 from prunelab.pruning.masks import MaskSet
-from prunelab.pruning.pruner import Pruner, PruningConfigError
+from prunelab.pruning.methods.base import PruningMethod
+from prunelab.pruning.params import PruningConfigError
 from prunelab.pruning.schedules import Schedule
 
 
@@ -35,7 +41,7 @@ class PruningCallback(pl.Callback):
     """Prune ``pl_module.net`` with ``pruner`` following ``schedule`` up to ``sparsity``.
 
     Args:
-        pruner: which parameters, scored how, selected with which scope.
+        pruner: the pruning method (which parameters, and how masks are chosen).
         schedule: epoch -> cumulative target.
         sparsity: the final total target (fraction of prunable weights that are zero), in [0, 1).
         rewind_step: if set, snapshot the network's weights after exactly this many optimizer
@@ -44,14 +50,12 @@ class PruningCallback(pl.Callback):
         log_per_layer: log every tensor's sparsity each epoch (``sparsity/<name>``).
     """
 
-    def __init__(self, pruner: Pruner, schedule: Schedule, sparsity: float,
+    def __init__(self, pruner: PruningMethod, schedule: Schedule, sparsity: float,
                  rewind_step: int | None = None, log_per_layer: bool = True):
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+        if (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
+                or not 0 <= sparsity < 1):
             raise PruningConfigError(f"sparsity={sparsity!r} must be a number in [0, 1)")
-        if pruner.is_dense and sparsity > 0:
-            raise PruningConfigError(f"pruner=none cannot reach sparsity={sparsity}; use sparsity=0 "
-                                     f"or a pruning method")
-        if not pruner.is_dense and sparsity > 0:
+        if sparsity > 0:
             pruner.check_sparsity(sparsity)
         self.pruner = pruner
         self.schedule = schedule
@@ -95,8 +99,8 @@ class PruningCallback(pl.Callback):
             reach = self.pruner.max_sparsity(self.masks.params)
             if self.sparsity > reach:
                 raise PruningConfigError(
-                    f"sparsity={self.sparsity} is beyond what pruner={self.pruner.name} can reach on "
-                    f"this model ({reach:.4f}: the output layer and one channel per layer stay)")
+                    f"sparsity={self.sparsity} is beyond what pruner={self.pruner.name} can reach "
+                    f"on this model ({reach:.4f}: the output layer and one channel per layer stay)")
             if self._pending is not None:
                 self._load(self._pending)
                 self._pending = None
@@ -120,8 +124,8 @@ class PruningCallback(pl.Callback):
         self._remove_step_hooks()
         self._trainer = trainer
         opts = [o for o in trainer.optimizers if hasattr(o, "register_step_post_hook")]
-        if len(opts) < len(trainer.optimizers) and \
-                getattr(trainer.datamodule, "steps_per_batch", 1) > 1:
+        if (len(opts) < len(trainer.optimizers)
+                and getattr(trainer.datamodule, "steps_per_batch", 1) > 1):
             raise PruningConfigError("data.steps_per_batch > 1 needs optimizers with step hooks "
                                      "(torch.optim.Optimizer subclasses); allowed otherwise: 1")
         self._counted = opts[0] if opts else None
@@ -178,7 +182,7 @@ class PruningCallback(pl.Callback):
             self._snapshot_if_due(int(trainer.global_step), retake=True)
         # gradient scores: accumulate |w * grad| during the epoch before the next event only
         nxt = epoch + 1
-        self._accumulating = (self.pruner.needs_gradients and nxt in events
+        self._accumulating = ("gradients" in self.pruner.needs and nxt in events
                               and nxt not in self.events_done)
         if self._accumulating:
             self._wg = {n: torch.zeros_like(p, dtype=torch.float32)
@@ -259,7 +263,16 @@ class PruningCallback(pl.Callback):
         assert self.masks is not None
         new = self.pruner.compute_masks(self.masks.params, self.masks.as_dict(), target,
                                         event=event, stats=stats)
-        self.masks.update(new)
+        self.set_masks(new)
+
+    @torch.no_grad()
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Replace the masks (validated; monotone unless the method's ``may_regrow``) and zero
+        the pruned weights, e.g. a lottery level's masks chosen between levels. Call after
+        :meth:`bind`."""
+        if self.masks is None:
+            raise RuntimeError("set_masks needs bound masks: call bind(net) first")
+        self.masks.update(masks, allow_regrow=self.pruner.may_regrow)
         self.masks.apply_()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

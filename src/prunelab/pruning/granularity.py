@@ -16,21 +16,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import nn
-
-REDUCTIONS = ("norm", "sum")
 
 
 # -- structured -----------------------------------------------------------------------------------
-def channel_scores(elem_scores: torch.Tensor, reduction: str = "sum", norm: int = 1) -> torch.Tensor:
-    """Per-output-channel scores: ``norm`` = the L1/L2 norm of the element scores (magnitude
-    criteria on |w|), ``sum`` = the sum of the element scores (gradient criteria)."""
+def channel_norms(elem_scores: torch.Tensor, norm: int = 1) -> torch.Tensor:
+    """Per output channel, the L``norm`` norm of its element scores (magnitude criteria: the
+    channel's weights' L1 or L2 norm)."""
     flat = elem_scores.detach().float().reshape(elem_scores.shape[0], -1)
-    if reduction == "norm":
-        return flat.abs().pow(norm).sum(1).pow(1.0 / norm)
-    if reduction == "sum":
-        return flat.sum(1)
-    raise ValueError(f"unknown channel reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}")
+    return flat.abs().pow(norm).sum(1).pow(1.0 / norm)
+
+
+def channel_sums(elem_scores: torch.Tensor) -> torch.Tensor:
+    """Per output channel, the sum of its element scores (gradient and random criteria)."""
+    return elem_scores.detach().float().reshape(elem_scores.shape[0], -1).sum(1)
 
 
 def channel_keep(mask: torch.Tensor) -> torch.Tensor:
@@ -105,33 +103,6 @@ def select_channels(scores: Mapping[str, torch.Tensor], old_keep: Mapping[str, t
         out[n][ci] = False
         alive[n] -= 1
         pruned += channel_sizes[n]
-    return out
-
-
-def _following_norms(model: nn.Module) -> dict[str, str]:
-    """Layer name -> the BatchNorm right after it in module order that normalizes its outputs."""
-    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    out = {}
-    for (name, mod), (nxt_name, nxt) in zip(leaves, leaves[1:]):
-        width = getattr(mod, "out_channels", getattr(mod, "out_features", None))
-        if isinstance(nxt, nn.modules.batchnorm._BatchNorm) and nxt.num_features == width:
-            out[name] = nxt_name
-    return out
-
-
-def coupled_parameters(model: nn.Module, weight_names: list[str]) -> dict[str, list[str]]:
-    """For each prunable weight, the parameters whose entries belong to the same output channel:
-    its layer's bias and the affine weight and bias of the BatchNorm that follows it."""
-    params = dict(model.named_parameters())
-    norms = _following_norms(model)
-    out = {}
-    for wname in weight_names:
-        mod_name = wname.rsplit(".", 1)[0] if "." in wname else ""
-        names = [f"{mod_name}.bias"] if f"{mod_name}.bias" in params else []
-        bn = norms.get(mod_name)
-        if bn is not None:
-            names += [f"{bn}.{p}" for p in ("weight", "bias") if f"{bn}.{p}" in params]
-        out[wname] = names
     return out
 
 

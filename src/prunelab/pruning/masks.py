@@ -1,7 +1,9 @@
 """Masks: one bool tensor per prunable parameter (``True`` keeps).
 
 :class:`MaskSet` owns the bookkeeping (validation, in-place application, statistics and
-(de)serialisation); the maths of *which* elements to drop lives in :mod:`prunelab.pruning.select`.
+(de)serialisation); the maths of *which* elements to drop lives in
+:mod:`prunelab.pruning.selection`, :mod:`prunelab.pruning.granularity` and the method classes of
+:mod:`prunelab.pruning.methods`.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class MaskSet:
 
     # -- update -------------------------------------------------------------------------------
     def update(self, masks: Mapping[str, torch.Tensor], *, allow_regrow: bool = False) -> None:
-        """Replace masks after validating dtype, shape and (unless allowed) monotonicity."""
+        """Replace masks after validating dtype, shape and (unless ``allow_regrow``: a method whose
+        ``may_regrow`` is true) monotonicity: a pruned weight stays pruned."""
         for name, mask in masks.items():
             self._validate(name, mask)
             old = self._masks[name]
@@ -130,13 +133,6 @@ class MaskSet:
         if first.device != factor.device or first.dtype != factor.dtype:  # module moved or cast
             self._refresh_factors()
         torch._foreach_mul_(self._apply_params, self._apply_factors)
-
-    @torch.no_grad()
-    def apply_to_grads_(self) -> None:
-        """Zero the gradients of pruned elements (where gradients exist)."""
-        for n, p in self._params.items():
-            if p.grad is not None:
-                p.grad.mul_(self._factors[n])
 
     # -- statistics ---------------------------------------------------------------------------
     def stats(self) -> dict:

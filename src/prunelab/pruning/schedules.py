@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from prunelab.errors import UserError
 
-class ScheduleError(ValueError):
+
+class ScheduleError(UserError):
     """A schedule that does not fit the run (one-line message)."""
 
 
@@ -21,17 +23,10 @@ class Schedule(ABC):
     def events(self, final: float) -> dict[int, float]:
         """``{epoch: cumulative target}`` in increasing epoch order, last one equal to ``final``."""
 
-    def target(self, epoch: int, final: float) -> float | None:
-        """Target to prune to at the start of ``epoch``, or ``None`` if no event there."""
-        return self.events(final).get(epoch)
-
     def current(self, epoch: int, final: float) -> float:
         """Target in force during ``epoch`` (after its event, if any)."""
         reached = [t for e, t in self.events(final).items() if e <= epoch]
         return reached[-1] if reached else 0.0
-
-    def last_epoch(self, final: float) -> int:
-        return max(self.events(final))
 
     def validate(self, max_epochs: int, final: float = 0.5) -> None:
         ev = self.events(final)
@@ -148,6 +143,4 @@ class Gradual(Schedule):
         return out
 
 
-SCHEDULES = {cls.name: cls for cls in (OneShot, Iterative, Gradual)}
-
-__all__ = ["Schedule", "ScheduleError", "OneShot", "Iterative", "Gradual", "SCHEDULES"]
+__all__ = ["Schedule", "ScheduleError", "OneShot", "Iterative", "Gradual"]

@@ -1,7 +1,8 @@
 """Importance scores: pure functions ``(param, context) -> Tensor`` of the parameter's shape.
 
-Larger means keep. Scores are registered by name so that configs select them (``pruner.score``);
-an unknown name raises an error listing the known ones.
+Larger means keep. Scores are registered by name; a score-then-select method
+(:class:`prunelab.pruning.methods.ScoreThenSelect`) names the one it uses (``score = "taylor"``) or
+holds any callable of this signature. An unknown name raises an error listing the known ones.
 """
 
 from __future__ import annotations
@@ -23,18 +24,15 @@ class ScoreContext:
 
 ScoreFn = Callable[[torch.Tensor, ScoreContext], torch.Tensor]
 SCORES: dict[str, ScoreFn] = {}
-#: Scores computed from accumulated ``|w * dL/dw|`` (``ctx.stats["wg"]``), which the callback
-#: gathers from training batches before each pruning step.
-GRADIENT_SCORES: set[str] = set()
 
 
-def register_score(name: str, needs_gradients: bool = False) -> Callable[[ScoreFn], ScoreFn]:
+def register_score(name: str) -> Callable[[ScoreFn], ScoreFn]:
+    """Register a score function under ``name`` (a decorator)."""
+
     def deco(fn: ScoreFn) -> ScoreFn:
         if name in SCORES:
             raise ValueError(f"score {name!r} registered twice")
         SCORES[name] = fn
-        if needs_gradients:
-            GRADIENT_SCORES.add(name)
         return fn
 
     return deco
@@ -62,7 +60,8 @@ def random(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
 def accumulated_wg(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
     """|w * dL/dw| summed over batches, gathered by the PruningCallback (``ctx.stats["wg"]``).
 
-    Registered twice; the two methods differ in *when* the callback gathers it:
+    Registered twice; the two methods (which declare that they need gradients) differ in *when*
+    the callback gathers it:
     ``taylor``: first-order Taylor importance over the batches of the epoch before each pruning
     step (Molchanov et al. 2017/2019); ``snip``: connection sensitivity at initialization over a
     few batches (Lee et al. 2019; its normalization by the sum does not change the ranking).
@@ -74,5 +73,5 @@ def accumulated_wg(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
     return wg.float()
 
 
-register_score("taylor", needs_gradients=True)(accumulated_wg)
-register_score("snip", needs_gradients=True)(accumulated_wg)
+register_score("taylor")(accumulated_wg)
+register_score("snip")(accumulated_wg)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from prunelab.measure.params import effective_parameters
+from prunelab.metrics.params import effective_parameters
 
 __all__ = ["count_macs"]
 

@@ -1,6 +1,6 @@
-"""Model measurement: parameters, sparsity, MACs, size on disk, latency.
+"""Model measurement: parameters, sparsity, MACs, size on disk, latency, accuracy.
 
-Plain functions on ``nn.Module`` (no Lightning):
+Plain functions on ``nn.Module`` (no Lightning; this package imports no command):
 
 * :func:`count_params` - ``{"total", "nonzero"}``
 * :func:`sparsity_report` - exact-zero statistics of named parameters
@@ -9,25 +9,32 @@ Plain functions on ``nn.Module`` (no Lightning):
   sparse checkpoints
 * :func:`measure_latency` - median / IQR forward latency per batch size
 * :func:`time_alternating` - several models timed in turn (A B A B ...), medians
+* :func:`accuracy` - top-1 accuracy over a data loader (the one evaluation loop)
+
+This package used to be called ``prunelab.measure``; that name is now the ``measure`` command,
+which forwards the old imports (``prunelab.measure.count_macs``, ...) with a DeprecationWarning
+for one release.
 """
 
-from prunelab.measure.disk import (
+from prunelab.metrics.accuracy import accuracy
+from prunelab.metrics.disk import (
     decode_sparse_state_dict,
     encode_sparse_state_dict,
     load_sparse_state_dict,
     save_sparse_state_dict,
     size_on_disk,
 )
-from prunelab.measure.latency import measure_latency, time_alternating
-from prunelab.measure.macs import count_macs
-from prunelab.measure.params import (
+from prunelab.metrics.macs import count_macs
+from prunelab.metrics.params import (
     count_params,
     effective_parameters,
     effective_state_dict,
     sparsity_report,
 )
+from prunelab.metrics.timing import measure_latency, time_alternating
 
 __all__ = [
+    "accuracy",
     "count_macs",
     "count_params",
     "decode_sparse_state_dict",

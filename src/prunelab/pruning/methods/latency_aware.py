@@ -3,8 +3,8 @@
 ``pruner=latency_aware hardware.latency_budget_ms=<ms>`` (with ``schedule=oneshot``):
 
 1. **Latency table, measured on the target** (this machine, the hardware profile's threads and
-   first batch size): for every channel group that can shrink (see
-   :mod:`prunelab.compress.compact`), the compacted model's latency with that group cut to
+   first batch size): for every channel group that can shrink (see :mod:`prunelab.graph`), the
+   compacted model's latency with that group cut to
    1/8, 2/8, ... 7/8 of its channels and every other group whole. The model's latency at any
    widths is predicted as the whole model's minus the sum of the groups' savings.
 2. **Greedy removal**: repeatedly remove, from the group where it costs the least accuracy per
@@ -16,6 +16,9 @@
 
 A budget below the latency with every group at one channel cannot be met: that is an error that
 names the smallest reachable latency.
+
+Timing a candidate needs the compacted model: :meth:`LatencyModel.build` imports
+:func:`prunelab.compress.compact.compact` (the one place the pruning package uses ``compress``).
 """
 
 from __future__ import annotations
@@ -27,11 +30,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab.errors import UserError
+from prunelab.pruning.granularity import channel_keep, expand_channels
+from prunelab.pruning.methods.base import PruningMethod
+from prunelab.pruning.methods.channels import ChannelLayout, output_weights
+from prunelab.pruning.params import PruningConfigError
+
 GRID = 8  # table widths: k/GRID of a group's channels
 CHUNK = 16  # greedy step: 1/CHUNK of a group's channels
 
 
-class LatencyBudgetError(ValueError):
+class LatencyBudgetError(UserError):
     """The budget cannot be met (one-line message naming the closest reachable latency)."""
 
 
@@ -68,7 +77,7 @@ class LatencyModel:
 
     def time(self, *models: nn.Module, rounds: int = 3) -> list[float]:
         """Median latency (ms) of each model, timed in turn for ``rounds`` rounds."""
-        from prunelab.measure.latency import time_alternating
+        from prunelab.metrics.timing import time_alternating
 
         lat = time_alternating(dict(enumerate(models)), self.shape, (self.batch,), self.runs, 5,
                                rounds, self.threads)
@@ -78,7 +87,7 @@ class LatencyModel:
         return self.time(self.build(keeps))[0]
 
 
-def channel_scores(model: nn.Module, group) -> torch.Tensor:
+def group_channel_scores(model: nn.Module, group) -> torch.Tensor:
     """Per channel: the sum over the group's producers of the mean |w| of its row."""
     mods = dict(model.named_modules())
     score = torch.zeros(group.size)
@@ -102,7 +111,7 @@ def latency_floor(model: nn.Module, input_shape: Sequence[int], prunable: Sequen
                   runs: int = 30) -> tuple[float, float]:
     """(latency of ``model`` compacted with every shrinkable group at one channel, latency of
     ``model`` as it is): the range a budget can be met in. Weights do not matter, shapes do."""
-    from prunelab.compress.compact import channel_groups
+    from prunelab.graph import channel_groups
 
     groups = channel_groups(model, input_shape)
     lat = LatencyModel(model, input_shape, groups, batch, threads, runs)
@@ -138,7 +147,7 @@ def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: 
                         runs: int = 30) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Per prunable weight, the output channels to keep so that the compacted model measures
     within ``budget_ms``; and a report (budget, dense / predicted / achieved latency, widths)."""
-    from prunelab.compress.compact import channel_groups
+    from prunelab.graph import channel_groups
 
     all_groups = channel_groups(model, input_shape)
     cand = _candidates(all_groups, prunable, protected)
@@ -152,7 +161,7 @@ def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: 
         start_keep[gi] = k
     full_model = lat.build(start_keep)
     full_ms = lat.time(full_model)[0]
-    scores = {gi: channel_scores(model, all_groups[gi]) for gi in cand}
+    scores = {gi: group_channel_scores(model, all_groups[gi]) for gi in cand}
 
     def keep_lowest_removed(gi: int, width: int) -> torch.Tensor:
         s = scores[gi].masked_fill(~start_keep[gi], float("-inf"))
@@ -230,3 +239,84 @@ def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: 
               "widths": {",".join(all_groups[gi].producers): [int(start_keep[gi].sum()),
                                                                widths[gi]] for gi in cand}}
     return out, report
+
+
+class LatencyAware(PruningMethod):
+    """Whole channels chosen so that the compacted model meets ``latency_budget_ms`` on this
+    machine (the module docstring has the procedure). Prunes once: the schedule must be
+    ``oneshot``; ``sparsity`` does not decide how much goes, the budget does.
+
+    Args:
+        latency_budget_ms: the compacted model's latency budget (ms, > 0).
+        latency_batch_size, latency_threads: where that latency is measured.
+        include, exclude: which parameters (see :class:`PruningMethod`).
+    """
+
+    name = "latency_aware"
+    needs = frozenset({"latency"})
+    granularity = "structured"
+
+    def __init__(self, latency_budget_ms: float | None = None, latency_batch_size: int = 1,
+                 latency_threads: int | None = None, include: Sequence[str] | None = None,
+                 exclude: Sequence[str] = ()):
+        super().__init__(include, exclude)
+        if (not isinstance(latency_budget_ms, (int, float)) or isinstance(latency_budget_ms, bool)
+                or latency_budget_ms <= 0):
+            raise PruningConfigError(f"pruner=latency_aware needs hardware.latency_budget_ms="
+                                     f"<milliseconds > 0>, got {latency_budget_ms!r}")
+        self.latency_budget_ms = float(latency_budget_ms)
+        self.latency_batch_size = int(latency_batch_size)
+        self.latency_threads = latency_threads
+        self._layout = ChannelLayout()
+        self._model: nn.Module | None = None
+        self._report: dict[str, Any] | None = None
+
+    def bindings(self, model: nn.Module) -> tuple[dict[str, nn.Parameter], dict | None]:
+        params = self.resolve(model)
+        self._layout = ChannelLayout.of(model, params, tied={})  # timing handles residual groups
+        self._model = model
+        return params, self._layout.coupled
+
+    @property
+    def _protected(self) -> frozenset[str]:
+        return self._layout.protected
+
+    def max_sparsity(self, params: Mapping[str, torch.Tensor]) -> float:
+        return self._layout.reach(params)
+
+    def latency_range(self, model: nn.Module) -> tuple[float, float]:
+        """(smallest reachable, current) latency in ms of ``model``."""
+        params = self.resolve(model)
+        protected = sorted(output_weights(model, params))
+        return latency_floor(model, model.input_shape, list(params), protected,
+                             self.latency_batch_size, self.latency_threads)
+
+    def check_run(self, model: nn.Module, schedule: Any, sparsity: float) -> None:
+        """The schedule must prune once, and the budget must be reachable on this machine."""
+        from prunelab.pruning.schedules import OneShot
+
+        if not isinstance(schedule, OneShot):
+            raise PruningConfigError(f"pruner=latency_aware prunes once: use schedule=oneshot "
+                                     f"(got schedule={getattr(schedule, 'name', schedule)})")
+        floor_ms, full_ms = self.latency_range(model)
+        check_floor(self.latency_budget_ms, floor_ms, full_ms, self.latency_batch_size)
+
+    @torch.no_grad()
+    def compute_masks(self, params: Mapping[str, torch.Tensor], old_masks: Mapping[str, torch.Tensor],
+                      target: float, event: int = 0,
+                      stats: Mapping[str, dict] | None = None) -> dict[str, torch.Tensor]:
+        """Masks meeting the budget (``target`` is not used: the budget decides)."""
+        if self._model is None:
+            raise PruningConfigError("pruner=latency_aware must be bound to a model first "
+                                     "(prepare or bindings)")
+        keeps, self._report = latency_aware_keeps(
+            self._model, self._model.input_shape, list(params), sorted(self._layout.protected),
+            {n: channel_keep(old_masks[n]) for n in params}, self.latency_budget_ms,
+            self.latency_batch_size, self.latency_threads)
+        return {n: (expand_channels(keeps[n], params[n].shape) if n in keeps else old_masks[n])
+                for n in params}
+
+    def report(self) -> dict[str, Any] | None:
+        """The latency report of the last pruning event: budget, batch, threads, dense / floor /
+        achieved latency (ms), whether the budget was met, the checks and per-group widths."""
+        return self._report

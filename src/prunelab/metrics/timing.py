@@ -1,4 +1,4 @@
-"""Inference latency measurement."""
+"""Inference latency: one model over batch sizes, or several timed in turn (A B A B ...)."""
 
 from __future__ import annotations
 

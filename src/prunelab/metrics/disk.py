@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunelab.measure.params import effective_state_dict
+from prunelab.files import save_torch_atomic
+from prunelab.metrics.params import effective_state_dict
 
 __all__ = [
     "SPARSE_FORMAT",
@@ -82,7 +83,7 @@ def save_sparse_state_dict(
     state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, min_zero_fraction: float = 0.5
 ) -> None:
     """Write ``state_dict`` to ``path`` in the sparse bitmask format."""
-    torch.save(encode_sparse_state_dict(state_dict, min_zero_fraction), path)
+    save_torch_atomic(encode_sparse_state_dict(state_dict, min_zero_fraction), path)
 
 
 def load_sparse_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]":
@@ -106,7 +107,7 @@ def size_on_disk(
       :func:`encode_sparse_state_dict` (tensors with at least
       ``min_zero_fraction`` zeros stored as packed mask + non-zero values).
 
-    The state dict is :func:`prunelab.measure.effective_state_dict`, i.e.
+    The state dict is :func:`prunelab.metrics.effective_state_dict`, i.e.
     ``model.state_dict()`` with any ``torch.nn.utils.prune`` masks or
     parametrizations folded into the weights.
 
@@ -117,7 +118,7 @@ def size_on_disk(
     state_dict = effective_state_dict(model)
     dense_path = os.path.join(directory, "model_dense.pt")
     sparse_path = os.path.join(directory, "model_sparse.pt")
-    torch.save(OrderedDict((k, v.cpu()) for k, v in state_dict.items()), dense_path)
+    save_torch_atomic(OrderedDict((k, v.cpu()) for k, v in state_dict.items()), dense_path)
     save_sparse_state_dict(state_dict, sparse_path, min_zero_fraction)
     return {
         "dense_bytes": int(os.path.getsize(dense_path)),

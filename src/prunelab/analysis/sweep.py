@@ -1,0 +1,203 @@
+"""Sweep reports: every ``results.json`` under a directory as one table and plots.
+
+:func:`write_report` writes ``report.md``, ``report.csv`` and the plots of :mod:`prunelab.plots`
+beside the runs, listing the jobs that failed or did not finish. Seeds of one configuration are
+combined (mean and std); runs that differ in anything but the seed stay apart (``group_hash``).
+Lottery runs (:mod:`prunelab.tickets`) below the directory get their own report:
+``lottery_report.md|csv`` (mean and spread over seeds per control and level) and ``lottery.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prunelab.errors import UserError
+from prunelab.formatting import Column, fixed, markdown_table, percent
+
+
+class ReportError(UserError):
+    """Nothing to report (one-line message)."""
+
+
+GROUP_KEYS = ("data", "model", "pruner", "granularity", "scope", "schedule", "target_sparsity")
+
+
+def collect(directory: str | Path) -> list[dict[str, Any]]:
+    """Every ``results.json`` under ``directory`` (recursively), with its run directory."""
+    rows = []
+    for path in sorted(Path(directory).rglob("results.json")):
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if res.get("kind") == "lottery_level":
+            continue  # a level of a lottery run: see collect_lottery
+        res["run_dir"] = str(path.parent)
+        rows.append(res)
+    return rows
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.mean(vals) if vals else None
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration (seeds combined): mean and std of test accuracy; means of
+    sparsity, parameters kept, MACs kept, size and latency."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        # runs that differ in anything but the seed (regularizer, epochs, ...) stay apart
+        groups[tuple(r.get(k) for k in GROUP_KEYS) + (r.get("group_hash"),)].append(r)
+    out = []
+    for key, rs in groups.items():
+        accs = [r["test_acc"] for r in rs]
+        row = dict(zip(GROUP_KEYS, key))
+        row["group_hash"] = key[-1]
+        lat = [r.get("latency_ms") or {} for r in rs]
+        adv = [r.get("adversarial") or {} for r in rs]
+        row.update({
+            "seeds": len(rs),
+            "test_acc_mean": statistics.mean(accs),
+            "test_acc_std": _std(accs),
+            "sparsity": statistics.mean(r["sparsity"]["global"] for r in rs),
+            "channel_sparsity": statistics.mean(r.get("channel_sparsity", {}).get("global", 0.0)
+                                                for r in rs),
+            "params_kept": _mean([r["params"]["nonzero"] / r["params"]["total"] for r in rs
+                                  if "params" in r]),
+            "macs_ratio": statistics.mean(r["macs"]["effective"] / r["macs"]["dense"] for r in rs),
+            "size_kb": _mean([r["size_bytes"]["sparse_bytes"] / 1e3 for r in rs
+                              if "size_bytes" in r]),
+            "latency_b1_ms": _mean([x.get("batch_1") for x in lat]),
+            "latency_b64_ms": _mean([x.get("batch_64") for x in lat]),
+            "adv_acc": _mean([x.get("acc") for x in adv]),
+            "wall_time_s": statistics.mean(r["wall_time_s"] for r in rs),
+            "per_layer": {n: statistics.mean(r["sparsity"]["per_layer"].get(n, 0.0) for r in rs)
+                          for n in (rs[0]["sparsity"].get("per_layer") or {})},
+        })
+        out.append(row)
+    out.sort(key=lambda r: tuple(str(r[k]) for k in ("data", "model", "target_sparsity"))
+             + (-r["test_acc_mean"],))
+    return out
+
+
+def collect_failures(directory: str | Path) -> list[dict[str, str]]:
+    """Jobs of a sweep without ``results.json``: failed (``error.json``, written by the failing
+    job) or unfinished (a Hydra job directory, ``.hydra/``, and nothing else)."""
+    out = []
+    directory = Path(directory)
+    for d in sorted({p.parent for p in directory.rglob("error.json")}
+                    | {p.parent for p in directory.rglob(".hydra")}):
+        if (d / "results.json").is_file() or (d / "lottery.json").is_file():
+            continue
+        err = "unfinished: no results.json (killed or still running)"
+        if (d / "error.json").is_file():
+            try:
+                err = json.loads((d / "error.json").read_text()).get("error", err)
+            except (OSError, json.JSONDecodeError):
+                pass
+        out.append({"run_dir": str(d.relative_to(directory)) or ".", "error": err})
+    return out
+
+
+COLUMNS: list[Column] = [
+    ("data", "data", None), ("model", "model", None), ("pruner", "pruner", None),
+    ("target_sparsity", "target", fixed(4, floats_only=True)),
+    ("sparsity", "sparsity", fixed(4, floats_only=True)),
+    ("channel_sparsity", "channels", fixed(4, floats_only=True)),
+    ("test_acc_mean", "test acc", percent), ("test_acc_std", "std", percent),
+    ("seeds", "seeds", None), ("params_kept", "params kept", fixed(4, floats_only=True)),
+    ("macs_ratio", "MACs kept", fixed(4, floats_only=True)), ("size_kb", "size KB", fixed(1)),
+    ("latency_b1_ms", "ms @1", fixed(3)), ("latency_b64_ms", "ms @64", fixed(3)),
+    ("adv_acc", "adv acc", percent), ("wall_time_s", "wall s", fixed(1))]
+
+
+def markdown(summary: Sequence[dict[str, Any]], failures: Sequence[dict[str, str]] = ()) -> str:
+    md = markdown_table(summary, COLUMNS)
+    if failures:
+        lines = ["", f"**{len(failures)} job(s) without results:**", ""]
+        lines += [f"- `{f['run_dir']}`: {f['error']}" for f in failures]
+        md += "\n".join(lines) + "\n"
+    return md
+
+
+def write_report(directory: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
+    """``report.md``, ``report.csv`` and the plots for the runs under ``directory`` (and the
+    lottery report for lottery runs). Raises ReportError when there is nothing to report."""
+    from prunelab.plots import plot_sweep
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ReportError(f"{str(directory)!r} is not a directory; allowed: a directory holding "
+                          f"prunelab runs (results.json, lottery runs)")
+    lottery = write_lottery_report(directory, quiet=quiet)
+    summary = summarize(collect(directory))
+    failures = collect_failures(directory)
+    if not summary:
+        if lottery:
+            return lottery
+        if failures:
+            md = markdown([], failures)
+            (directory / "report.md").write_text(md)
+            if not quiet:
+                print(md, end="")
+            return []
+        raise ReportError(f"no results.json under {directory}")
+    fields = [k for k in summary[0] if k != "per_layer"]
+    with open(directory / "report.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(summary)
+    md = markdown(summary, failures)
+    best = directory / "optimization_results.yaml"  # written by hydra/sweeper=optuna
+    if best.is_file():
+        import yaml
+
+        res = yaml.safe_load(best.read_text()) or {}
+        params = ", ".join(f"`{k}={v}`" for k, v in (res.get("best_params") or {}).items())
+        md += f"\n**Best trial** (Optuna): {params}: objective {res.get('best_value')}\n"
+    pngs = plot_sweep(summary, directory)
+    md += "\n" + "".join(f"![{p.stem}]({p.name})\n" for p in pngs)
+    (directory / "report.md").write_text(md)
+    if not quiet:
+        print(md, end="")
+        print(f"wrote {directory / 'report.md'}, report.csv and {len(pngs)} plots")
+    return summary
+
+
+# -- lottery tickets -------------------------------------------------------------------------------
+def collect_lottery(directory: str | Path) -> list[dict[str, Any]]:
+    """The finished levels of every lottery run under ``directory`` (a control's own copy of its
+    ticket, ``<run>/ticket/``, is left out: the ticket run itself is counted)."""
+    from prunelab.tickets.store import read_levels, runs_below
+
+    return [row for run in runs_below(directory) for row in read_levels(run)]
+
+
+def write_lottery_report(directory: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
+    """``lottery_report.md|csv`` and ``lottery.png`` for the lottery runs under ``directory``."""
+    from prunelab.plots import plot_lottery
+    from prunelab.tickets.summary import lottery_curves, write_table
+
+    directory = Path(directory)
+    curves = lottery_curves(collect_lottery(directory))
+    if not curves:
+        return []
+    md = write_table(directory / "lottery_report", curves)
+    seeds = max(r["seeds"] for r in curves)
+    plot_lottery(curves, directory / "lottery.png",
+                 title=f"lottery tickets, mean of {seeds} seed(s)")
+    if not quiet:
+        print(md, end="")
+        print(f"wrote {directory / 'lottery_report.md'}, lottery_report.csv and lottery.png")
+    return curves

@@ -1,0 +1,239 @@
+"""Assembly in one place: from a composed config to the objects of a run.
+
+:func:`assemble` turns ``train``'s config into a typed :class:`RunParts` (data, network, pruning
+method, schedule, callback, regularizer, teacher), validating each value where it first becomes
+an object and writing nothing: a bad value is a one-line :class:`UserError` before any file
+exists. :func:`build_module` and :func:`build_trainer` are shared by ``train`` and the lottery
+(every lottery level is trained by the same module and trainer a run is).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from prunelab.cli import as_user_error, choice, target_name
+from prunelab.errors import ConfigError, UserError, one_line
+from prunelab.hardware import check_hardware, speedup_warnings, two_four_warnings
+
+#: What a sweep (Optuna) may optimize: results.json keys, maximized.
+OBJECTIVES = ("best_val_acc", "test_acc")
+
+
+@dataclass
+class RunParts:
+    """Everything one training run is made of (built by :func:`assemble`, nothing written)."""
+
+    datamodule: Any
+    net: Any
+    method: Any
+    schedule: Any
+    callback: Any
+    sparsity: float
+    model_name: str
+    data_name: str
+    resume: str | None = None
+    regularizer: Any = None
+    distiller: Any = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def validate_sparsity(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ConfigError(f"sparsity={value!r} is not a number; allowed: a number in [0, 1)")
+    if not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"sparsity={value} is outside the allowed range [0, 1)")
+    return float(value)
+
+
+def resolve_resume(resume: str | None) -> str | None:
+    if not resume:
+        return None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"resume={resume!r}: no checkpoint found at {path}; allowed: a .ckpt file "
+                          f"or a run directory with checkpoints/last.ckpt")
+    from prunelab.runs import RunError, read_checkpoint
+
+    try:  # weights_only=True: a file that needs pickle is refused here, not run by Lightning
+        read_checkpoint(path)
+    except RunError as exc:
+        raise ConfigError(str(exc).replace("run=", "resume=", 1)) from None
+    return str(path)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
+    return value
+
+
+def check_top_level(cfg: DictConfig) -> tuple[float, str | None]:
+    """The checks that need no heavy import (sparsity, epochs, eval, objective, resume), so that
+    a bad value is answered at once. Returns (sparsity, resume checkpoint)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        value = cfg.get("sparsity")
+    except OmegaConfBaseException as exc:  # e.g. a resolver reading a missing profile
+        raise ConfigError(one_line(exc.__cause__ if exc.__cause__ is not None else exc)) from exc
+    sparsity = validate_sparsity(value)
+    _check_int("epochs", cfg.get("epochs"), 1)
+    ev = cfg.get("eval") or {}
+    attack = ev.get("adversarial")
+    if attack not in (None, "fgsm", "pgd"):
+        raise ConfigError(f"eval.adversarial={attack!r}; allowed: fgsm, pgd, null")
+    if attack is not None:
+        eps = ev.get("epsilon")
+        if isinstance(eps, bool) or not isinstance(eps, Real) or eps <= 0:
+            raise ConfigError(f"eval.epsilon={eps!r} must be a number > 0 (pixel units)")
+        _check_int("eval.steps", ev.get("steps"), 1)
+    objective = cfg.get("objective")
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective={objective!r}: a sweep needs a metric to optimize; allowed: "
+                          f"{', '.join(OBJECTIVES)}")
+    return sparsity, resolve_resume(cfg.get("resume"))
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """More DDP processes than devices (GPUs, or CPU cores) is an error, not a slow run."""
+    import os
+
+    devices = cfg.trainer.get("devices")
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices <= 1:
+        return
+    if cfg.hardware.accelerator == "gpu":
+        import torch
+
+        have, what = torch.cuda.device_count(), "CUDA GPUs"
+    else:
+        have, what = os.cpu_count() or 1, "CPU cores"
+    if devices > have:
+        raise ConfigError(f"devices={devices} but this machine has {have} {what}; allowed: "
+                          f"1..{have}")
+
+
+def check_steps_per_batch(cfg: DictConfig, k: int) -> None:
+    """``data.steps_per_batch > 1`` runs several optimizer steps per Lightning batch: one device
+    only (DDP synchronizes gradients once per forward of its wrapper). The data module checks
+    the world size again when training starts."""
+    if k <= 1:
+        return
+    t = cfg.trainer
+    devices, nodes = t.get("devices"), t.get("num_nodes") or 1
+    strategy = str(t.get("strategy") or "")
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    several = (
+        (isinstance(devices, int) and not isinstance(devices, bool)
+         and (devices > 1 or devices == -1))
+        or (not isinstance(devices, (int, str)) and devices is not None and len(devices) > 1)
+        or (isinstance(devices, str) and "," in devices)
+        or nodes > 1
+        or any(s in strategy.lower() for s in ("ddp", "fsdp", "deepspeed")))
+    if several:
+        raise ConfigError(f"data.steps_per_batch={k} needs single-device training (got "
+                          f"trainer.devices={devices}, num_nodes={nodes}, strategy="
+                          f"{strategy or 'auto'}); allowed with several devices: 1")
+
+
+def check_logger(cfg: DictConfig) -> None:
+    if "MLFlow" in str((cfg.get("logger") or {}).get("_target_", "")):
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("logger=mlflow needs the mlflow package (pip install mlflow); "
+                              "allowed without it: csv, tensorboard, none")
+
+
+def data_and_model(cfg: DictConfig) -> tuple[Any, Any, str]:
+    """(datamodule, network, model name): the data first (it knows the input shape and the
+    classes), then the model built for them and checked to fit."""
+    from prunelab.models import check_input_fits, get_model_name
+
+    try:
+        datamodule = instantiate(cfg.data)
+        shape, classes = tuple(datamodule.input_shape), int(datamodule.num_classes)
+        net = instantiate(cfg.model, input_shape=shape, num_classes=classes)
+        model_name = choice("model", get_model_name(net) or target_name(cfg.model))
+        check_input_fits(net, shape, model_name)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only user-input errors become one line
+        raise as_user_error(exc) from exc
+    return datamodule, net, model_name
+
+
+def assemble(cfg: DictConfig, sparsity: float | None = None, resume: str | None = None,
+             ) -> RunParts:
+    """Instantiate and validate everything ``train`` needs, writing nothing (UserError)."""
+    from prunelab.pruning import PruningCallback, build_method
+
+    if sparsity is None:
+        sparsity, resume = check_top_level(cfg)
+    datamodule, net, model_name = data_and_model(cfg)
+    try:
+        method = build_method(cfg.pruner)
+        schedule = instantiate(cfg.schedule)
+        callback = PruningCallback(method, schedule, sparsity)
+        callback.bind(net)
+        method.check_run(net, schedule, sparsity)
+        if callback.events and not method.at_init:
+            schedule.validate(int(cfg.trainer.get("max_epochs") or cfg.epochs), sparsity)
+        check_logger(cfg)
+        check_devices(cfg)
+        check_steps_per_batch(cfg, int(getattr(datamodule, "steps_per_batch", 1)))
+        check_hardware(cfg.hardware, choice("hardware", str(cfg.hardware.get("target", "cpu"))))
+        instantiate(cfg.optimizer)(params=list(net.parameters()))  # a bad lr fails here
+        regularizer = None
+        if cfg.get("regularizer"):
+            regularizer = instantiate(cfg.regularizer)(params=list(callback.masks.params.values()))
+        distiller = None
+        dcfg = cfg.get("distill") or {}
+        if dcfg.get("teacher"):
+            from prunelab.distill import load_teacher
+
+            distiller = load_teacher(str(dcfg.teacher), dcfg.get("temperature", 4.0),
+                                     dcfg.get("alpha", 0.9), int(datamodule.num_classes),
+                                     tuple(datamodule.input_shape))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only user-input errors become one line
+        raise as_user_error(exc) from exc
+    target = str(cfg.hardware.get("target", "cpu"))
+    warns = speedup_warnings(method, sparsity, target) + two_four_warnings(net, target)
+    for w in warns:
+        print(f"prunelab: warning: {w}", file=sys.stderr)
+    return RunParts(datamodule=datamodule, net=net, method=method, schedule=schedule,
+                    callback=callback, sparsity=sparsity, model_name=model_name,
+                    data_name=choice("data", getattr(datamodule, "name", None)
+                                     or target_name(cfg.data)), resume=resume,
+                    regularizer=regularizer, distiller=distiller, warnings=warns)
+
+
+def build_module(cfg: DictConfig, net: Any, num_classes: int, *, regularizer: Any = None,
+                 distiller: Any = None, config: Any = None) -> Any:
+    """The LightningModule that trains ``net`` with the config's optimizer and LR scheduler."""
+    from prunelab.module import ClassifierModule
+
+    lr_sched = instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
+    return ClassifierModule(net, num_classes=int(num_classes),
+                            optimizer=instantiate(cfg.optimizer), lr_scheduler=lr_sched,
+                            scheduler_interval=cfg.module.scheduler_interval,
+                            gradient_clip_val=cfg.module.gradient_clip_val,
+                            regularizer=regularizer, config=config, distiller=distiller)
+
+
+def build_trainer(cfg: DictConfig, out_dir: str | Path, callbacks: list[Any]) -> Any:
+    """The config's Lightning Trainer writing its logs under ``out_dir``."""
+    logger = instantiate(cfg.logger, save_dir=str(out_dir)) if cfg.get("logger") else False
+    return instantiate(cfg.trainer, callbacks=list(callbacks), logger=logger,
+                       default_root_dir=str(out_dir))

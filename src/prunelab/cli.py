@@ -1,0 +1,207 @@
+"""The one CLI layer shared by every command (``train``, ``lottery``, ``sensitivity``,
+``measure``, ``export``, ``report``).
+
+Before Hydra starts, :func:`start` checks the command line: a group option that does not exist
+(``pruner=magnitud``), an experiment of another command, or a key the command's config does not
+have (``foo=bar``) is answered with one line, ``prunelab: error: ...``, and exit status 2,
+before anything is written. Errors raised later by the command (any :class:`UserError`) are
+turned into the same one line by :mod:`prunelab.jobs`. ``--help`` is each command's own
+``hydra/help`` template (``conf/hydra/help/<command>.yaml``).
+
+Heavy libraries (torch, Lightning) are not imported here: a bad command line is answered in a
+fraction of a second.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from omegaconf import DictConfig
+
+from prunelab.errors import ConfigError, UserError, one_line
+
+CONF_DIR = Path(__file__).parent / "conf"
+#: Hydra flags after which no override check is made (Hydra answers them itself).
+_PASS_THROUGH = ("--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion",
+                 "-sc")
+
+
+#: The config groups a user sets on each command's command line (checked before Hydra starts,
+#: listed by ``--help``).
+COMMAND_GROUPS = {
+    "train": ("data", "model", "pruner", "schedule", "optimizer", "lr_scheduler", "regularizer",
+              "hardware", "trainer", "logger", "experiment", "debug"),
+    "lottery": ("data", "model", "optimizer", "lr_scheduler", "hardware", "trainer", "logger",
+                "experiment", "debug"),
+    "sensitivity": (),
+    "measure": ("hardware",),
+    "export": (),
+    "report": (),
+}
+
+
+def known_options(group: str) -> list[str]:
+    """The option names of a config group (its YAML files)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def experiments(command: str) -> list[str]:
+    """The experiments (``conf/experiment/*.yaml``) that belong to ``command``: each file's
+    first line says ``# @command <name>``; files without it belong to ``train``."""
+    out = []
+    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+        first = path.read_text().splitlines()[:3]
+        owner = next((ln.split("@command", 1)[1].strip() for ln in first if "@command" in ln),
+                     "train")
+        if owner == command:
+            out.append(path.stem)
+    return out
+
+
+def help_groups(command: str) -> str:
+    """``${help_groups:<command>}`` in a ``hydra/help`` template: the command's groups and their
+    options, one line each (only the command's own experiments; no internal ``schema/*``)."""
+    lines = []
+    for group in sorted(COMMAND_GROUPS.get(str(command), ())):
+        options = experiments(str(command)) if group == "experiment" else known_options(group)
+        lines.append(f"  {group}: {', '.join(options)}")
+    return "\n".join(lines) or "  (none)"
+
+
+def fail(msg: str) -> NoReturn:
+    """Print the one-line error and exit with status 2."""
+    print(f"prunelab: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _split(arg: str) -> tuple[str, str] | None:
+    if "=" not in arg or arg.startswith("-"):
+        return None
+    key, value = arg.split("=", 1)
+    key = key.lstrip("+~")
+    if key.startswith("override "):
+        key = key[len("override "):]
+    return key.strip("/"), value
+
+
+def check_group_options(argv: Sequence[str], groups: Iterable[str], command: str) -> None:
+    """Unknown group options (``pruner=magnitud``) and other commands' experiments, as one line
+    listing the known ones."""
+    groups = set(groups)
+    if any(a.lstrip("+").startswith("hydra.searchpath") for a in argv):
+        return  # options from the user's own config dirs: the compose check answers for them
+    for arg in argv:
+        kv = _split(arg)
+        if kv is None or kv[0] not in groups or "(" in kv[1] or kv[1] in ("", "null"):
+            continue
+        key, value = kv
+        known = experiments(command) if key == "experiment" else known_options(key)
+        for v in value.split(","):
+            if v in known:
+                continue
+            if key == "experiment" and v in known_options("experiment"):
+                owner = next(c for c in ("train", "lottery", "sensitivity") if v in experiments(c))
+                raise ConfigError(f"experiment={v} belongs to prunelab.{owner}: run python -m "
+                                  f"prunelab.{owner} experiment={v}; experiments of prunelab."
+                                  f"{command}: {', '.join(known) or 'none'}")
+            raise ConfigError(f"unknown {key}={v!r}; known: {', '.join(known)}")
+
+
+def check_keys(config_name: str, argv: Sequence[str]) -> None:
+    """Compose the command's config with the command line's single-valued overrides: a key the
+    config does not have (``foo=bar``) or a value of the wrong type is one line, not Hydra's
+    multi-line report. Sweep overrides (``a=1,2``) are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except HydraException as exc:
+        raise ConfigError(f"cannot parse the command line ({one_line(exc)}); allowed: "
+                          f"key=value, group=option, +key=value") from None
+    plain = [a for a, o in zip(args, parsed) if not o.is_sweep_override()
+             and not o.key_or_group.startswith("hydra")]
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=config_name):
+            compose(config_name, overrides=plain)
+    except HydraException as exc:
+        raise ConfigError(_composition_message(exc, config_name)) from None
+    except ValueError as exc:  # e.g. group=null where the group has no default
+        raise ConfigError(one_line(exc)) from None
+
+
+def _composition_message(exc: BaseException, command: str) -> str:
+    """Hydra's composition error as one line naming the override and what to do."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    msg = one_line(exc)
+    if msg.startswith("Could not override '"):
+        key = msg.split("'")[1]
+        return (f"{key}: no such option ({one_line(cause)}); `python -m prunelab.{command} "
+                f"--help` lists the options, +{key}=... adds a new key")
+    if msg.startswith("Could not append to config") or msg.startswith("Could not delete"):
+        return f"{msg} ({one_line(cause)})"
+    if cause is not exc:
+        return f"{msg} ({one_line(cause)})" if one_line(cause) not in msg else msg
+    return msg
+
+
+def as_user_error(exc: BaseException) -> BaseException:
+    """A user-input error, also when Hydra's instantiate wrapped it (a bad ``optimizer.lr``
+    raises torch's ValueError), as a one-line ConfigError; anything else unchanged (a bug: its
+    traceback is kept). ``HYDRA_FULL_ERROR=1`` keeps every traceback."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return exc
+    if isinstance(exc, UserError):
+        return exc
+    if not isinstance(exc, (ValueError, KeyError, TypeError, FileNotFoundError)):
+        return exc
+    return ConfigError(one_line(exc))
+
+
+def choice(group: str, default: str) -> str:
+    """The option Hydra chose for ``group`` in this run (``default`` outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return str(HydraConfig.get().runtime.choices.get(group) or default)
+    except ValueError:  # not running under Hydra
+        return default
+
+
+def target_name(node: Any) -> str:
+    """The class name a config node instantiates (``none`` without ``_target_``)."""
+    target = (node or {}).get("_target_", "") if isinstance(node, (dict, DictConfig)) else ""
+    return target.rsplit(".", 1)[-1] or "none"
+
+
+def start(hydra_main: Callable[[], Any], command: str, groups: Iterable[str] | None = None,
+          argv: list[str] | None = None) -> None:
+    """A command's ``main``: register the configs, check the command line, then start Hydra.
+    ``command`` names both the command and its primary config (``conf/<command>.yaml``);
+    ``groups``: the groups to check (default: ``COMMAND_GROUPS[command]``)."""
+    from omegaconf import OmegaConf
+
+    from prunelab.config import register_configs
+
+    register_configs()
+    if not OmegaConf.has_resolver("help_groups"):
+        OmegaConf.register_new_resolver("help_groups", help_groups)
+    args = sys.argv[1:] if argv is None else argv
+    if not any(a in _PASS_THROUGH or a.startswith("--cfg") or a == "-c" for a in args):
+        try:
+            check_group_options(args, COMMAND_GROUPS.get(command, ()) if groups is None else groups,
+                                command)
+            check_keys(command, args)
+        except UserError as exc:
+            fail(one_line(exc))
+    hydra_main()

@@ -1,0 +1,68 @@
+"""``export``: a run as an ONNX file, checked with onnxruntime against PyTorch and timed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunelab.deploy.loading import compact_run, load, model_meta
+from prunelab.deploy.onnx import export_onnx, ort_session, quantize_onnx_int8, time_sessions
+from prunelab.deploy.options import DeployError, check_export_options
+from prunelab.deploy.variants import file_size
+from prunelab.files import write_json_atomic
+from prunelab.metrics.timing import time_alternating
+
+
+def export_run(conf: Any) -> dict[str, Any]:
+    """Write an ONNX file of the run (``compact``: without its dead channels, the compact
+    network also as ``model_compact.pt``; ``quantize=int8``: onnxruntime's dynamic int8),
+    validate it with onnxruntime against PyTorch, time it beside the dense PyTorch model, and
+    write ``<stem>.json``. Every option is checked before the run is loaded."""
+    check_export_options(conf)
+    run = load(conf.run, conf.checkpoint)
+    net = run.net
+    if conf.compact:
+        net, _ = compact_run(run)
+    out = Path(conf.out) if conf.out else run.run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "model" + ("_compact" if conf.compact else "") + ("_int8" if conf.quantize == "int8" else "")
+    fp32 = out / f"{stem.replace('_int8', '')}.onnx"
+    export_onnx(net, run.input_shape, str(fp32))
+    path = fp32
+    if conf.quantize == "int8":
+        path = out / f"{stem}.onnx"
+        quantize_onnx_int8(fp32, path)
+    if conf.compact:
+        from prunelab.compress.compact import save_compact
+
+        save_compact(net, out / "model_compact.pt", **model_meta(run))
+    # PyTorch first: onnxruntime's idle worker threads would otherwise share the cores
+    lat_dense = time_alternating({"dense": run.net}, run.input_shape, conf.batch_sizes, conf.runs,
+                                 10, 1, conf.threads)["dense"]
+    sess = ort_session(str(path), conf.threads)
+    x = torch.randn(4, *run.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = run.net(x).numpy()
+    got = sess.run(None, {"input": x.numpy()})[0]
+    diff = float(abs(got - ref).max())
+    agree = float((got.argmax(1) == ref.argmax(1)).mean())
+    if conf.quantize == "none" and diff > conf.atol:
+        raise DeployError(f"the ONNX model differs from PyTorch by {diff:.2e} > atol={conf.atol}")
+    lat_onnx = time_sessions({"onnx": sess}, run.input_shape, conf.batch_sizes, conf.runs, 10,
+                             1)["onnx"]
+    dense_bytes = file_size(run.net.state_dict(), out / "model_dense.pt")
+    result = {"run": str(run.run_dir), "onnx": str(path), "bytes": path.stat().st_size,
+              "dense_bytes": dense_bytes, "max_abs_diff": diff, "argmax_agreement": agree,
+              "latency_ms": lat_onnx, "dense_latency_ms": lat_dense, "compact": conf.compact,
+              "quantize": conf.quantize}
+    write_json_atomic(out / f"{stem}.json", result)
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.1f} KB; dense PyTorch weights "
+          f"{dense_bytes / 1e3:.1f} KB)")
+    print(f"onnxruntime vs PyTorch: max |diff| {diff:.2e}, same class on {100 * agree:.1f}% of the "
+          f"check batch")
+    for b in conf.batch_sizes:
+        k = f"batch_{b}"
+        print(f"batch {b}: onnxruntime {lat_onnx[k]:.3f} ms, dense PyTorch {lat_dense[k]:.3f} ms")
+    return result

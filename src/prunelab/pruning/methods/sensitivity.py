@@ -1,0 +1,88 @@
+"""Layerwise magnitude pruning with per-layer targets from a sensitivity profile."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunelab.pruning.methods.base import ScoreThenSelect
+from prunelab.pruning.params import PruningConfigError
+from prunelab.pruning.selection import select_masks
+
+
+def load_profile(path: str | Path) -> dict:
+    """A sensitivity profile: ``{"target_sparsity": float, "layers": {name: sparsity}}``."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise PruningConfigError(f"pruner.profile={str(path)!r} does not exist; allowed: a YAML "
+                                 f"written by python -m prunelab.sensitivity")
+    data = yaml.safe_load(p.read_text()) or {}
+    layers = data.get("layers")
+    target = data.get("target_sparsity")
+    if (not isinstance(layers, dict) or not layers or not isinstance(target, (int, float))
+            or not 0 < target < 1):
+        raise PruningConfigError(f"pruner.profile={str(path)!r} is not a sensitivity profile "
+                                 f"(needs target_sparsity in (0, 1) and a non-empty layers map)")
+    for name, s in layers.items():
+        if not isinstance(s, (int, float)) or not 0 <= s < 1:
+            raise PruningConfigError(f"pruner.profile: layer {name!r} has sparsity {s!r}; allowed: "
+                                     f"[0, 1)")
+    return {"target_sparsity": float(target), "layers": {k: float(v) for k, v in layers.items()}}
+
+
+class Sensitivity(ScoreThenSelect):
+    """|w| per layer, each layer to its own target: the profile's sparsity for it scaled by
+    ``target / profile target`` (so the run reaches the profile exactly when ``sparsity`` is the
+    profile's target). Layers the profile does not name are not pruned.
+
+    Args:
+        profile: a YAML written by ``python -m prunelab.sensitivity`` (required).
+        include, exclude: which parameters (see :class:`PruningMethod`).
+    """
+
+    name = "sensitivity"
+    score = "magnitude"
+    needs = frozenset({"profile"})
+    granularities = ("unstructured",)
+
+    def __init__(self, profile: str | None = None, include: Sequence[str] | None = None,
+                 exclude: Sequence[str] = ()):
+        if not profile:
+            raise PruningConfigError("pruner=sensitivity needs pruner.profile=<yaml> (written by "
+                                     "python -m prunelab.sensitivity)")
+        super().__init__("layer", "unstructured", include, exclude)
+        self.profile = load_profile(profile)
+
+    def resolve(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        params = super().resolve(model)
+        unknown = sorted(set(self.profile["layers"]) - set(params))
+        if unknown:
+            raise PruningConfigError(
+                f"pruner.profile names layers the model does not prune: {', '.join(unknown)}; "
+                f"prunable: {', '.join(params)}")
+        return params
+
+    def layer_targets(self, target: float) -> dict[str, float]:
+        """Per-layer targets at the run's cumulative ``target``."""
+        scale = target / self.profile["target_sparsity"]
+        out = {}
+        for name, s in self.profile["layers"].items():
+            t = s * scale
+            if t >= 1.0:
+                raise PruningConfigError(f"pruner.profile: layer {name} would reach sparsity {t:.3f} "
+                                         f">= 1 at target {target}")
+            out[name] = t
+        return out
+
+    def check_sparsity(self, sparsity: float) -> None:
+        self.layer_targets(sparsity)  # every layer's scaled target must stay below 1
+
+    def select(self, params: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
+               old_masks: Mapping[str, torch.Tensor], target: float) -> dict[str, torch.Tensor]:
+        targets = self.layer_targets(target)
+        return select_masks(scores, old_masks, {n: targets.get(n, 0.0) for n in params}, "layer")

@@ -1,0 +1,79 @@
+"""The layer rules of ARCHITECTURE.md, checked on the source: no import circle, no library
+module importing a command, commands thin, no source file far above 400 lines."""
+
+import ast
+from pathlib import Path
+
+import prunelab
+
+SRC = Path(prunelab.__file__).resolve().parent
+COMMANDS = {"prunelab.train", "prunelab.lottery", "prunelab.sensitivity", "prunelab.measure",
+            "prunelab.export", "prunelab.report"}
+LIBRARY = ("prunelab.pruning", "prunelab.compress", "prunelab.metrics", "prunelab.data",
+           "prunelab.models", "prunelab.graph", "prunelab.tickets", "prunelab.deploy",
+           "prunelab.analysis", "prunelab.errors", "prunelab.files")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in SRC.rglob("*.py"):
+        parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The prunelab modules a file imports anywhere (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if name.startswith("prunelab") and name in modules:
+                found.add(name)
+    return found
+
+
+def test_no_import_circle_between_modules():
+    modules = _modules()
+    graph = {m: _imports(p, modules) - {m} for m, p in modules.items()}
+    # a package's __init__ re-exporting its own submodules is not a circle
+    for m in graph:
+        graph[m] = {d for d in graph[m] if not (d.startswith(m + ".") or m.startswith(d + "."))}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d, stack + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles[:3]
+
+
+def test_library_modules_import_no_command():
+    modules = _modules()
+    bad = {m: sorted(_imports(p, modules) & COMMANDS) for m, p in modules.items()
+           if m.startswith(LIBRARY)}
+    assert not {m: c for m, c in bad.items() if c}
+
+
+def test_commands_are_thin_and_files_are_short():
+    modules = _modules()
+    long_commands = {m: n for m in COMMANDS
+                     if (n := len(modules[m].read_text().splitlines())) > 200}
+    assert not long_commands
+    long_files = {m: n for m, p in modules.items() if (n := len(p.read_text().splitlines())) > 420}
+    assert not long_files
