@@ -15,7 +15,7 @@ echo "== 2:4 semi-structured"
 rc=0
 timeout 120 $PY scripts/bench_2to4.py --out "$OUT/bench_2to4.json" 2>&1 | tee "$OUT/bench_2to4.txt" || rc=1
 echo "== tests that need a GPU"
-timeout 200 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_gpu.py tests/test_semi_structured.py 2>&1 | tee "$OUT/pytest_gpu.txt" || rc=1
+timeout 200 $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/gpu/test_gpu.py tests/unit/test_semi_structured.py 2>&1 | tee "$OUT/pytest_gpu.txt" || rc=1
 echo "== training overhead on the GPU"
 timeout ${OVERHEAD_TIMEOUT:-240} $PY scripts/bench_overhead.py --device cuda --models resnet20 mlp --reps 5 --epochs-per-rep 2 \
     --subset resnet20=20000 mlp=20000 --out "$OUT/bench_overhead_gpu.json" 2>&1 \

@@ -1,4 +1,4 @@
-"""Writers of small data set fixtures in the real on-disk formats (used by tests/test_data.py).
+"""Writers of small data set fixtures in the real on-disk formats (used by tests/unit/test_data.py and the conftest fixtures).
 
 * IDX (MNIST / Fashion-MNIST), optionally gzip-compressed, in torchvision's ``<root>/<Name>/raw``.
 * CIFAR-10 / CIFAR-100 python pickle batches in ``cifar-10-batches-py`` / ``cifar-100-python``.

@@ -26,7 +26,7 @@ RETIRED_KEYS = ("hardware.int8",)
 NON_RESULT_SUBKEYS = {"hardware": ("threads", "int8"), "trainer": ("enable_progress_bar",
                                                             "enable_model_summary",
                                                             "log_every_n_steps"),
-                      # grouped batches train step for step the same (tests/test_steps_per_batch)
+                      # grouped batches train step for step the same (tests/unit/test_steps_per_batch.py)
                       "data": ("steps_per_batch",)}
 
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "torchmetrics",

@@ -330,7 +330,6 @@ def test_old_measure_imports_still_work_with_a_deprecation_warning():
         old.no_such_name
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        from prunelab.metrics import timing
 
 
 def test_metrics_imports_no_command():

@@ -1,6 +1,7 @@
 """Bad input: a one-line error naming the value and what is allowed, a non-zero exit, and no
 result written (no results.json, no checkpoint)."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -72,6 +73,43 @@ CASES = {
                                                               "epochs=2"),
 }
 
+#: The other commands, and what every command shares: an unknown option, a checkpoint that needs
+#: pickle, a run directory without a checkpoint (module, arguments, the one line expected).
+COMMAND_CASES = {
+    "train_unknown_option": ("prunelab.train", ["debug=fast", "foo=bar"],
+                             "foo: no such option"),
+    "train_resume_needs_pickle": ("prunelab.train", ["debug=fast", "resume={tmp}/pickled.ckpt"],
+                                  "needs pickle to load"),
+    "train_lottery_experiment": ("prunelab.train", ["experiment=lth_lenet300"],
+                                 "experiment=lth_lenet300 belongs to prunelab.lottery"),
+    "lottery_unknown_option": ("prunelab.lottery", ["foo=1"], "foo: no such option"),
+    "lottery_train_experiment": ("prunelab.lottery", ["experiment=lenet300_mnist"],
+                                 "experiment=lenet300_mnist belongs to prunelab.train"),
+    "sensitivity_unknown_option": ("prunelab.sensitivity", ["run={tmp}/norun", "foo=1"],
+                                   "foo: no such option"),
+    "sensitivity_needs_pickle": ("prunelab.sensitivity", ["run={tmp}/pickled.ckpt"],
+                                 "needs pickle to load"),
+    "sensitivity_run_without_checkpoint": ("prunelab.sensitivity", ["run={tmp}/norun"],
+                                           "no checkpoints/best.ckpt"),
+    "measure_unknown_option": ("prunelab.measure", ["run={tmp}/norun", "foo=1"],
+                               "foo: no such option"),
+    "measure_needs_pickle": ("prunelab.measure", ["run={tmp}/pickled.ckpt"],
+                             "needs pickle to load"),
+    "measure_run_without_checkpoint": ("prunelab.measure", ["run={tmp}/norun"],
+                                       "no checkpoints/best.ckpt"),
+    "measure_unknown_hardware": ("prunelab.measure", ["run={tmp}/norun", "hardware=tpu"],
+                                 "unknown hardware='tpu'"),
+    "export_unknown_option": ("prunelab.export", ["run={tmp}/norun", "foo=1"],
+                              "foo: no such option"),
+    "export_needs_pickle": ("prunelab.export", ["run={tmp}/pickled.ckpt"],
+                            "needs pickle to load"),
+    "export_run_without_checkpoint": ("prunelab.export", ["run={tmp}/norun"],
+                                      "no checkpoints/best.ckpt"),
+    "report_unknown_option": ("prunelab.report", ["{tmp}/norun", "foo=1"],
+                              "foo: no such option"),
+}
+COMMANDS = ("train", "lottery", "sensitivity", "measure", "export", "report")
+
 SENSITIVITY_CASES = {
     "sens_missing_run": (["run=/nonexistent/run"], "run='/nonexistent/run' does not exist"),
     "sens_not_prunelab": (["run={tmp}/other.ckpt"], "is not a prunelab checkpoint"),
@@ -89,6 +127,8 @@ def outcomes(tmp_path_factory):
     (tmp / "profile.yaml").write_text("target_sparsity: 0.5\nlayers:\n  conv9.weight: 0.5\n")
     (tmp / "mlp_profile.yaml").write_text("target_sparsity: 0.5\nlayers:\n  classifier.weight: 0.9\n")
     torch.save({"weights": torch.zeros(3)}, tmp / "other.ckpt")
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)}, tmp / "pickled.ckpt")
+    (tmp / "norun").mkdir()
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     jobs = []
     for module, cases, pre in (("prunelab.train", CASES, ["debug=fast"]),
@@ -97,6 +137,15 @@ def outcomes(tmp_path_factory):
             args = [a.replace("{tmp}", str(tmp)) for a in args]
             jobs.append({"module": module, "cwd": str(tmp), "out": str(tmp / f"{name}.log"),
                          "args": [*pre, f"hydra.run.dir={tmp / name}", *args], "name": name})
+    for name, (module, args, _) in COMMAND_CASES.items():
+        jobs.append({"module": module, "cwd": str(tmp), "out": str(tmp / f"{name}.log"),
+                     "name": name, "args": [f"hydra.run.dir={tmp / name}"] * (
+                         module in ("prunelab.train", "prunelab.lottery"))
+                     + [a.replace("{tmp}", str(tmp)) for a in args]})
+    for command in COMMANDS:
+        name = f"help_{command}"
+        jobs.append({"module": f"prunelab.{command}", "cwd": str(tmp), "name": name,
+                     "out": str(tmp / f"{name}.log"), "args": ["--help"]})
     if hasattr(os, "fork"):  # each command forked from one process that imported everything
         (tmp / "jobs.json").write_text(json.dumps(jobs))
         subprocess.run([sys.executable, str(Path(__file__).with_name("forkrun.py")),
@@ -125,3 +174,27 @@ def test_bad_input_is_one_line_error_and_writes_no_result(outcomes, case):
     assert not (run_dir / "results.json").exists()
     assert not (run_dir / "checkpoints").exists()
     assert not (run_dir / "profile.yaml").exists()
+
+
+@pytest.mark.parametrize("case", sorted(COMMAND_CASES))
+def test_every_command_answers_bad_input_in_one_line_and_writes_nothing(outcomes, case):
+    rc, stdout, stderr, run_dir = outcomes[case]
+    assert rc == 2, stderr[-2000:]
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("prunelab: error: ")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert COMMAND_CASES[case][2] in errors[0], errors[0]
+    assert not run_dir.exists()  # not even the run directory Hydra would have made
+    tmp = run_dir.parent
+    assert sorted(p.name for p in (tmp / "norun").iterdir()) == []
+    assert not (tmp / "outputs").exists()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_of_every_command_shows_its_own_groups_and_examples(outcomes, command):
+    rc, stdout, stderr, _ = outcomes[f"help_{command}"]
+    assert rc == 0, stderr[-2000:]
+    assert f"prunelab.{command}" in stdout and "Examples" in stdout
+    assert "schema/" not in stdout and "Traceback" not in stderr
+    experiments = "lth_lenet300" in stdout, "lenet300_mnist" in stdout
+    assert experiments == {"train": (False, True), "lottery": (True, False)}.get(
+        command, (False, False))

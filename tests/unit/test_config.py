@@ -4,13 +4,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import compose_config
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import prunelab.config  # noqa: F401  (registers the schemas and resolvers)
-from prunelab.cli import COMMAND_GROUPS, CONF_DIR, check_group_options, experiments, known_options
+from prunelab.cli import (
+    COMMAND_GROUPS,
+    CONF_DIR,
+    check_group_options,
+    experiments,
+    known_options,
+)
 from prunelab.errors import ConfigError
 from prunelab.pruning import PruningMethod, Schedule, build_method
 
@@ -22,8 +29,7 @@ def check_overrides(argv):
 
 
 def compose_train(*overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+    return compose_config("train", *overrides)
 
 
 def test_defaults_compose_to_a_magnitude_run():

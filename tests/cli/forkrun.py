@@ -50,7 +50,8 @@ def child(job: dict) -> None:
 def main() -> int:
     with open(sys.argv[1]) as f:
         jobs = json.load(f)
-    for name in ("torch", "pytorch_lightning", "prunelab.train", "prunelab.sensitivity"):
+    for name in ("torch", "pytorch_lightning", "prunelab.train", "prunelab.lottery",
+                 "prunelab.sensitivity", "prunelab.measure", "prunelab.export", "prunelab.report"):
         importlib.import_module(name)  # once, for every child
 
     running: dict[int, dict] = {}

@@ -24,7 +24,7 @@ from prunelab.models import (
     output_layer_name,
 )
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "src" / "prunelab" / "conf" / "model"
+CONF_DIR = Path(__file__).resolve().parents[2] / "src" / "prunelab" / "conf" / "model"
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
 MNIST_MODELS = ["mlp", "lenet5", "seed_cnn"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_deploy import cli
+from helpers import run_cli as cli
 
 CUDA = torch.cuda.is_available()
 FAST = ["debug=fast", "data.subset=2000", "epochs=2", "measure.latency=false",

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import compose_config
 
-from prunelab.cli import CONF_DIR, experiments, known_options
-from prunelab.config import register_configs
+from prunelab.cli import experiments, known_options
 from prunelab.errors import ConfigError
-from prunelab.tickets import LotteryRun, load, read_levels
 from prunelab.pruning.methods.imp import imp_masks, layer_fractions, random_masks
+from prunelab.tickets import LotteryRun, load, read_levels
 from prunelab.tickets.settings import group_hash
 
 #: a tiny synthetic problem: a level trains in well under a second
@@ -29,9 +28,7 @@ P = 0.2
 
 
 def compose_lottery(*overrides):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("lottery", overrides=list(overrides))
+    return compose_config("lottery", *overrides)
 
 
 # -- mask maths --------------------------------------------------------------------------------------

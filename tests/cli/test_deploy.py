@@ -3,9 +3,6 @@ int8 zeros, ONNX round trip, the compact checkpoint, bad input."""
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,33 +18,12 @@ from prunelab.compress.sparse import SparseLinear, sparsify
 from prunelab.models import build_model
 from prunelab.pruning import Magnitude
 
-FAST = ["debug=fast", "data.subset=400", "epochs=2", "measure.latency=false",
-        "trainer.enable_progress_bar=false", "logger=none"]
-
-
-def cli(module, args, cwd, timeout=300):
-    env = dict(os.environ, PYTHONWARNINGS="ignore", HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+from helpers import FAST, run_cli as cli
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("deploy")
-    procs = {
-        "structured": subprocess.Popen(
-            [sys.executable, "-m", "prunelab.train", *FAST, "model=lenet5", "pruner=structured",
-             "sparsity=0.5", f"hydra.run.dir={tmp / 'structured'}"], cwd=tmp,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
-        "unstructured": subprocess.Popen(
-            [sys.executable, "-m", "prunelab.train", *FAST, "pruner=magnitude", "sparsity=0.9",
-             f"hydra.run.dir={tmp / 'unstructured'}"], cwd=tmp,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
-    }
-    for name, p in procs.items():
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-2000:]
-    return tmp
+def runs(trained_runs):
+    return trained_runs
 
 
 def pruned_model(sparsity, model="mlp"):

@@ -34,7 +34,7 @@ from prunelab.data import (
     read_idx,
 )
 
-from data_fixtures import IDX_NAMES, idx_bytes, write_cifar10, write_cifar100, write_fashion_mnist
+from data_fixtures import IDX_NAMES, idx_bytes, write_fashion_mnist
 
 CONF_DATA = Path(pdata.__file__).resolve().parent.parent / "conf" / "data"
 SUMS = BUNDLED_MNIST_DIR / "SHA256SUMS.uncompressed"
@@ -61,24 +61,6 @@ def _with_raw(dm, raw):
 
     dm.load_raw = load_raw
     return dm
-
-
-@pytest.fixture(scope="module")
-def cifar10_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar10")
-    return root, write_cifar10(root)
-
-
-@pytest.fixture(scope="module")
-def cifar100_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar100")
-    return root, write_cifar100(root)
-
-
-@pytest.fixture(scope="module")
-def fashion_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fashion")
-    return root, write_fashion_mnist(root)
 
 
 # ------------------------------------------------------------------------------------ IDX / MNIST
