@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from prunelab.cli import as_user_error, choice, target_name
+from prunelab.config import validate_sparsity
 from prunelab.errors import ConfigError, UserError, one_line
 from prunelab.hardware import check_hardware, speedup_warnings, two_four_warnings
 
@@ -39,17 +40,10 @@ class RunParts:
     model_name: str
     data_name: str
     resume: str | None = None
+    optimizer: Any = None
     regularizer: Any = None
     distiller: Any = None
     warnings: list[str] = field(default_factory=list)
-
-
-def validate_sparsity(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ConfigError(f"sparsity={value!r} is not a number; allowed: a number in [0, 1)")
-    if not 0.0 <= float(value) < 1.0:
-        raise ConfigError(f"sparsity={value} is outside the allowed range [0, 1)")
-    return float(value)
 
 
 def resolve_resume(resume: str | None) -> str | None:
@@ -192,7 +186,7 @@ def assemble(cfg: DictConfig, sparsity: float | None = None, resume: str | None 
         check_devices(cfg)
         check_steps_per_batch(cfg, int(getattr(datamodule, "steps_per_batch", 1)))
         check_hardware(cfg.hardware, choice("hardware", str(cfg.hardware.get("target", "cpu"))))
-        instantiate(cfg.optimizer)(params=list(net.parameters()))  # a bad lr fails here
+        optimizer = instantiate(cfg.optimizer)(params=list(net.parameters()))  # a bad lr fails here
         regularizer = None
         if cfg.get("regularizer"):
             regularizer = instantiate(cfg.regularizer)(params=list(callback.masks.params.values()))
@@ -216,17 +210,20 @@ def assemble(cfg: DictConfig, sparsity: float | None = None, resume: str | None 
                     callback=callback, sparsity=sparsity, model_name=model_name,
                     data_name=choice("data", getattr(datamodule, "name", None)
                                      or target_name(cfg.data)), resume=resume,
-                    regularizer=regularizer, distiller=distiller, warnings=warns)
+                    optimizer=optimizer, regularizer=regularizer, distiller=distiller, warnings=warns)
 
 
-def build_module(cfg: DictConfig, net: Any, num_classes: int, *, regularizer: Any = None,
-                 distiller: Any = None, config: Any = None) -> Any:
-    """The LightningModule that trains ``net`` with the config's optimizer and LR scheduler."""
+def build_module(cfg: DictConfig, net: Any, num_classes: int, *, optimizer: Any = None,
+                 regularizer: Any = None, distiller: Any = None, config: Any = None) -> Any:
+    """The LightningModule that trains ``net`` with the config's optimizer and LR scheduler.
+    ``optimizer``: one already built over ``net``'s parameters (assemble's, which checked the
+    settings), used as is instead of a second one."""
     from prunelab.module import ClassifierModule
 
     lr_sched = instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None
+    factory = instantiate(cfg.optimizer) if optimizer is None else _Built(optimizer)
     return ClassifierModule(net, num_classes=int(num_classes),
-                            optimizer=instantiate(cfg.optimizer), lr_scheduler=lr_sched,
+                            optimizer=factory, lr_scheduler=lr_sched,
                             scheduler_interval=cfg.module.scheduler_interval,
                             gradient_clip_val=cfg.module.gradient_clip_val,
                             regularizer=regularizer, config=config, distiller=distiller)
@@ -237,3 +234,17 @@ def build_trainer(cfg: DictConfig, out_dir: str | Path, callbacks: list[Any]) ->
     logger = instantiate(cfg.logger, save_dir=str(out_dir)) if cfg.get("logger") else False
     return instantiate(cfg.trainer, callbacks=list(callbacks), logger=logger,
                        default_root_dir=str(out_dir))
+
+
+class _Built:
+    """An optimizer factory that hands back the optimizer built (and checked) in assembly."""
+
+    def __init__(self, optimizer: Any):
+        self.optimizer = optimizer
+
+    def __call__(self, params: Any) -> Any:
+        given = [id(p) for p in params]
+        have = [id(p) for g in self.optimizer.param_groups for p in g["params"]]
+        if given != have:
+            raise RuntimeError("the module's parameters are not the ones the optimizer was built on")
+        return self.optimizer

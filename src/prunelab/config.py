@@ -23,6 +23,21 @@ Granularity = Enum("Granularity", {g: g for g in ("unstructured", "structured")}
 
 # -- pruning methods: one schema per family; each conf/pruner/<name>.yaml extends
 # -- schema/pruner/<name> and names its class in _target_ ---------------------------------------
+
+def validate_sparsity(value: Any) -> float:
+    """The run's ``sparsity``: a number in [0, 1) (checked here only; the callback and the
+    command line both call this)."""
+    from numbers import Real
+
+    from prunelab.errors import ConfigError
+
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ConfigError(f"sparsity={value!r} is not a number; allowed: a number in [0, 1)")
+    if not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"sparsity={value} is outside the allowed range [0, 1)")
+    return float(value)
+
+
 @dataclass
 class MethodConf:
     """Keys of every method (``schema/pruner/base``)."""

@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunelab.errors import ConfigError
+from prunelab.losses import classification_loss
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
             temperature: float, alpha: float) -> torch.Tensor:
     """``(1 - alpha) * CE + alpha * T^2 * KL(softmax(t / T) || softmax(s / T))`` (batch mean)."""
-    ce = F.cross_entropy(student_logits, targets)
+    ce = classification_loss(student_logits, targets)
     t = float(temperature)
     kl = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
                   reduction="batchmean", log_target=True)

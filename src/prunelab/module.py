@@ -5,12 +5,12 @@ as much as the network itself (see BENCHMARKS.md):
 
 - optimization is *manual* (``automatic_optimization = False``): zero_grad, ``manual_backward``
   and the optimizer step are called here, which skips the closure machinery of automatic
-  optimization (about 0.3-0.5 ms per step); precision plugins and strategies still apply because
+  optimization (its cost per step: BENCHMARKS.md); precision plugins and strategies still apply because
   the step goes through ``manual_backward`` and the ``LightningOptimizer``. Gradient clipping is a
   module argument (``gradient_clip_val``), LR schedulers are stepped here (per epoch or per step);
 - training loss and accuracy are accumulated on the device and logged once per epoch
-  (``self.log`` costs about 0.5 ms per call); the steps' outputs are reduced 32 steps at a time
-  (a handful of tensor ops per step cost another 0.1 ms); validation and test use torchmetrics;
+  (``self.log`` has a cost per call); the steps' outputs are reduced 32 steps at a time (fewer
+  small tensor ops per step); validation and test use torchmetrics;
 - Lightning's per-hook bookkeeping attribute bypasses ``nn.Module.__setattr__``;
 - a training batch may be a group of batches (``data.steps_per_batch``,
   :class:`~prunelab.data.loader.BatchGroups`): one optimizer step per batch of the group.
@@ -23,13 +23,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from prunelab.data.loader import is_batch_group
+from prunelab.losses import classification_loss
 
 SCHEDULER_INTERVALS = ("epoch", "step")
+
+
 
 
 class ClassifierModule(pl.LightningModule):
@@ -102,7 +104,7 @@ class ClassifierModule(pl.LightningModule):
     def loss(self, batch) -> torch.Tensor:
         """The task loss of a batch (used by gradient-based pruning scores too)."""
         x, y = batch
-        return F.cross_entropy(self.net(x), y)
+        return classification_loss(self.net(x), y)
 
     # -- training ---------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -130,7 +132,7 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         opt.zero_grad()
         logits = self.net(x)
-        loss = F.cross_entropy(logits, y)
+        loss = classification_loss(logits, y)
         total = loss if self.distiller is None else self.distiller.loss(logits, x, y)
         penalty = self.regularizer() if self.regularizer is not None else None
         if penalty is not None:
@@ -142,9 +144,8 @@ class ClassifierModule(pl.LightningModule):
         opt.step()
         if self.scheduler_interval == "step":
             self._step_scheduler()
-        # epoch sums: the step's outputs are kept and reduced FLUSH_EVERY steps at a time (each
-        # small tensor op costs ~10 us on a CPU: per step they added ~0.1 ms, a third of the
-        # module's overhead on LeNet-300-100)
+        # epoch sums: the step's outputs are kept and reduced FLUSH_EVERY steps at a time (a
+        # small tensor op per step is a measurable share of the overhead on small networks)
         self._recent.append((loss.detach(), logits.detach(), y))
         if len(self._recent) >= self.FLUSH_EVERY:
             self._flush_train_sums()
@@ -194,7 +195,7 @@ class ClassifierModule(pl.LightningModule):
     def _eval_step(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
         logits = self.net(x)
-        loss = F.cross_entropy(logits, y)
+        loss = classification_loss(logits, y)
         metric.update(logits, y)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=y.shape[0], sync_dist=True)

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunelab.errors import ConfigError
+from prunelab.losses import classification_loss
 
 ATTACKS = ("fgsm", "pgd")
 
@@ -42,7 +42,7 @@ def _bounds(dm: Any, shape: Sequence[int], device) -> tuple[torch.Tensor, torch.
 def fgsm(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, lo: torch.Tensor,
          hi: torch.Tensor) -> torch.Tensor:
     x = x.clone().requires_grad_(True)
-    loss = F.cross_entropy(net(x), y)
+    loss = classification_loss(net(x), y)
     (grad,) = torch.autograd.grad(loss, x)
     return torch.max(torch.min(x + eps * grad.sign(), hi), lo).detach()
 
@@ -54,7 +54,7 @@ def pgd(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, lo:
     adv = torch.max(torch.min(x + eps * noise, hi), lo)
     for _ in range(steps):
         adv = adv.detach().requires_grad_(True)
-        loss = F.cross_entropy(net(adv), y)
+        loss = classification_loss(net(adv), y)
         (grad,) = torch.autograd.grad(loss, adv)
         adv = adv + alpha * grad.sign()
         adv = torch.max(torch.min(adv, x + eps), x - eps)

@@ -55,7 +55,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     parts = assemble(cfg, sparsity, resume)
     dm, net, callback = parts.datamodule, parts.net, parts.callback
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    module = build_module(cfg, net, int(dm.num_classes), regularizer=parts.regularizer,
+    module = build_module(cfg, net, int(dm.num_classes), optimizer=parts.optimizer,
+                          regularizer=parts.regularizer,
                           distiller=parts.distiller, config=resolved)
     ckpt = FinalSparsityCheckpoint(dirpath=str(out / "checkpoints"), filename="best",
                                    monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,

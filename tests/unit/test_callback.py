@@ -176,9 +176,13 @@ def test_oneshot_at_epoch_zero_prunes_before_training(tmp_path):
 
 
 def test_callback_rejects_bad_sparsity_and_dense_conflict():
+    from prunelab.errors import UserError
     from prunelab.pruning import PruningConfigError
 
-    with pytest.raises(PruningConfigError, match=r"sparsity=1.0 must be a number in \[0, 1\)"):
+    # the same check and message as the command line's
+    with pytest.raises(UserError, match=r"sparsity=1.0 is outside the allowed range \[0, 1\)"):
         PruningCallback(Magnitude(), OneShot(1), sparsity=1.0)
+    with pytest.raises(UserError, match=r"sparsity='x' is not a number"):
+        PruningCallback(Magnitude(), OneShot(1), sparsity="x")
     with pytest.raises(PruningConfigError, match="pruner=none cannot reach sparsity=0.5"):
         PruningCallback(Dense(), OneShot(1), sparsity=0.5)

@@ -24,6 +24,7 @@ from torch import nn
 
 from prunelab.errors import UserError
 from prunelab.files import save_torch_atomic
+from prunelab.losses import classification_loss
 
 
 class QuantizationError(UserError):
@@ -172,7 +173,7 @@ def qat_int8(model: nn.Module, input_shape: Sequence[int], train_batches: Iterab
         for _ in range(epochs):
             for x, y in batches:
                 opt.zero_grad()
-                loss = torch.nn.functional.cross_entropy(prepared(x.float().cpu()), y.cpu())
+                loss = classification_loss(prepared(x.float().cpu()), y.cpu())
                 loss.backward()
                 opt.step()
                 with torch.no_grad():

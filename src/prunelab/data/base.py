@@ -112,8 +112,8 @@ class TensorDataModule(pl.LightningDataModule, ABC):
         steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
-        if isinstance(steps_per_batch, bool) or not isinstance(steps_per_batch, int) \
-                or steps_per_batch < 1:
+        if (isinstance(steps_per_batch, bool) or not isinstance(steps_per_batch, int)
+                or steps_per_batch < 1):
             raise ValueError(f"data.steps_per_batch={steps_per_batch!r} must be an integer >= 1")
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")

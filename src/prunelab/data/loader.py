@@ -22,7 +22,7 @@ Lightning integration (checked against pytorch-lightning 2.x):
 
 :class:`BatchGroups` hands Lightning lists of ``k`` consecutive batches: the module takes one
 optimizer step per batch of the list, so Lightning's per-batch machinery (hooks, fetcher,
-progress tracking, about 0.3 ms per batch on a CPU) runs once per ``k`` optimizer steps, like
+progress tracking) runs once per ``k`` optimizer steps, like
 Keras' ``steps_per_execution`` (``data.steps_per_batch``; BENCHMARKS.md).
 """
 

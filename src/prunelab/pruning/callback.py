@@ -25,6 +25,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from prunelab.config import validate_sparsity
 from prunelab.data.loader import iter_batches
 from prunelab.pruning.masks import MaskSet
 from prunelab.pruning.methods.base import PruningMethod
@@ -52,9 +53,7 @@ class PruningCallback(pl.Callback):
 
     def __init__(self, pruner: PruningMethod, schedule: Schedule, sparsity: float,
                  rewind_step: int | None = None, log_per_layer: bool = True):
-        if (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))
-                or not 0 <= sparsity < 1):
-            raise PruningConfigError(f"sparsity={sparsity!r} must be a number in [0, 1)")
+        sparsity = validate_sparsity(sparsity)
         if sparsity > 0:
             pruner.check_sparsity(sparsity)
         self.pruner = pruner
@@ -211,9 +210,11 @@ class PruningCallback(pl.Callback):
         acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
         loss_fn = getattr(pl_module, "loss", None)
         if not callable(loss_fn):
+            from prunelab.losses import classification_loss
+
             def loss_fn(batch):
                 x, y = batch
-                return torch.nn.functional.cross_entropy(net(x), y)
+                return classification_loss(net(x), y)
         seen = 0
         for batch in iter_batches(loader):
             if seen >= self.pruner.score_batches:
