@@ -1,7 +1,7 @@
 """prunelab: a Hydra + PyTorch Lightning research framework for neural-network pruning.
 
 ``prunelab.load_run(<run dir or .ckpt>)`` loads a finished run (trained network, masks, config,
-data module; see :func:`prunelab.runs.open_run`). It is imported on first use, so that
+data module; see :func:`prunelab.runs.load_run`). It is imported on first use, so that
 ``import prunelab`` stays cheap.
 """
 
@@ -15,10 +15,10 @@ __all__ = ["LoadedRun", "load_run", "__version__"]
 
 if TYPE_CHECKING:
     from prunelab.runs import LoadedRun
-    from prunelab.runs import open_run as load_run
+    from prunelab.runs import load_run
 
 # public name -> (module, attribute), imported on first access
-_LAZY = {"load_run": ("prunelab.runs", "open_run"), "LoadedRun": ("prunelab.runs", "LoadedRun")}
+_LAZY = {"load_run": ("prunelab.runs", "load_run"), "LoadedRun": ("prunelab.runs", "LoadedRun")}
 
 
 def __getattr__(name: str) -> Any:

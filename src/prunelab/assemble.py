@@ -18,8 +18,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from prunelab.cli import as_user_error, choice, target_name
-from prunelab.config import validate_sparsity
+from prunelab.config import as_user_error, choice, target_name, validate_sparsity
 from prunelab.errors import ConfigError, UserError, one_line
 from prunelab.hardware import check_hardware, speedup_warnings, two_four_warnings
 

@@ -14,20 +14,21 @@ fraction of a second.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from omegaconf import DictConfig
-
+from prunelab.config import as_user_error, choice, target_name  # noqa: F401  (re-exported)
 from prunelab.errors import ConfigError, UserError, one_line
 
 CONF_DIR = Path(__file__).parent / "conf"
-#: Hydra flags after which no override check is made (Hydra answers them itself).
+#: Hydra flags after which no override check is made: Hydra answers them itself, or the config
+#: comes from elsewhere (another config directory, path or name, a rerun).
 _PASS_THROUGH = ("--help", "-h", "--hydra-help", "--info", "-i", "--version", "--shell-completion",
-                 "-sc")
+                 "-sc", "--cfg", "-c", "--config-dir", "-cd", "--config-path", "-cp",
+                 "--config-name", "-cn", "--experimental-rerun")
+
 
 
 #: The config groups a user sets on each command's command line (checked before Hydra starts,
@@ -94,7 +95,7 @@ def check_group_options(argv: Sequence[str], groups: Iterable[str], command: str
     groups = set(groups)
     if any(a.lstrip("+").startswith("hydra.searchpath") for a in argv):
         return  # options from the user's own config dirs: the compose check answers for them
-    for arg in argv:
+    for arg in overrides(argv):
         kv = _split(arg)
         if kv is None or kv[0] not in groups or "(" in kv[1] or kv[1] in ("", "null"):
             continue
@@ -104,11 +105,24 @@ def check_group_options(argv: Sequence[str], groups: Iterable[str], command: str
             if v in known:
                 continue
             if key == "experiment" and v in known_options("experiment"):
-                owner = next(c for c in ("train", "lottery", "sensitivity") if v in experiments(c))
+                owner = next((c for c in COMMAND_GROUPS if v in experiments(c)), "train")
                 raise ConfigError(f"experiment={v} belongs to prunelab.{owner}: run python -m "
                                   f"prunelab.{owner} experiment={v}; experiments of prunelab."
                                   f"{command}: {', '.join(known) or 'none'}")
             raise ConfigError(f"unknown {key}={v!r}; known: {', '.join(known)}")
+
+
+def overrides(argv: Sequence[str]) -> list[str]:
+    """The overrides of a command line: without Hydra's flags (``-m``, ``--package x``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--package", "-p"):
+            skip = True
+        elif not arg.startswith("-"):
+            out.append(arg)
+    return out
 
 
 def check_keys(config_name: str, argv: Sequence[str]) -> None:
@@ -119,14 +133,14 @@ def check_keys(config_name: str, argv: Sequence[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    args = [a for a in argv if not a.startswith("-")]
+    args = overrides(argv)
     try:
         parsed = OverridesParser.create().parse_overrides(args)
     except HydraException as exc:
         raise ConfigError(f"cannot parse the command line ({one_line(exc)}); allowed: "
                           f"key=value, group=option, +key=value") from None
     plain = [a for a, o in zip(args, parsed) if not o.is_sweep_override()
-             and not o.key_or_group.startswith("hydra")]
+             and (not o.key_or_group.startswith("hydra") or o.key_or_group == "hydra.searchpath")]
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=config_name):
             compose(config_name, overrides=plain)
@@ -151,39 +165,6 @@ def _composition_message(exc: BaseException, command: str) -> str:
     return msg
 
 
-def as_user_error(exc: BaseException) -> BaseException:
-    """A user-input error, also when Hydra's instantiate wrapped it (a bad ``optimizer.lr``
-    raises torch's ValueError), as a one-line ConfigError; anything else unchanged (a bug: its
-    traceback is kept). ``HYDRA_FULL_ERROR=1`` keeps every traceback."""
-    from hydra.errors import InstantiationException
-
-    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        return exc
-    if isinstance(exc, UserError):
-        return exc
-    if not isinstance(exc, (ValueError, KeyError, TypeError, FileNotFoundError)):
-        return exc
-    return ConfigError(one_line(exc))
-
-
-def choice(group: str, default: str) -> str:
-    """The option Hydra chose for ``group`` in this run (``default`` outside Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return str(HydraConfig.get().runtime.choices.get(group) or default)
-    except ValueError:  # not running under Hydra
-        return default
-
-
-def target_name(node: Any) -> str:
-    """The class name a config node instantiates (``none`` without ``_target_``)."""
-    target = (node or {}).get("_target_", "") if isinstance(node, (dict, DictConfig)) else ""
-    return target.rsplit(".", 1)[-1] or "none"
-
-
 def start(hydra_main: Callable[[], Any], command: str, groups: Iterable[str] | None = None,
           argv: list[str] | None = None) -> None:
     """A command's ``main``: register the configs, check the command line, then start Hydra.
@@ -197,7 +178,7 @@ def start(hydra_main: Callable[[], Any], command: str, groups: Iterable[str] | N
     if not OmegaConf.has_resolver("help_groups"):
         OmegaConf.register_new_resolver("help_groups", help_groups)
     args = sys.argv[1:] if argv is None else argv
-    if not any(a in _PASS_THROUGH or a.startswith("--cfg") or a == "-c" for a in args):
+    if not any(a.split("=", 1)[0] in _PASS_THROUGH for a in args):
         try:
             check_group_options(args, COMMAND_GROUPS.get(command, ()) if groups is None else groups,
                                 command)

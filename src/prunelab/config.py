@@ -8,12 +8,14 @@ method (``pruner.n=2`` on magnitude) or a wrong type fails at compose time, befo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 Scope = Enum("Scope", {"layer": "layer", "global": "global"})
 Steps = Enum("Steps", {"geometric": "geometric", "linear": "linear"})
@@ -141,13 +143,35 @@ def _nm_sparsity(n: Any, m: Any) -> float:
     return 1.0 - int(n) / int(m)
 
 
+def load_profile(path: str | Path) -> dict:
+    """A sensitivity profile: ``{"target_sparsity": float, "layers": {name: sparsity}}``."""
+    import yaml
+
+    from prunelab.errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"pruner.profile={str(path)!r} does not exist; allowed: a YAML "
+                          f"written by python -m prunelab.sensitivity")
+    data = yaml.safe_load(p.read_text()) or {}
+    layers = data.get("layers")
+    target = data.get("target_sparsity")
+    if (not isinstance(layers, dict) or not layers or not isinstance(target, (int, float))
+            or not 0 < target < 1):
+        raise ConfigError(f"pruner.profile={str(path)!r} is not a sensitivity profile "
+                          f"(needs target_sparsity in (0, 1) and a non-empty layers map)")
+    for name, s in layers.items():
+        if not isinstance(s, (int, float)) or not 0 <= s < 1:
+            raise ConfigError(f"pruner.profile: layer {name!r} has sparsity {s!r}; allowed: "
+                              f"[0, 1)")
+    return {"target_sparsity": float(target), "layers": {k: float(v) for k, v in layers.items()}}
+
+
 def _profile_sparsity(path: Any) -> float:
     """``${profile_sparsity:<yaml>}`` -> the target sparsity a sensitivity profile was made for
     (0.5 while no profile is given; the pruner then asks for one)."""
     if path in (None, "", "None"):
         return 0.5
-    from prunelab.pruning.methods.sensitivity import load_profile
-
     return load_profile(path)["target_sparsity"]
 
 
@@ -196,6 +220,86 @@ RESOLVERS = {"epochs_frac": _epochs_frac, "nm_sparsity": _nm_sparsity,
              "dirname": _dirname}
 
 
+# -- measure and export (deploy/options.py checks their values) ------------------------------------
+@dataclass
+class MeasureConf:
+    """``python -m prunelab.measure`` (``conf/measure.yaml``)."""
+
+    run: Optional[str] = None  # a prunelab.train run directory or checkpoint
+    checkpoint: str = "best"  # best | last
+    # a hardware profile: device, threads, batch sizes. The command composes it from the
+    # `hardware` config group (conf/hardware/<name>.yaml); library callers may give its name.
+    hardware: Any = None
+    batch_sizes: Optional[list[int]] = None  # default: the profile's, else [1, 64]
+    runs: int = 50  # timed runs per batch size (median), after warmup
+    warmup: int = 10
+    rounds: int = 3  # the variants are timed in turn, this many times (A B C A B C ...)
+    threads: Optional[int] = None  # torch threads (null: the profile's, else PyTorch's default)
+    sparse: bool = True  # try the sparse path for sparse Linear layers (CSR on CPU, 2:4 on gpu_2to4)
+    sparse_layers: str = "measured"  # measured: sparse where timed faster | all: every eligible layer
+    quantize: bool = True  # add the int8 variant
+    calibration_batches: int = 8  # static quantization (conv nets)
+    qat_epochs: int = 0  # > 0: add an int8_qat variant, fine-tuned quantization-aware first
+    qat_lr: float = 1e-4
+    qat_batches: Optional[int] = 200  # training batches per QAT epoch (null: all)
+    eval_batches: Optional[int] = None  # test batches for accuracy (null: the whole test set)
+    onnx: bool = False  # also time the float variants (dense, compact) exported to onnxruntime
+    memory_format: str = "measured"  # conv nets on the CPU: measured | contiguous | channels_last
+    out: Optional[str] = None  # output directory (default: <run>/deploy)
+
+
+@dataclass
+class ExportConf:
+    """``python -m prunelab.export`` (``conf/export.yaml``)."""
+
+    run: Optional[str] = None
+    checkpoint: str = "best"
+    format: str = "onnx"
+    compact: bool = False
+    quantize: str = "none"  # none | int8
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
+    runs: int = 50
+    threads: Optional[int] = None
+    atol: float = 1e-4  # float export: max |onnxruntime - torch|
+    out: Optional[str] = None  # default: <run>/export
+
+
+# -- the run's config at run time ---------------------------------------------------------------
+def as_user_error(exc: BaseException) -> BaseException:
+    """A user-input error, also when Hydra's instantiate wrapped it (a bad ``optimizer.lr``
+    raises torch's ValueError), as a one-line ConfigError; anything else unchanged (a bug: its
+    traceback is kept). ``HYDRA_FULL_ERROR=1`` keeps every traceback."""
+    from hydra.errors import InstantiationException
+
+    from prunelab.errors import ConfigError, UserError, one_line
+
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return exc
+    if isinstance(exc, UserError):
+        return exc
+    if not isinstance(exc, (ValueError, KeyError, TypeError, FileNotFoundError)):
+        return exc
+    return ConfigError(one_line(exc))
+
+
+def choice(group: str, default: str) -> str:
+    """The option Hydra chose for ``group`` in this run (``default`` outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return str(HydraConfig.get().runtime.choices.get(group) or default)
+    except ValueError:  # not running under Hydra
+        return default
+
+
+def target_name(node: Any) -> str:
+    """The class name a config node instantiates (``none`` without ``_target_``)."""
+    target = (node or {}).get("_target_", "") if isinstance(node, (dict, DictConfig)) else ""
+    return target.rsplit(".", 1)[-1] or "none"
+
+
 def register_configs() -> None:
     """Register schemas and resolvers (idempotent; called on import)."""
     for name, fn in RESOLVERS.items():
@@ -208,6 +312,8 @@ def register_configs() -> None:
     cs.store(group="schema/schedule", name="base_iterative", node=IterativeConf)
     cs.store(group="schema/schedule", name="base_gradual", node=GradualConf)
     cs.store(group="schema/lottery", name="base_lottery", node=LotteryConf)
+    cs.store(name="measure_schema", node=MeasureConf)
+    cs.store(name="export_schema", node=ExportConf)
 
 
 register_configs()

@@ -60,10 +60,10 @@ def load_teacher(teacher: str, temperature: float, alpha: float, num_classes: in
     """A :class:`Distiller` from a prunelab run directory or checkpoint; checks that the teacher
     fits the student's data (same input shape and classes). The checkpoint is read with
     ``weights_only=True`` (:func:`prunelab.runs.read_checkpoint`)."""
-    from prunelab.runs import RunError, open_run
+    from prunelab.runs import RunError, load_run
 
     try:
-        run = open_run(teacher, "best")
+        run = load_run(teacher, "best")
     except RunError as exc:
         raise RunError(str(exc).replace("run=", "distill.teacher=", 1)) from None
     net, dm, ckpt = run.net, run.datamodule, run.checkpoint

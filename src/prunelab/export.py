@@ -19,15 +19,6 @@ from prunelab.cli import start
 from prunelab.jobs import run_task
 
 
-def register() -> None:
-    """The command's schema (``export.yaml`` extends it: typed options, one-line errors)."""
-    from hydra.core.config_store import ConfigStore
-
-    from prunelab.deploy.options import ExportConf
-
-    ConfigStore.instance().store(name="export_schema", node=ExportConf)
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The command's work on the composed config."""
     from omegaconf import OmegaConf
@@ -43,7 +34,6 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    register()
     start(_hydra_main, "export")
 
 

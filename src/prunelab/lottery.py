@@ -33,11 +33,6 @@ from omegaconf import DictConfig
 from prunelab.cli import start
 from prunelab.jobs import run_task
 
-#: The config groups a lottery command line may choose from.
-LOTTERY_GROUPS = ("data", "model", "optimizer", "lr_scheduler", "hardware", "trainer", "logger",
-                  "experiment", "debug")
-
-
 def run(cfg: DictConfig, output_dir: str | Path | None = None,
         callbacks: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """Run (or continue) the lottery experiment of ``cfg`` in ``output_dir`` (default: Hydra's
@@ -76,7 +71,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    start(_hydra_main, "lottery", groups=LOTTERY_GROUPS)
+    start(_hydra_main, "lottery")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from prunelab.cli import choice, start
+from prunelab.cli import start
+from prunelab.config import choice
 from prunelab.jobs import run_task
 
 #: The names ``prunelab.measure`` exported when it was the measurement package.
@@ -40,15 +41,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def register() -> None:
-    """The command's schema (``measure.yaml`` extends it: typed options, one-line errors)."""
-    from hydra.core.config_store import ConfigStore
-
-    from prunelab.deploy.options import MeasureConf
-
-    ConfigStore.instance().store(name="measure_schema", node=MeasureConf)
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The command's work on the composed config."""
     from omegaconf import OmegaConf
@@ -65,8 +57,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    register()
-    start(_hydra_main, "measure", groups=("hardware",))
+    start(_hydra_main, "measure")
 
 
 if __name__ == "__main__":

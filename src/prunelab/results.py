@@ -98,7 +98,7 @@ def run_results(cfg: Any, resolved: Mapping[str, Any], parts: Any, trainer: Any,
                 adversarial: Any, train_time: float, wall_time: float, out: Path
                 ) -> dict[str, Any]:
     """The ``results.json`` of a finished ``train`` run (``parts``: its assemble.RunParts)."""
-    from prunelab.cli import choice
+    from prunelab.config import choice
 
     best_score = ckpt.best_model_score
     distiller = parts.distiller
@@ -120,7 +120,6 @@ def run_results(cfg: Any, resolved: Mapping[str, Any], parts: Any, trainer: Any,
         "ddp": parts.callback.rank_check or None,
         "hardware": choice("hardware", str(cfg.hardware.get("target", "cpu"))),
         "threads": torch.get_num_threads(),
-        "latency_aware": parts.method.report(),
         "warnings": parts.warnings,
         "distill": None if distiller is None else {
             "teacher": distiller.source, "temperature": distiller.temperature,

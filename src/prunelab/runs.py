@@ -1,6 +1,6 @@
 """Finished runs: find a run's checkpoint and rebuild its network, masks, data and config.
 
-:func:`open_run` (also ``prunelab.load_run``) is the public way to load a run::
+``prunelab.load_run`` (:func:`load_run`) is the public way to load a run::
 
     run = prunelab.load_run("outputs/runs/2024-01-01_12-00-00-000000")  # or a .ckpt file
     logits = run.net(x)                        # the trained network, eval mode
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["RunError", "LoadedRun", "open_run", "locate_checkpoint", "read_checkpoint",
-           "checkpoint_config", "checkpoint_masks", "build_network", "load_run"]
+__all__ = ["RunError", "LoadedRun", "load_run", "locate_checkpoint", "read_checkpoint",
+           "checkpoint_config", "checkpoint_masks", "build_network"]
 
 CHECKPOINTS = ("best", "last")
 
@@ -39,7 +39,7 @@ class RunError(UserError):
 
 @dataclass
 class LoadedRun:
-    """A finished run as a user sees it (see :func:`open_run`)."""
+    """A finished run as a user sees it (see :func:`load_run`)."""
 
     #: the trained network with the checkpoint's weights, float32 on the CPU, in eval mode.
     net: nn.Module
@@ -158,22 +158,12 @@ def _network(cfg: DictConfig, ckpt: dict[str, Any], path: Path) -> tuple[nn.Modu
     return net, dm
 
 
-def open_run(path: str | Path, checkpoint: str = "best") -> LoadedRun:
+def load_run(path: str | Path, checkpoint: str = "best") -> LoadedRun:
     """Load a finished run: ``path`` is a run directory (its ``checkpoints/<checkpoint>.ckpt``,
-    else ``last.ckpt``) or a ``.ckpt`` file. Exported as ``prunelab.load_run``."""
+    else ``last.ckpt``) or a ``.ckpt`` file."""
     ckpt_path = locate_checkpoint(path, checkpoint)
     ckpt = read_checkpoint(ckpt_path)
     cfg = checkpoint_config(ckpt, ckpt_path)
     net, dm = _network(cfg, ckpt, ckpt_path)
     return LoadedRun(net=net.float().cpu().eval(), masks=checkpoint_masks(ckpt), config=cfg,
                      datamodule=dm, checkpoint=ckpt_path)
-
-
-def load_run(ckpt_path: str | Path):
-    """(config, network with the checkpoint's weights, datamodule) of a prunelab checkpoint.
-
-    The older form of :func:`open_run`, kept for its callers; the network is in train mode."""
-    ckpt = read_checkpoint(ckpt_path)
-    cfg = checkpoint_config(ckpt, ckpt_path)
-    net, dm = _network(cfg, ckpt, Path(ckpt_path))
-    return cfg, net, dm

@@ -55,7 +55,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
 
     ratios, target, which = check(cfg)
     ckpt = locate_checkpoint(cfg.run, which)
-    run_cfg, net, dm = load_run(ckpt)
+    loaded = load_run(ckpt)
+    run_cfg, net, dm = loaded.config, loaded.net, loaded.datamodule
     if output_dir is None:
         from hydra.core.hydra_config import HydraConfig
 

@@ -306,9 +306,9 @@ def compose_measure(overrides):
     from omegaconf import OmegaConf, open_dict
 
     from prunelab.cli import CONF_DIR
-    from prunelab.measure import register
+    from prunelab.config import register_configs
 
-    register()
+    register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="measure"):
         cfg = compose("measure", overrides=overrides, return_hydra_config=True)
     choice = cfg.hydra.runtime.choices.get("hardware")

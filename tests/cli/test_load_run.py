@@ -12,7 +12,7 @@ import torch
 
 import prunelab
 from prunelab.module import ClassifierModule
-from prunelab.runs import RunError, load_run, locate_checkpoint
+from prunelab.runs import RunError
 
 from helpers import FAST, run_cli as cli
 
@@ -82,14 +82,6 @@ def test_masks_are_the_zeros_of_the_weights(run_dir):
         kept += int(mask.sum())
         total += mask.numel()
     assert 1 - kept / total == pytest.approx(0.9, abs=1e-3)
-
-
-def test_legacy_load_run_still_returns_a_triple(run_dir):
-    cfg, net, dm = load_run(locate_checkpoint(str(run_dir)))
-    assert int(dm.num_classes) == 10 and cfg.data.subset == 400
-    x = torch.randn(2, 1, 28, 28)
-    with torch.no_grad():
-        assert torch.equal(net.eval()(x), prunelab.load_run(run_dir).net(x))
 
 
 def test_checkpoint_that_needs_pickle_is_refused(run_dir, tmp_path):

@@ -9,6 +9,15 @@ import prunelab
 SRC = Path(prunelab.__file__).resolve().parent
 COMMANDS = {"prunelab.train", "prunelab.lottery", "prunelab.sensitivity", "prunelab.measure",
             "prunelab.export", "prunelab.report"}
+#: The layers of ARCHITECTURE.md, lowest first: a module imports only its own layer and those below.
+LAYERS = (
+    ("errors", "files", "seeds", "losses", "config", "graph", "metrics", "data", "models",
+     "formatting", "datasets", "conf"),
+    ("pruning", "compress", "module", "robust", "plots", "runs"),
+    ("assemble", "tickets", "deploy", "analysis", "results", "hardware", "distill"),
+    ("cli", "jobs"),
+    ("train", "lottery", "sensitivity", "measure", "export", "report", "hydra_callbacks"),
+)
 LIBRARY = ("prunelab.pruning", "prunelab.compress", "prunelab.metrics", "prunelab.data",
            "prunelab.models", "prunelab.graph", "prunelab.tickets", "prunelab.deploy",
            "prunelab.analysis", "prunelab.errors", "prunelab.files")
@@ -77,3 +86,24 @@ def test_commands_are_thin_and_files_are_short():
     assert not long_commands
     long_files = {m: n for m, p in modules.items() if (n := len(p.read_text().splitlines())) > 420}
     assert not long_files
+
+
+def _layer(module: str) -> int:
+    if module == "prunelab":
+        return 0
+    top = module.split(".")[1]
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def test_imports_go_down_the_layers():
+    modules = _modules()
+    # the package root only re-exports prunelab.load_run, lazily
+    up = {m: sorted(d for d in _imports(p, modules) if _layer(d) > _layer(m))
+          for m, p in modules.items() if m != "prunelab"}
+    assert not {m: d for m, d in up.items() if d}
+
+
+def test_every_module_has_a_layer():
+    for m in _modules():
+        if m != "prunelab":
+            _layer(m)  # StopIteration: a new top-level module missing from LAYERS

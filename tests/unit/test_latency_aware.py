@@ -91,8 +91,10 @@ def test_pruner_preset_masks_whole_channels(lenet5):
     assert rows_zero.any() and bool(((w == 0).all(1) | (w != 0).all(1)).all())
     report = pruner.report()
     assert report["met"] and report["achieved_ms"] <= 0.5 and report["budget_ms"] == 0.5
+    # results.json: the report under the method's own key and the generic one
     assert pruner.describe() == {"pruner": "latency_aware", "scope": "layer",
-                                 "granularity": "structured", "skipped_layers": []}
+                                 "granularity": "structured", "skipped_layers": [],
+                                 "method_report": report, "latency_aware": report}
 
 
 def test_latency_aware_needs_a_budget():

@@ -50,8 +50,8 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the buffers are read from ``_buffers`` directly: ``self.weight`` goes through
-        # ``nn.Module.__getattr__``, and at batch 1 the two lookups cost about 3 us, a third of
-        # the 784x300 CSR product
+        # ``nn.Module.__getattr__``, whose cost is a large share of a batch-1 CSR product
+        # (BENCHMARKS.md)
         buffers = self._buffers
         weight, bias = buffers["weight"], buffers["bias"]
         if x.dim() == 1:

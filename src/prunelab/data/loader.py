@@ -32,23 +32,15 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from prunelab.seeds import derive_seed  # noqa: F401  (re-exported: prunelab.data.derive_seed)
 
 __all__ = ["TensorBatchLoader", "BatchGroup", "BatchGroups", "RandomCropFlip", "derive_seed",
            "is_batch_group", "iter_batches"]
 
 _MASK64 = (1 << 64) - 1
-
-
-def derive_seed(*values: int) -> int:
-    """Mix integers (seed, epoch, rank, batch index, ...) into one well-spread 63-bit seed.
-
-    Uses :class:`numpy.random.SeedSequence`, so nearby inputs give unrelated seeds.
-    """
-    entropy = [int(v) & _MASK64 for v in values]
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1
 
 
 class RandomCropFlip:

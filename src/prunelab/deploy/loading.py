@@ -26,11 +26,11 @@ class DeployRun:
 
 
 def load(run: str | Path | None, checkpoint: str = "best") -> DeployRun:
-    """The run directory or checkpoint ``run`` (see :func:`prunelab.runs.open_run`)."""
+    """The run directory or checkpoint ``run`` (see :func:`prunelab.runs.load_run`)."""
     from prunelab.pruning import prunable_parameters
-    from prunelab.runs import open_run
+    from prunelab.runs import load_run
 
-    loaded = open_run(run, checkpoint)
+    loaded = load_run(run, checkpoint)
     if loaded.masks:
         prunable = list(loaded.masks)
     else:

@@ -7,12 +7,12 @@ answered at once, in one line (:class:`DeployError`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from prunelab.config import ExportConf, MeasureConf  # noqa: F401  (the schemas, re-exported)
 from prunelab.runs import RunError
 
 #: measure's ``sparse_layers``: sparse kernels where they measured faster, or on every eligible layer
@@ -30,49 +30,6 @@ PROFILES = Path(__file__).resolve().parents[1] / "conf" / "hardware"
 
 class DeployError(RunError):
     """Bad input to measure / export (one-line message)."""
-
-
-@dataclass
-class MeasureConf:
-    """``python -m prunelab.measure`` (``conf/measure.yaml``)."""
-
-    run: Optional[str] = None  # a prunelab.train run directory or checkpoint
-    checkpoint: str = "best"  # best | last
-    # a hardware profile: device, threads, batch sizes. The command composes it from the
-    # `hardware` config group (conf/hardware/<name>.yaml); library callers may give its name.
-    hardware: Any = None
-    batch_sizes: Optional[list[int]] = None  # default: the profile's, else [1, 64]
-    runs: int = 50  # timed runs per batch size (median), after warmup
-    warmup: int = 10
-    rounds: int = 3  # the variants are timed in turn, this many times (A B C A B C ...)
-    threads: Optional[int] = None  # torch threads (null: the profile's, else PyTorch's default)
-    sparse: bool = True  # try the sparse path for sparse Linear layers (CSR on CPU, 2:4 on gpu_2to4)
-    sparse_layers: str = "measured"  # measured: sparse where timed faster | all: every eligible layer
-    quantize: bool = True  # add the int8 variant
-    calibration_batches: int = 8  # static quantization (conv nets)
-    qat_epochs: int = 0  # > 0: add an int8_qat variant, fine-tuned quantization-aware first
-    qat_lr: float = 1e-4
-    qat_batches: Optional[int] = 200  # training batches per QAT epoch (null: all)
-    eval_batches: Optional[int] = None  # test batches for accuracy (null: the whole test set)
-    onnx: bool = False  # also time the float variants (dense, compact) exported to onnxruntime
-    memory_format: str = "measured"  # conv nets on the CPU: measured | contiguous | channels_last
-    out: Optional[str] = None  # output directory (default: <run>/deploy)
-
-
-@dataclass
-class ExportConf:
-    """``python -m prunelab.export`` (``conf/export.yaml``)."""
-
-    run: Optional[str] = None
-    checkpoint: str = "best"
-    format: str = "onnx"
-    compact: bool = False
-    quantize: str = "none"  # none | int8
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
-    runs: int = 50
-    threads: Optional[int] = None
-    atol: float = 1e-4  # float export: max |onnxruntime - torch|
-    out: Optional[str] = None  # default: <run>/export
 
 
 def check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, open_dict, read_write
 
 from prunelab.errors import ConfigError, UserError
+from prunelab.seeds import event_seed
 from prunelab.tickets import store
 from prunelab.tickets.masks import density, full_masks, imp_method
 from prunelab.tickets.settings import (
@@ -120,7 +121,7 @@ class LotteryRun:
         from hydra.utils import instantiate
 
         from prunelab.assemble import data_and_model
-        from prunelab.cli import as_user_error, choice, target_name
+        from prunelab.config import as_user_error, choice, target_name
         from prunelab.models.registry import get_model_name
 
         self.imp = imp_method(self.cfg)
@@ -246,7 +247,7 @@ class LotteryRun:
         if level == 0:
             return self.initial_state()
         if self.control == "random_reinit":
-            seed = int(self.cfg.seed) * 1_000_003 + 7919 * level
+            seed = event_seed(int(self.cfg.seed), 7919 * level)
             base = {k: v.detach().clone() for k, v in self._new_net(seed).state_dict().items()}
         else:
             base = self.rewind_state()

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prunelab.files import atomic_write
 from prunelab.formatting import Column, fixed, markdown_table, percent
 
 CONTROL_ORDER = {"none": 0, "random_reinit": 1, "random_mask": 2}
@@ -51,10 +52,14 @@ def lottery_curves(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_table(stem: str | Path, curves: Sequence[dict[str, Any]]) -> str:
     """``<stem>.md`` and ``<stem>.csv`` of lottery curves; returns the markdown."""
     stem = Path(stem)
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(curves[0]))
-        w.writeheader()
-        w.writerows(curves)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(curves[0]))
+            w.writeheader()
+            w.writerows(curves)
+
+    atomic_write(stem.with_suffix(".csv"), write_csv)
     md = markdown_table(curves, COLUMNS, missing="n/a")
-    stem.with_suffix(".md").write_text(md)
+    atomic_write(stem.with_suffix(".md"), lambda tmp: tmp.write_text(md))
     return md

@@ -29,6 +29,7 @@ from prunelab.pruning.methods.channels import ChannelLayout, select_structured
 from prunelab.pruning.params import PruningConfigError, prunable_parameters
 from prunelab.pruning.scores import ScoreContext, ScoreFn, get_score
 from prunelab.pruning.selection import SCOPES, select_masks
+from prunelab.seeds import event_seed
 
 #: What a method may declare in ``needs``.
 NEEDS = frozenset({"gradients", "calibration", "latency", "profile"})
@@ -40,7 +41,7 @@ def mask_generator(seed: int, event: int) -> torch.Generator:
     """The CPU generator of stochastic scores at pruning ``event`` (0, 1, ...), or at lottery
     level ``event``: seeded ``seed * 1_000_003 + event``, the formula every published random mask
     was drawn with (kept so that the same seed gives the same masks)."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(event))
+    return torch.Generator().manual_seed(event_seed(seed, event))
 
 
 def _value(x: Any) -> Any:
@@ -122,9 +123,9 @@ class PruningMethod:
         return None
 
     def describe(self) -> dict[str, Any]:
-        """What results.json says about the method."""
+        """What results.json says about the method; ``method_report`` is :meth:`report`."""
         return {"pruner": self.name, "scope": self.scope, "granularity": self.granularity,
-                "skipped_layers": list(self.skipped)}
+                "skipped_layers": list(self.skipped), "method_report": self.report()}
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, scope={self.scope!r}, "

@@ -316,6 +316,10 @@ class LatencyAware(PruningMethod):
         return {n: (expand_channels(keeps[n], params[n].shape) if n in keeps else old_masks[n])
                 for n in params}
 
+    def describe(self) -> dict[str, Any]:
+        """Also under ``latency_aware``, the key results.json has always used for it."""
+        return {**super().describe(), "latency_aware": self.report()}
+
     def report(self) -> dict[str, Any] | None:
         """The latency report of the last pruning event: budget, batch, threads, dense / floor /
         achieved latency (ms), whether the budget was met, the checks and per-group widths."""

@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from prunelab.pruning.methods.base import ScoreThenSelect
 from prunelab.pruning.params import PruningConfigError
+from prunelab.config import load_profile  # noqa: F401  (also exported here)
 from prunelab.pruning.selection import select_masks
-
-
-def load_profile(path: str | Path) -> dict:
-    """A sensitivity profile: ``{"target_sparsity": float, "layers": {name: sparsity}}``."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise PruningConfigError(f"pruner.profile={str(path)!r} does not exist; allowed: a YAML "
-                                 f"written by python -m prunelab.sensitivity")
-    data = yaml.safe_load(p.read_text()) or {}
-    layers = data.get("layers")
-    target = data.get("target_sparsity")
-    if (not isinstance(layers, dict) or not layers or not isinstance(target, (int, float))
-            or not 0 < target < 1):
-        raise PruningConfigError(f"pruner.profile={str(path)!r} is not a sensitivity profile "
-                                 f"(needs target_sparsity in (0, 1) and a non-empty layers map)")
-    for name, s in layers.items():
-        if not isinstance(s, (int, float)) or not 0 <= s < 1:
-            raise PruningConfigError(f"pruner.profile: layer {name!r} has sparsity {s!r}; allowed: "
-                                     f"[0, 1)")
-    return {"target_sparsity": float(target), "layers": {k: float(v) for k, v in layers.items()}}
 
 
 class Sensitivity(ScoreThenSelect):
