@@ -229,3 +229,21 @@ def test_slurm_launcher_and_named_sweeps_compose():
     assert "submitit" in full.hydra.launcher._target_.lower()
     assert full.hydra.sweeper.params.pruner == "magnitude,global_magnitude,random"
     assert cfg.data.batch_size == 64
+
+
+def test_a_config_dir_of_ones_own_on_the_search_path_passes_the_command_line_checks(tmp_path):
+    """docs/adding_a_method.md: a method's YAML in the user's own config directory."""
+    from prunelab.cli import check_keys
+    from prunelab.errors import ConfigError
+
+    (tmp_path / "pruner").mkdir()
+    (tmp_path / "pruner" / "squared.yaml").write_text(
+        "defaults:\n  - /schema/pruner/score_then_select@_here_\n  - _self_\n"
+        "_target_: prunelab.pruning.methods.Magnitude\n")
+    argv = [f"hydra.searchpath=[file://{tmp_path}]", "pruner=squared", "sparsity=0.8"]
+    check_group_options(argv, CHECKED_GROUPS, "train")
+    check_keys("train", argv)
+    with pytest.raises(ConfigError, match="pruner.scpoe: no such option"):
+        check_keys("train", [*argv, "pruner.scpoe=global"])
+    with pytest.raises(ConfigError, match="pruner/nope"):
+        check_keys("train", [argv[0], "pruner=nope"])
