@@ -205,6 +205,7 @@ def test_joblib_launcher_splits_the_cores_between_jobs(tmp_path):
     assert (sweep / "report.md").is_file()
 
 
+@pytest.mark.slow  # a launcher plugin end to end: `python -m pytest -m slow`
 def test_optuna_search_reports_the_best_trial(tmp_path):
     sweep = tmp_path / "op"
     p = run_train(["-m", "experiment=search_lr", *FAST, "measure.latency=false",
@@ -230,6 +231,7 @@ def test_sweep_without_an_objective_fails_each_job_clearly(tmp_path):
     assert not list(sweep.glob("*/results.json"))
 
 
+@pytest.mark.slow  # a launcher plugin end to end: `python -m pytest -m slow`
 def test_submitit_local_runs_the_sweep_as_slurm_would(tmp_path):
     sweep = tmp_path / "sl"
     p = run_train(["-m", *FAST, "measure.latency=false", "pruner=magnitude", "sparsity=0.5,0.7",
@@ -285,6 +287,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
                                                                                   "last.ckpt"]
 
 
+@pytest.mark.slow  # a launcher plugin end to end: `python -m pytest -m slow`
 def test_ddp_inside_a_sweep_starts_the_job_not_the_sweep_on_every_rank(tmp_path):
     """Lightning starts rank 1 by re-running the command line: from a sweep job that must be the
     job's own command and directory, not the whole multirun again."""

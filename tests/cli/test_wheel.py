@@ -109,7 +109,7 @@ def test_wheel_trains_from_another_directory(env_dir, tmp_path):
 
 def test_console_scripts_in_the_venv(env_dir, tmp_path):
     """The six commands are console scripts of the wheel: each resolves to a callable ``main``
-    of the installed package, and ``prunelab-train --help`` runs and exits 0."""
+    of the installed package, and each one's ``--help`` runs and exits 0."""
     for name in SCRIPTS:
         assert (env_dir / "bin" / name).is_file(), name
     code = ("from importlib.metadata import entry_points; "
@@ -121,7 +121,10 @@ def test_console_scripts_in_the_venv(env_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == sorted(SCRIPTS)
 
-    proc = _run([env_dir / "bin" / "prunelab-train", "--help"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "pruner" in proc.stdout and "Traceback" not in proc.stderr
+    for name in SCRIPTS:
+        proc = _run([env_dir / "bin" / name, "--help"], cwd=tmp_path)
+        assert proc.returncode == 0, (name, proc.stderr[-2000:])
+        command = name.replace("prunelab-", "prunelab.")
+        assert command in proc.stdout and "Examples" in proc.stdout, name
+        assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # --help writes nothing
