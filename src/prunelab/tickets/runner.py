@@ -122,13 +122,12 @@ class LotteryRun:
 
         from prunelab.assemble import data_and_model
         from prunelab.config import as_user_error, choice, target_name
-        from prunelab.models.registry import get_model_name
 
         self.imp = imp_method(self.cfg)
         dm, net, model_name = data_and_model(self.cfg)
         self._shape, self._classes = tuple(dm.input_shape), int(dm.num_classes)
         # results.json names: Hydra's choice; outside Hydra the registry's names
-        self.model_name = choice("model", get_model_name(net) or model_name)
+        self.model_name = model_name
         self.data_name = choice("data", getattr(dm, "name", None) or target_name(self.cfg.data))
         try:
             names = list(self.imp.resolve(net))  # also checks the layer_fractions globs
