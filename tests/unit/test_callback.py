@@ -186,3 +186,25 @@ def test_callback_rejects_bad_sparsity_and_dense_conflict():
         PruningCallback(Magnitude(), OneShot(1), sparsity="x")
     with pytest.raises(PruningConfigError, match="pruner=none cannot reach sparsity=0.5"):
         PruningCallback(Dense(), OneShot(1), sparsity=0.5)
+
+
+def test_last_checkpoint_is_written_at_every_epoch_end_from_the_first(tmp_path):
+    """A run killed before its final sparsity can resume; ``last`` is never epochs old (#14)."""
+    seen = {}
+
+    class Look(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            last = tmp_path / "ck" / "last.ckpt"
+            seen[trainer.current_epoch] = (torch.load(last, weights_only=True)["epoch"]
+                                           if last.exists() else None)
+
+    pl.seed_everything(0)
+    cb = PruningCallback(Magnitude(), Gradual(2, 4), sparsity=0.7)
+    ckpt = FinalSparsityCheckpoint(dirpath=str(tmp_path / "ck"), filename="best",
+                                   monitor="val/acc", mode="max", save_last=True, save_top_k=1)
+    module = ClassifierModule(TinyNet(), 2, optimizer=OPTIMIZERS["adam"])
+    trainer_for(tmp_path, [cb, ckpt, Look()], epochs=6).fit(module, make_data(), make_data(64, 1))
+    assert seen == {0: None, 1: 0, 2: 1, 3: 2, 4: 3, 5: 4}
+    assert torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)["epoch"] == 5
+    best = torch.load(ckpt.best_model_path, weights_only=True)
+    assert best["epoch"] >= 4  # "best" only among epochs at the final sparsity

@@ -323,10 +323,29 @@ class PruningCallback(pl.Callback):
 
 
 class FinalSparsityCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose top-k ("best") only considers epochs at the final sparsity.
+    """``ModelCheckpoint`` whose top-k ("best") only considers epochs at the final sparsity, and
+    whose ``last.ckpt`` (``save_last=True``) is written at the end of every epoch from the first.
 
-    A dense epoch before pruning would otherwise win "best" on validation accuracy.
+    A dense epoch before pruning would otherwise win "best" on validation accuracy. Lightning
+    writes ``last`` only beside a top-k save, so a run killed before its final sparsity had no
+    checkpoint to resume from, and later ``last`` could be epochs old.
     """
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_every_epoch(trainer, at_train_epoch_end=False)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_every_epoch(trainer, at_train_epoch_end=True)
+
+    def _save_last_every_epoch(self, trainer: pl.Trainer, at_train_epoch_end: bool) -> None:
+        """``last`` now, in the hook Lightning saves in, unless this step was saved already."""
+        if (not self.save_last or trainer.sanity_checking
+                or self._should_save_on_train_epoch_end(trainer) != at_train_epoch_end
+                or self._should_skip_saving_checkpoint(trainer)):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
         flag = monitor_candidates.get("prune/at_target")
