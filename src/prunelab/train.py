@@ -61,7 +61,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     ckpt = FinalSparsityCheckpoint(dirpath=str(out / "checkpoints"), filename="best",
                                    monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
                                    save_last=cfg.checkpoint.save_last, save_top_k=1,
-                                   auto_insert_metric_name=False)
+                                   auto_insert_metric_name=False,
+                                   # a rerun of a killed job replaces its stale files (no -v1)
+                                   enable_version_counter=False)
     trainer = build_trainer(cfg, out, [callback, ckpt])
     trainer.fit(module, datamodule=dm, ckpt_path=parts.resume)
     best_path = ckpt.best_model_path or None

@@ -319,3 +319,19 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_retries_the_rest(tmp_path):
     assert f"prunelab: {done} already has this run's results.json; skipped" in p.stdout
     assert (done / "results.json").stat().st_mtime_ns == before
     assert (other / "results.json").is_file()
+
+
+def test_a_rerun_in_a_killed_runs_directory_replaces_its_stale_checkpoints(tmp_path):
+    """#14: a killed job left best.ckpt/last.ckpt; the rerun writes best.ckpt/last.ckpt again
+    (not best-v1.ckpt beside stale files that measure, resume= and distill.teacher= would read)."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for name in ("best.ckpt", "last.ckpt"):
+        (run_dir / "checkpoints" / name).write_bytes(b"stale")
+    proc = run_train([*FAST, "measure.latency=false", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert res["best_checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["epoch"] >= 0 and "state_dict" in best
