@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from prunelab.config import as_user_error, choice, target_name  # noqa: F401  (re-exported)
 from prunelab.errors import ConfigError, UserError, one_line
 
 CONF_DIR = Path(__file__).parent / "conf"

@@ -27,17 +27,15 @@ PRELOAD = ("torch", "pytorch_lightning", "torchmetrics", "prunelab.module", "pru
            "prunelab.models", "prunelab.data", "prunelab.results", "prunelab.metrics")
 
 
-def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig,
-             on_user_error: Callable[[Path], None] | None = None) -> Any:
-    """Run ``task(cfg)`` under Hydra as described in the module docstring. ``on_user_error``
-    is given the run directory when a single run is refused (default: :func:`discard_if_empty`,
-    which removes what Hydra created there)."""
+def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run ``task(cfg)`` under Hydra as described in the module docstring; a refused single run
+    takes back what Hydra created for it (:func:`discard_if_empty`)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if HydraConfig.get().mode == RunMode.MULTIRUN and _can_fork():
         return _run_forked(task, cfg)
-    return _run_here(task, cfg, on_user_error)
+    return _run_here(task, cfg)
 
 
 def finished_results(cfg: DictConfig, out: Path) -> dict[str, Any] | None:
@@ -139,7 +137,7 @@ def _run_forked(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         recv.close()
         _die_with_parent()
         _as_single_run()
-        send.send(_run_here(task, cfg, None))
+        send.send(_run_here(task, cfg))
         send.close()
 
     proc = ctx.Process(target=child, name="prunelab-job")
@@ -209,12 +207,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def _run_here(task: Callable[[DictConfig], Any], cfg: DictConfig,
-              on_user_error: Callable[[Path], None] | None) -> Any:
+def _run_here(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     from hydra.errors import InstantiationException
+    from hydra.types import RunMode
 
     try:
         return task(cfg)
@@ -226,7 +222,7 @@ def _run_here(task: Callable[[DictConfig], Any], cfg: DictConfig,
         user = isinstance(err, UserError) and os.environ.get("HYDRA_FULL_ERROR") != "1"
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             if user:
-                (on_user_error or discard_if_empty)(out)
+                discard_if_empty(out)
                 fail(one_line(err))
             raise
         record_failure(out, err if user else exc)

@@ -32,8 +32,6 @@ from prunelab.losses import classification_loss
 SCHEDULER_INTERVALS = ("epoch", "step")
 
 
-
-
 class ClassifierModule(pl.LightningModule):
     """Wraps a plain ``nn.Module`` classifier (``self.net``).
 

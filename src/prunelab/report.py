@@ -21,7 +21,6 @@ from prunelab.cli import start
 from prunelab.errors import ConfigError
 from prunelab.jobs import run_task
 
-
 #: Hydra flags followed by a value (``--cfg job``): that value is not a directory.
 _VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                 "--config-dir", "-cd", "--experimental-rerun")
@@ -55,7 +54,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="report")
 def _hydra_main(cfg: DictConfig) -> None:
-    run_task(run, cfg, on_user_error=lambda _: None)  # nothing was created to take back
+    run_task(run, cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

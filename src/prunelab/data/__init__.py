@@ -14,18 +14,22 @@
 
 from prunelab.data.base import DataError, TensorDataModule
 from prunelab.data.cifar import CIFAR10DataModule, CIFAR100DataModule
-from prunelab.data.mnist import BUNDLED_MNIST_DIR, FashionMNISTDataModule, MNISTDataModule
-from prunelab.data.synthetic import SyntheticDataModule
 from prunelab.data.idx import load_checksums, read_idx
 from prunelab.data.loader import (
     BatchGroup,
     BatchGroups,
     RandomCropFlip,
     TensorBatchLoader,
-    derive_seed,
     is_batch_group,
     iter_batches,
 )
+from prunelab.data.mnist import (
+    BUNDLED_MNIST_DIR,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+)
+from prunelab.data.synthetic import SyntheticDataModule
+from prunelab.seeds import derive_seed
 
 __all__ = [
     "BUNDLED_MNIST_DIR",

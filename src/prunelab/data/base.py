@@ -48,8 +48,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from prunelab.data.loader import BatchGroups, TensorBatchLoader, derive_seed
+from prunelab.data.loader import BatchGroups, TensorBatchLoader
 from prunelab.errors import UserError
+from prunelab.seeds import derive_seed
 
 #: Default data directory of the downloadable data sets (relative to the launch directory).
 DEFAULT_ROOT = "data"

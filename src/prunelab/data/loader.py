@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prunelab.seeds import derive_seed  # noqa: F401  (re-exported: prunelab.data.derive_seed)
+from prunelab.seeds import derive_seed
 
-__all__ = ["TensorBatchLoader", "BatchGroup", "BatchGroups", "RandomCropFlip", "derive_seed",
+__all__ = ["TensorBatchLoader", "BatchGroup", "BatchGroups", "RandomCropFlip",
            "is_batch_group", "iter_batches"]
 
 _MASK64 = (1 << 64) - 1

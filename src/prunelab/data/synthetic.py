@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from prunelab.data.base import TensorDataModule
-from prunelab.data.loader import derive_seed
+from prunelab.seeds import derive_seed
 
 # Salt that separates the data generator from the other generators derived from `seed`.
 _SYNTHETIC_SALT = 0x5E7

@@ -341,7 +341,7 @@ class FinalSparsityCheckpoint(ModelCheckpoint):
 
     def _save_last_every_epoch(self, trainer: pl.Trainer, at_train_epoch_end: bool) -> None:
         """``last`` now, in the hook Lightning saves in, unless this step was saved already."""
-        if (not self.save_last or trainer.sanity_checking
+        if (not self.save_last
                 or self._should_save_on_train_epoch_end(trainer) != at_train_epoch_end
                 or self._should_skip_saving_checkpoint(trainer)):
             return

@@ -18,11 +18,11 @@ from prunelab.pruning.methods.imp import IMP
 from prunelab.pruning.methods.latency_aware import LatencyAware, LatencyBudgetError
 from prunelab.pruning.methods.magnitude import GlobalMagnitude, Magnitude, Random
 from prunelab.pruning.methods.nm import NM
-from prunelab.pruning.methods.sensitivity import Sensitivity, load_profile
+from prunelab.pruning.methods.sensitivity import Sensitivity
 from prunelab.pruning.methods.structured import Structured
 
 __all__ = [
     "NEEDS", "PruningMethod", "ScoreThenSelect", "build_method", "mask_generator", "Dense",
     "GradientScored", "SNIP", "Taylor", "IMP", "LatencyAware", "LatencyBudgetError",
-    "GlobalMagnitude", "Magnitude", "Random", "NM", "Sensitivity", "load_profile", "Structured",
+    "GlobalMagnitude", "Magnitude", "Random", "NM", "Sensitivity", "Structured",
 ]

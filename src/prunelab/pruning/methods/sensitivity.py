@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from prunelab.config import load_profile
 from prunelab.pruning.methods.base import ScoreThenSelect
 from prunelab.pruning.params import PruningConfigError
-from prunelab.config import load_profile  # noqa: F401  (also exported here)
 from prunelab.pruning.selection import select_masks
 
 
