@@ -256,7 +256,7 @@ def int8_section(args, out) -> None:
                    "size_fraction": v["int8"]["bytes"] / v["dense"]["bytes"],
                    "dense_acc": v["dense"]["test_acc"], "int8_acc": v["int8"]["test_acc"],
                    "int8_zeros": v["int8"]["int8_zeros"]["global"],
-                   "latency_ms": {k: v[k]["latency_ms"] for k in v}}
+                   "latency_ms": {k: v[k]["latency_ms"] for k in v if "latency_ms" in v[k]}}
 
 
 if __name__ == "__main__":

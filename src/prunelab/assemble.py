@@ -18,7 +18,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from prunelab.config import as_user_error, choice, target_name, validate_sparsity
+from prunelab.config import (as_user_error, check_manual_optimization, choice, target_name,
+                             validate_sparsity)
 from prunelab.errors import ConfigError, UserError, one_line
 from prunelab.hardware import check_hardware, speedup_warnings, two_four_warnings
 
@@ -38,28 +39,65 @@ class RunParts:
     sparsity: float
     model_name: str
     data_name: str
-    resume: str | None = None
     optimizer: Any = None
     regularizer: Any = None
     distiller: Any = None
     warnings: list[str] = field(default_factory=list)
 
 
-def resolve_resume(resume: str | None) -> str | None:
-    if not resume:
-        return None
-    path = Path(resume)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise ConfigError(f"resume={resume!r}: no checkpoint found at {path}; allowed: a .ckpt file "
-                          f"or a run directory with checkpoints/last.ckpt")
+def resume_point(cfg: DictConfig, out: Path) -> str | None:
+    """The checkpoint a run in ``out`` continues from, or None for a fresh start.
+
+    A run continues in its own directory: ``resume=<run dir or one of its checkpoints>`` (the
+    command line puts the run's own overrides first and makes ``hydra.run.dir`` that directory:
+    :func:`prunelab.cli.resume_arguments`), or a killed run (a sweep job) rerun in its directory
+    continues from ``checkpoints/last.ckpt``. The checkpoint must be readable and of the same
+    result-relevant config (ConfigError listing the keys that differ); nothing is written."""
+    from prunelab.results import run_config_diff
     from prunelab.runs import RunError, read_checkpoint
 
-    try:  # weights_only=True: a file that needs pickle is refused here, not run by Lightning
-        read_checkpoint(path)
-    except RunError as exc:
-        raise ConfigError(str(exc).replace("run=", "resume=", 1)) from None
+    resume = cfg.get("resume")
+    own = out / "checkpoints" / "last.ckpt"
+    if resume:
+        path = Path(str(resume)).expanduser()
+        if path.is_dir():
+            run_dir, path = path, path / "checkpoints" / "last.ckpt"
+        else:
+            run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        if not path.is_file():
+            raise ConfigError(f"resume={resume!r}: no checkpoint found at {path}; allowed: a run "
+                              f"directory with checkpoints/last.ckpt or a .ckpt file in one")
+        try:  # weights_only=True: a file that needs pickle is refused here, not run by Lightning
+            ckpt = read_checkpoint(path)
+        except RunError as exc:
+            raise ConfigError(str(exc).replace("run=", "resume=", 1)) from None
+        if run_dir.resolve() != out.resolve():
+            raise ConfigError(f"resume={resume!r} continues that run in its own directory "
+                              f"{run_dir}, not in {out}: leave hydra.run.dir out or set it to "
+                              f"{run_dir}")
+    elif own.is_file():
+        path = own
+        try:
+            ckpt = read_checkpoint(path)
+        except RunError as exc:
+            raise ConfigError(f"{path} cannot be resumed from: {str(exc).split(': ', 1)[-1]} "
+                              f"(truncated or corrupt?); delete it to start the run over, or "
+                              f"use another directory") from None
+    else:
+        return None
+    saved = (ckpt.get("hyper_parameters") or {}).get("config")
+    if not isinstance(saved, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"{path} is not a prunelab training checkpoint (no saved run config); "
+                          f"allowed: checkpoints written by python -m prunelab.train")
+    from omegaconf import OmegaConf
+
+    diff = run_config_diff(saved, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    if diff:
+        raise ConfigError(f"{path.parent.parent} holds a run with a different config: "
+                          f"{'; '.join(diff)}; rerun with its settings or use a new directory")
+    epoch = ckpt.get("epoch")
+    print(f"prunelab: resuming {path.parent.parent} from {path.name}"
+          + (f" (end of epoch {epoch})" if isinstance(epoch, int) else ""))
     return str(path)
 
 
@@ -69,17 +107,21 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def check_top_level(cfg: DictConfig) -> tuple[float, str | None]:
-    """The checks that need no heavy import (sparsity, epochs, eval, objective, resume), so that
-    a bad value is answered at once. Returns (sparsity, resume checkpoint)."""
+def check_top_level(cfg: DictConfig) -> float:
+    """The checks that need no heavy import (sparsity, epochs, eval, objective), so that a bad
+    value is answered at once. Returns the sparsity."""
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         value = cfg.get("sparsity")
     except OmegaConfBaseException as exc:  # e.g. a resolver reading a missing profile
-        raise ConfigError(one_line(exc.__cause__ if exc.__cause__ is not None else exc)) from exc
+        cause = exc.__cause__ or exc.__context__  # the resolver's own error, without OmegaConf's
+        raise ConfigError(one_line(cause if isinstance(cause, UserError) else exc)) from exc
     sparsity = validate_sparsity(value)
     _check_int("epochs", cfg.get("epochs"), 1)
+    if _check_int("seed", cfg.get("seed"), 0) >= 2**32:  # numpy's and Lightning's seed range
+        raise ConfigError(f"seed={cfg.seed} must be an integer in [0, 2**32)")
+    check_manual_optimization(cfg.get("trainer") or {}, (cfg.get("data") or {}).get("batch_size"))
     ev = cfg.get("eval") or {}
     attack = ev.get("adversarial")
     if attack not in (None, "fgsm", "pgd"):
@@ -93,7 +135,7 @@ def check_top_level(cfg: DictConfig) -> tuple[float, str | None]:
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective={objective!r}: a sweep needs a metric to optimize; allowed: "
                           f"{', '.join(OBJECTIVES)}")
-    return sparsity, resolve_resume(cfg.get("resume"))
+    return sparsity
 
 
 def check_devices(cfg: DictConfig) -> None:
@@ -114,12 +156,8 @@ def check_devices(cfg: DictConfig) -> None:
                           f"1..{have}")
 
 
-def check_steps_per_batch(cfg: DictConfig, k: int) -> None:
-    """``data.steps_per_batch > 1`` runs several optimizer steps per Lightning batch: one device
-    only (DDP synchronizes gradients once per forward of its wrapper). The data module checks
-    the world size again when training starts."""
-    if k <= 1:
-        return
+def _several_devices(cfg: DictConfig) -> tuple[bool, str]:
+    """Whether the trainer may run on several devices (processes), and its settings in words."""
     t = cfg.trainer
     devices, nodes = t.get("devices"), t.get("num_nodes") or 1
     strategy = str(t.get("strategy") or "")
@@ -132,10 +170,76 @@ def check_steps_per_batch(cfg: DictConfig, k: int) -> None:
         or (isinstance(devices, str) and "," in devices)
         or nodes > 1
         or any(s in strategy.lower() for s in ("ddp", "fsdp", "deepspeed")))
+    return several, (f"trainer.devices={devices}, num_nodes={nodes}, strategy="
+                     f"{strategy or 'auto'}")
+
+
+def check_steps_per_batch(cfg: DictConfig, k: int) -> None:
+    """``data.steps_per_batch > 1`` runs several optimizer steps per Lightning batch: one device
+    only (DDP synchronizes gradients once per forward of its wrapper). The data module checks
+    the world size again when training starts."""
+    if k <= 1:
+        return
+    several, setup = _several_devices(cfg)
     if several:
         raise ConfigError(f"data.steps_per_batch={k} needs single-device training (got "
-                          f"trainer.devices={devices}, num_nodes={nodes}, strategy="
-                          f"{strategy or 'auto'}); allowed with several devices: 1")
+                          f"{setup}); allowed with several devices: 1")
+
+
+#: ``data.steps_per_batch=auto``: Lightning gets groups of this many batches (BENCHMARKS.md) ...
+AUTO_STEPS_PER_BATCH = 8
+#: ... on single-device runs of networks of at most this many MACs per sample, whose steps are
+#: short enough for Lightning's fixed per-batch cost (~0.3 ms) to show
+AUTO_MAX_MACS = 100_000_000
+
+
+def _counts_batches(trainer: Any) -> bool:
+    """Whether a trainer setting counts Lightning batches (which are groups, once grouped):
+    ``auto`` leaves such a run ungrouped, so that it trains and validates on the same steps
+    either way. ``1.0`` (a float) is the whole epoch; an integer 1 is one batch."""
+    def whole(key: str) -> bool:
+        v = trainer.get(key)
+        return v is None or (isinstance(v, float) and v == 1.0)
+
+    return (not whole("limit_train_batches") or not whole("val_check_interval")
+            or bool(trainer.get("fast_dev_run")) or bool(trainer.get("overfit_batches"))
+            or trainer.get("accumulate_grad_batches") not in (None, 1))
+
+
+def steps_per_batch_setting(cfg: DictConfig) -> int | str:
+    """``data.steps_per_batch`` checked: ``"auto"`` or an integer >= 1 (one-line ConfigError)."""
+    value = (cfg.get("data") or {}).get("steps_per_batch", 1)
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ConfigError(f"data.steps_per_batch={value!r} must be an integer >= 1 or auto; allowed: "
+                      f"auto (groups of {AUTO_STEPS_PER_BATCH} on single-device runs of small "
+                      f"networks, else 1), 1 (no groups), k > 1 (groups of k, one device)")
+
+
+def resolve_steps_per_batch(cfg: DictConfig, net: Any, input_shape: tuple[int, ...]) -> int:
+    """The group size ``data.steps_per_batch`` stands for. ``auto``: ``AUTO_STEPS_PER_BATCH``
+    on a single-device run of a network of at most ``AUTO_MAX_MACS`` MACs per sample whose
+    trainer counts no batches (:func:`_counts_batches`), else 1. Grouped batches train step for
+    step the same (``tests/unit/test_steps_per_batch.py``), which is why the setting is no part
+    of a run's identity (``results.config_hash``)."""
+    value = steps_per_batch_setting(cfg)
+    if value != "auto":
+        return int(value)
+    several, _ = _several_devices(cfg)
+    devices = cfg.trainer.get("devices")
+    if devices == "auto" and str(cfg.trainer.get("accelerator") or "cpu") != "cpu":
+        import torch
+
+        several = several or torch.cuda.device_count() > 1
+    if several or _counts_batches(cfg.trainer):
+        return 1
+    from prunelab.metrics.macs import count_macs
+
+    try:
+        small = count_macs(net, input_shape)["dense"] <= AUTO_MAX_MACS
+    except Exception:  # noqa: BLE001 - a network the counter cannot run: left ungrouped
+        small = False
+    return AUTO_STEPS_PER_BATCH if small else 1
 
 
 def check_logger(cfg: DictConfig) -> None:
@@ -149,15 +253,18 @@ def check_logger(cfg: DictConfig) -> None:
 
 def data_and_model(cfg: DictConfig) -> tuple[Any, Any, str]:
     """(datamodule, network, model name): the data first (it knows the input shape and the
-    classes), then the model built for them and checked to fit."""
+    classes), then the model built for them and checked to fit; ``data.steps_per_batch``
+    resolved for this network and trainer (:func:`resolve_steps_per_batch`)."""
     from prunelab.models import check_input_fits, get_model_name
 
+    steps_per_batch_setting(cfg)  # a bad value is one line before anything is built
     try:
         datamodule = instantiate(cfg.data)
         shape, classes = tuple(datamodule.input_shape), int(datamodule.num_classes)
         net = instantiate(cfg.model, input_shape=shape, num_classes=classes)
         model_name = choice("model", get_model_name(net) or target_name(cfg.model))
         check_input_fits(net, shape, model_name)
+        datamodule.steps_per_batch = resolve_steps_per_batch(cfg, net, shape)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - only user-input errors become one line
@@ -165,13 +272,12 @@ def data_and_model(cfg: DictConfig) -> tuple[Any, Any, str]:
     return datamodule, net, model_name
 
 
-def assemble(cfg: DictConfig, sparsity: float | None = None, resume: str | None = None,
-             ) -> RunParts:
+def assemble(cfg: DictConfig, sparsity: float | None = None) -> RunParts:
     """Instantiate and validate everything ``train`` needs, writing nothing (UserError)."""
     from prunelab.pruning import PruningCallback, build_method
 
     if sparsity is None:
-        sparsity, resume = check_top_level(cfg)
+        sparsity = check_top_level(cfg)
     datamodule, net, model_name = data_and_model(cfg)
     try:
         method = build_method(cfg.pruner)
@@ -197,6 +303,8 @@ def assemble(cfg: DictConfig, sparsity: float | None = None, resume: str | None 
             distiller = load_teacher(str(dcfg.teacher), dcfg.get("temperature", 4.0),
                                      dcfg.get("alpha", 0.9), int(datamodule.num_classes),
                                      tuple(datamodule.input_shape))
+        if hasattr(datamodule, "preload"):  # missing files, val_size: before anything is written
+            datamodule.preload()
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - only user-input errors become one line
@@ -208,7 +316,7 @@ def assemble(cfg: DictConfig, sparsity: float | None = None, resume: str | None 
     return RunParts(datamodule=datamodule, net=net, method=method, schedule=schedule,
                     callback=callback, sparsity=sparsity, model_name=model_name,
                     data_name=choice("data", getattr(datamodule, "name", None)
-                                     or target_name(cfg.data)), resume=resume,
+                                     or target_name(cfg.data)),
                     optimizer=optimizer, regularizer=regularizer, distiller=distiller, warnings=warns)
 
 

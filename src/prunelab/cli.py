@@ -164,6 +164,116 @@ def _composition_message(exc: BaseException, command: str) -> str:
     return msg
 
 
+#: Keys whose value is a path, on any command: sweep and lottery directory names hold ``=`` and
+#: ``,``, which Hydra's override parser reads as syntax (``,``: a sweep); :func:`quote_paths`
+#: quotes such a value when the path exists.
+PATH_KEYS = ("resume", "distill.teacher", "pruner.profile", "data.root", "lottery.masks_from",
+             "run", "out", "dir")
+#: Keys holding a map of new keys (globs): ``key={glob: value}`` adds them (as ``++key=``).
+MAP_KEYS = ("lottery.layer_fractions",)
+_SYNTAX = set(",=[]{}()'\"")
+
+
+def _hydra_quoted(value: str) -> str:
+    """``value`` as a single-quoted Hydra string (a quote, and backslashes before a quote or
+    the end, escaped)."""
+    import re
+
+    return "'" + re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""),
+                        value) + "'"
+
+
+def quote_paths(argv: Sequence[str]) -> list[str]:
+    """The command line with an existing path that holds Hydra syntax (``resume=outputs/multirun/
+    .../pruner=magnitude,sparsity=0.7``) quoted for Hydra, and ``lottery.layer_fractions={...}``
+    as ``++lottery.layer_fractions={...}`` (its globs are new keys); the rest as it is."""
+    out = []
+    for arg in argv:
+        kv = _split(arg)
+        if kv is not None and not arg.startswith(("+", "~")):
+            key, value = kv
+            if (key in PATH_KEYS and value[:1] not in ("'", '"') and _SYNTAX & set(value)
+                    and Path(value).expanduser().exists()):
+                arg = f"{arg.split('=', 1)[0]}={_hydra_quoted(value)}"
+            elif key in MAP_KEYS and value.lstrip().startswith("{"):
+                arg = f"++{arg}"
+        out.append(arg)
+    return out
+
+
+#: Where a command's Hydra creates its run directory by default (under the launch directory).
+_DEFAULT_OUT = {"train": "outputs", "lottery": "outputs", "sensitivity": "outputs"}
+#: Less free space than this where the run directory goes is a full disk (a run writes MBs).
+_MIN_FREE = 1 << 20
+
+
+def check_output_dir(argv: Sequence[str], command: str) -> None:
+    """The run directory (``hydra.run.dir``, ``hydra.sweep.dir`` with ``-m``, or the command's
+    default under ``outputs/``) must be creatable: a read-only place is one line naming it and
+    the OS error, before Hydra creates anything."""
+    import shutil
+    import tempfile
+
+    key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in argv) else "hydra.run.dir"
+    given = [kv[1] for kv in map(_split, overrides(argv)) if kv is not None and kv[0] == key]
+    if given:
+        target, label = given[-1].split("${")[0].strip("'\""), f"{key}={given[-1]}"
+    elif command in _DEFAULT_OUT:
+        target, label = _DEFAULT_OUT[command], f"the output directory {_DEFAULT_OUT[command]}/"
+    else:
+        return
+    existing = Path(target or ".").expanduser().absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{label}: {existing} is a file, not a directory; choose a directory "
+                          f"({key}=<dir>)")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()  # no name: nothing is left behind
+        free = shutil.disk_usage(existing).free
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot write in {existing}: [Errno {exc.errno}] "
+                          f"{exc.strerror}; choose a writable directory ({key}=<dir>)") from None
+    if free < _MIN_FREE:
+        raise ConfigError(f"{label}: the disk holding {existing} is full ({free} bytes free); "
+                          f"free space or choose another directory ({key}=<dir>)")
+
+
+def resume_arguments(args: list[str]) -> list[str]:
+    """``train resume=<run>``: the run continues in its own directory with its own config, so
+    its saved overrides (``.hydra/overrides.yaml``) come first (the command line's own keys win)
+    and ``hydra.run.dir`` is the run's directory unless given."""
+    values = [kv[1] for a in overrides(args) if (kv := _split(a)) and kv[0] == "resume"]
+    value = values[-1].strip("'\"") if values else ""
+    if value in ("", "null"):
+        return args
+    if any(a in ("-m", "--multirun") for a in args):
+        raise ConfigError("resume= continues one run; to continue a killed sweep, rerun the "
+                          "sweep's command with hydra.sweep.dir=<its directory>")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        run_dir = path
+    elif path.is_file() and path.parent.name == "checkpoints":
+        run_dir = path.parent.parent
+    elif path.is_file():
+        raise ConfigError(f"resume={value!r} is not in a run's checkpoints/ folder: a run "
+                          f"continues in its own directory; allowed: a run directory or a .ckpt "
+                          f"file in its checkpoints/")
+    else:
+        raise ConfigError(f"resume={value!r}: no checkpoint found at {path}; allowed: a run "
+                          f"directory with checkpoints/last.ckpt or a .ckpt file in one")
+    keys = {kv[0] for a in overrides(args) if (kv := _split(a))}
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    first: list[str] = []
+    if saved.is_file():
+        from omegaconf import OmegaConf
+
+        first = [str(o) for o in OmegaConf.load(saved)
+                 if (kv := _split(str(o))) is not None and kv[0] not in keys]
+    last = [] if "hydra.run.dir" in keys else [f"hydra.run.dir={_hydra_quoted(str(run_dir))}"]
+    return [*first, *args, *last]
+
+
 def start(hydra_main: Callable[[], Any], command: str, groups: Iterable[str] | None = None,
           argv: list[str] | None = None) -> None:
     """A command's ``main``: register the configs, check the command line, then start Hydra.
@@ -176,12 +286,20 @@ def start(hydra_main: Callable[[], Any], command: str, groups: Iterable[str] | N
     register_configs()
     if not OmegaConf.has_resolver("help_groups"):
         OmegaConf.register_new_resolver("help_groups", help_groups)
-    args = sys.argv[1:] if argv is None else argv
+    args = quote_paths(sys.argv[1:] if argv is None else argv)
+    if command == "train" and not any(a.split("=", 1)[0] in _PASS_THROUGH for a in args):
+        try:
+            args = resume_arguments(args)
+        except UserError as exc:
+            fail(one_line(exc))
+    if argv is None:
+        sys.argv[1:] = args  # what Hydra (and a DDP launcher re-running it) parses
     if not any(a.split("=", 1)[0] in _PASS_THROUGH for a in args):
         try:
             check_group_options(args, COMMAND_GROUPS.get(command, ()) if groups is None else groups,
                                 command)
             check_keys(command, args)
+            check_output_dir(args, command)
         except UserError as exc:
             fail(one_line(exc))
     hydra_main()

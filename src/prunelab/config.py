@@ -138,9 +138,24 @@ def _epochs_frac(frac: Any, *, _root_) -> int:
     return int(round(float(frac) * int(epochs)))
 
 
+def nm_rule(n: Any, m: Any) -> str | None:
+    """Why ``pruner.n``/``pruner.m`` are not an N:M pattern (None if they are)."""
+    if isinstance(n, int) and isinstance(m, int) and not isinstance(n, bool) \
+            and not isinstance(m, bool) and 1 <= n < m:
+        return None
+    return (f"pruner.n={n!r} and pruner.m={m!r}: need integers with 1 <= n < m (N:M keeps n of "
+            f"every m consecutive weights, e.g. pruner.n=2 pruner.m=4)")
+
+
 def _nm_sparsity(n: Any, m: Any) -> float:
-    """``${nm_sparsity:2,4}`` -> 1 - n/m, the sparsity N:M pruning reaches."""
-    return 1.0 - int(n) / int(m)
+    """``${nm_sparsity:2,4}`` -> 1 - n/m, the sparsity N:M pruning reaches (a ConfigError
+    naming n and m when they are not an N:M pattern)."""
+    from prunelab.errors import ConfigError
+
+    why = nm_rule(n, m)
+    if why is not None:
+        raise ConfigError(why)
+    return 1.0 - n / m
 
 
 def load_profile(path: str | Path) -> dict:
@@ -215,9 +230,22 @@ def _ddp_backend(accelerator: Any) -> str:
     return "nccl" if str(accelerator) == "gpu" else "gloo"
 
 
+def _hydra_subdir(output_dir: str) -> str | None:
+    """``hydra.output_subdir`` (``${hydra_subdir:...}``): ``.hydra`` for a new run directory,
+    None (nothing written) for one that already holds a run: a rerun, a resume or a refused
+    command never rewrites a run's ``.hydra/*``."""
+    path = Path(output_dir)
+    if not path.is_dir():
+        return ".hydra"
+    for entry in path.iterdir():
+        if not (entry.is_file() and entry.suffix == ".log" and entry.stat().st_size == 0):
+            return None
+    return ".hydra"
+
+
 RESOLVERS = {"epochs_frac": _epochs_frac, "nm_sparsity": _nm_sparsity,
              "profile_sparsity": _profile_sparsity, "lottery_dir": _lottery_dir, "ddp_backend": _ddp_backend,
-             "dirname": _dirname}
+             "dirname": _dirname, "hydra_subdir": _hydra_subdir}
 
 
 # -- measure and export (deploy/options.py checks their values) ------------------------------------
@@ -284,6 +312,60 @@ def as_user_error(exc: BaseException) -> BaseException:
     return ConfigError(one_line(exc))
 
 
+#: What an OSError of writing output means (its errno), for :func:`as_write_error`.
+_WRITE_ERRNOS = {"ENOSPC": "the disk is full", "EDQUOT": "the disk quota is exhausted",
+                 "EFBIG": "a file outgrew the size limit", "EROFS": "the file system is read-only",
+                 "EACCES": "no permission", "EPERM": "no permission"}
+
+
+def as_write_error(exc: BaseException, out_dir: str | os.PathLike | None = None) -> BaseException:
+    """An OSError of writing (disk full, quota, file size limit, read-only file system, no
+    permission) as a one-line UserError naming the path (the file, else ``out_dir``) and the OS
+    error; anything else unchanged. ``HYDRA_FULL_ERROR=1`` keeps the traceback."""
+    import errno
+
+    from prunelab.errors import UserError
+
+    code = errno.errorcode.get(getattr(exc, "errno", None) or -1)
+    if (not isinstance(exc, OSError) or code not in _WRITE_ERRNOS
+            or os.environ.get("HYDRA_FULL_ERROR") == "1"):
+        return exc
+    what = (f"cannot write {exc.filename}" if exc.filename is not None
+            else f"cannot write in {out_dir}" if out_dir is not None else "cannot write")
+    return UserError(f"{what}: [Errno {exc.errno}] {exc.strerror} ({_WRITE_ERRNOS[code]}); free "
+                     f"space or choose another output directory (hydra.run.dir=<dir>)")
+
+
+def manual_optimization_conflict(gradient_clip_val: Any = None,
+                                 accumulate_grad_batches: Any = 1,
+                                 batch_size: Any = None) -> str | None:
+    """prunelab's module steps the optimizer itself (Lightning's manual optimization), where
+    Lightning refuses its own gradient clipping and accumulation: what to set instead (None if
+    neither is set)."""
+    if gradient_clip_val not in (None, 0, 0.0):
+        return (f"trainer.gradient_clip_val={gradient_clip_val}: prunelab steps the optimizer "
+                f"itself (Lightning clips only for its own steps); use module.gradient_clip_val="
+                f"{gradient_clip_val}")
+    if accumulate_grad_batches not in (None, 1):
+        k = accumulate_grad_batches
+        same = (f"data.batch_size={k * batch_size}" if isinstance(k, int) and
+                isinstance(batch_size, int) else "a data.batch_size that many times larger")
+        return (f"trainer.accumulate_grad_batches={k}: prunelab steps the optimizer itself after "
+                f"every batch (Lightning accumulates only for its own steps); for the same batch "
+                f"per step use {same}")
+    return None
+
+
+def check_manual_optimization(trainer: Any, batch_size: Any = None) -> None:
+    """:func:`manual_optimization_conflict` of a ``trainer`` config, as a ConfigError."""
+    from prunelab.errors import ConfigError
+
+    why = manual_optimization_conflict(trainer.get("gradient_clip_val"),
+                                       trainer.get("accumulate_grad_batches", 1), batch_size)
+    if why is not None:
+        raise ConfigError(why)
+
+
 def choice(group: str, default: str) -> str:
     """The option Hydra chose for ``group`` in this run (``default`` outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig
@@ -317,3 +399,4 @@ def register_configs() -> None:
 
 
 register_configs()
+

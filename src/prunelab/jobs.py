@@ -27,15 +27,17 @@ PRELOAD = ("torch", "pytorch_lightning", "torchmetrics", "prunelab.module", "pru
            "prunelab.models", "prunelab.data", "prunelab.results", "prunelab.metrics")
 
 
-def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig, lock: bool = False) -> Any:
     """Run ``task(cfg)`` under Hydra as described in the module docstring; a refused single run
-    takes back what Hydra created for it (:func:`discard_if_empty`)."""
+    takes back what Hydra created for it (:func:`discard_if_empty`). ``lock``: the task writes
+    a run directory (Hydra's output directory), held by one process at a time
+    (:func:`prunelab.files.directory_lock`; a second one is refused naming the holder)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if HydraConfig.get().mode == RunMode.MULTIRUN and _can_fork():
-        return _run_forked(task, cfg)
-    return _run_here(task, cfg)
+        return _run_forked(task, cfg, lock)
+    return _run_here(task, cfg, lock)
 
 
 def finished_results(cfg: DictConfig, out: Path) -> dict[str, Any] | None:
@@ -50,13 +52,29 @@ def finished_results(cfg: DictConfig, out: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     old = json.loads(path.read_text())
-    new_hash = config_hash(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    new_hash = config_hash(resolved)
     if old.get("config_hash") != new_hash:
-        raise ConfigError(f"{out} already holds results.json of another config (config_hash "
-                          f"{old.get('config_hash')} vs {new_hash}); choose a new directory")
+        why = (_differences(out, resolved)
+               or f"config_hash {old.get('config_hash')} vs {new_hash}")
+        raise ConfigError(f"{out} already holds results.json of another config: {why}; rerun "
+                          f"with its settings or choose a new directory")
     print(f"prunelab: {out} already has this run's results.json; skipped (delete it to rerun)")
     (out / "error.json").unlink(missing_ok=True)
     return old
+
+
+def _differences(out: Path, resolved: dict) -> str:
+    """The result-relevant keys in which ``resolved`` differs from the config of the run in
+    ``out`` (its ``.hydra/config.yaml``), ``'; '``-joined; empty if that cannot be read."""
+    from prunelab.results import run_config_diff
+
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(out / ".hydra" / "config.yaml"),
+                                       resolve=True, enum_to_str=True)
+    except Exception:  # noqa: BLE001 - no or unreadable saved config: the hashes say it
+        return ""
+    return "; ".join(run_config_diff(saved, resolved))
 
 
 def record_failure(run_dir: Path, exc: BaseException, with_traceback: bool = True) -> None:
@@ -122,7 +140,7 @@ def _can_fork() -> bool:
     return sys.platform.startswith("linux") and "fork" in mp.get_all_start_methods()
 
 
-def _run_forked(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+def _run_forked(task: Callable[[DictConfig], Any], cfg: DictConfig, lock: bool) -> Any:
     """``_run_here`` in a forked child; its result comes back through a pipe."""
     import multiprocessing as mp
     import signal
@@ -137,7 +155,7 @@ def _run_forked(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         recv.close()
         _die_with_parent()
         _as_single_run()
-        send.send(_run_here(task, cfg))
+        send.send(_run_here(task, cfg, lock))
         send.close()
 
     proc = ctx.Process(target=child, name="prunelab-job")
@@ -207,18 +225,37 @@ def _die_with_parent() -> None:
         pass
 
 
-def _run_here(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+def _secondary_rank() -> bool:
+    """A DDP process other than global rank 0 (Lightning re-runs the command for its other
+    ranks, torchrun and SLURM set these variables): the directory is rank 0's to lock."""
+    return any(os.environ.get(v, "0") not in ("", "0")
+               for v in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+def _run_here(task: Callable[[DictConfig], Any], cfg: DictConfig, lock: bool = False) -> Any:
+    from contextlib import nullcontext
+
     from hydra.core.hydra_config import HydraConfig
     from hydra.errors import InstantiationException
     from hydra.types import RunMode
 
+    from prunelab.config import as_write_error
+    from prunelab.files import DirectoryBusy, directory_lock
+
+    out = Path(HydraConfig.get().runtime.output_dir)
     try:
-        return task(cfg)
+        with directory_lock(out) if lock and not _secondary_rank() else nullcontext():
+            return task(cfg)
     except Exception as exc:  # noqa: BLE001 - a sweep records any failure and goes on
-        out = Path(HydraConfig.get().runtime.output_dir)
         err: BaseException = exc
+        if isinstance(exc, DirectoryBusy):  # nothing is written in the holder's directory
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                fail(str(exc))
+            print(f"prunelab: error: {exc}", file=sys.stderr)
+            return None
         while isinstance(err, InstantiationException) and err.__cause__ is not None:
             err = err.__cause__
+        err = as_write_error(err, out)  # a full disk, a read-only directory: one line
         user = isinstance(err, UserError) and os.environ.get("HYDRA_FULL_ERROR") != "1"
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             if user:

@@ -66,7 +66,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None,
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="lottery")
 def _hydra_main(cfg: DictConfig) -> float:
-    rows = run_task(run, cfg)
+    rows = run_task(run, cfg, lock=True)
     return float("nan") if rows is None else float(rows[-1]["test_acc"])
 
 

@@ -26,10 +26,16 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from prunelab.config import manual_optimization_conflict
 from prunelab.data.loader import is_batch_group
+from prunelab.errors import ConfigError, UserError
 from prunelab.losses import classification_loss
 
 SCHEDULER_INTERVALS = ("epoch", "step")
+
+
+class DivergenceError(UserError, FloatingPointError):
+    """The training loss became nan or inf (one line naming the epoch and step)."""
 
 
 class ClassifierModule(pl.LightningModule):
@@ -86,6 +92,9 @@ class ClassifierModule(pl.LightningModule):
         self._train_seen = 0  # samples in the epoch's sums
         self._train_steps = 0
         self._recent: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._flushed = 0  # the epoch's steps already added to the sums
+        self._first_bad: torch.Tensor | None = None  # the epoch's first step with a bad loss
+        self._epoch_start_step = 0  # optimizer steps before this epoch
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets ``_current_fx_name`` around every hook call (about 30 times per training
@@ -109,11 +118,25 @@ class ClassifierModule(pl.LightningModule):
         if self.distiller is not None:
             self.distiller.to(self.device)
 
+    def configure_callbacks(self) -> list:
+        """Lightning calls this before it checks the loop configuration: its own gradient
+        clipping and accumulation, which cannot apply to the steps this module takes itself
+        (manual optimization), are one line naming what to set instead."""
+        t = self._trainer
+        if t is not None:
+            why = manual_optimization_conflict(t.gradient_clip_val, t.accumulate_grad_batches,
+                                               getattr(t.datamodule, "batch_size", None))
+            if why is not None:
+                raise ConfigError(why)
+        return []
+
     def on_train_epoch_start(self) -> None:
         self._train_sums = torch.zeros(2, device=self.device)
         self._penalty_sum = torch.zeros((), device=self.device)
-        self._train_seen = self._train_steps = 0
+        self._train_seen = self._train_steps = self._flushed = 0
         self._recent = []
+        self._first_bad = None
+        self._epoch_start_step = int(self._trainer.global_step) if self._trainer else 0
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
@@ -161,21 +184,45 @@ class ClassifierModule(pl.LightningModule):
         losses, logits, ys = zip(*self._recent)
         self._recent = []
         f32 = torch.float32  # counts stay exact (bf16 holds integers exactly only up to 256)
+        # the first step whose loss is not finite, kept on the device (read only on divergence)
+        bad = ~torch.isfinite(torch.stack(losses).to(f32))
+        first = torch.where(bad.any(), bad.to(torch.int64).argmax() + self._flushed,
+                            self._flushed + len(losses))
+        self._first_bad = first if self._first_bad is None else torch.minimum(self._first_bad,
+                                                                               first)
+        self._flushed += len(losses)
         # sum of loss * batch size, with the sizes as views (expand) rather than a host tensor
         # copied to the device: on a GPU that copy would wait for every queued kernel
         weighted = torch.cat([loss.to(f32).expand(y.shape[0]) for loss, y in zip(losses, ys)])
         correct = (torch.cat(logits).argmax(1) == torch.cat(ys)).sum().to(f32)
         self._train_sums.add_(torch.stack((weighted.sum(), correct)))
 
-    def on_train_epoch_end(self) -> None:
+    def _check_finite(self) -> None:
+        """A nan or inf training loss so far in the epoch is a one-line
+        :class:`DivergenceError` naming the epoch and the first such step (one device sync,
+        before validation and at the epoch end: no checkpoint of diverged weights)."""
         self._flush_train_sums()
         s = self._train_sums
+        if s is None or self._train_seen == 0 or bool(torch.isfinite(s[0])):
+            return
+        value = float(s[0])
+        step = self._epoch_start_step + (int(self._first_bad) if self._first_bad is not None
+                                         else 0)
+        opts = self._trainer.optimizers if self._trainer is not None else []
+        lr = f" (lr {opts[0].param_groups[0]['lr']:g})" if opts else ""
+        raise DivergenceError(
+            f"loss is {'nan' if value != value else value} at epoch {self.current_epoch} step "
+            f"{step}: training diverged; lower optimizer.lr{lr} or set module.gradient_clip_val")
+
+    def on_validation_epoch_start(self) -> None:
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            self._check_finite()  # diverged weights are neither validated nor checkpointed
+
+    def on_train_epoch_end(self) -> None:
+        self._check_finite()  # one check per epoch (and before validation): no per-step sync
+        s = self._train_sums
         if s is not None and self._train_seen > 0:
-            if not bool(torch.isfinite(s[0])):  # one check per epoch: no per-step sync
-                raise FloatingPointError(
-                    f"the training loss is {float(s[0] / self._train_seen)} in epoch "
-                    f"{self.current_epoch}: training diverged (lower optimizer.lr, or set "
-                    f"module.gradient_clip_val)")
             n = self._train_seen
             self.log("train/loss", s[0] / n, sync_dist=True)
             self.log("train/acc", s[1] / n, prog_bar=True, sync_dist=True)

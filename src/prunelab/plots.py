@@ -4,7 +4,8 @@ Sweeps, from :func:`prunelab.analysis.sweep.summarize` rows (:func:`plot_sweep`)
 
 - ``acc_vs_sparsity.png``: test accuracy against sparsity, one line per method (error bars: std
   over seeds), the dense baseline (``pruner=none``) as a horizontal band;
-- ``acc_vs_macs.png``: test accuracy against the fraction of MACs kept;
+- ``acc_vs_macs.png``: test accuracy against the fraction of non-zero MACs kept (the report's
+  table also has the compact network's MACs, what a structured-pruned run executes);
 - ``acc_vs_latency.png``: test accuracy against measured CPU latency at batch 1 (when measured);
 - ``layer_sparsity.png``: per-layer sparsity, one row per method and sparsity (a heat map).
 
@@ -125,8 +126,8 @@ def plot_sweep(summary: Sequence[dict[str, Any]], directory: str | Path) -> list
     specs = {
         "acc_vs_sparsity.png": lambda p: _xy_plot(summary, p, "sparsity", "sparsity (fraction of "
                                                   "prunable weights at zero)"),
-        "acc_vs_macs.png": lambda p: _xy_plot(summary, p, "macs_ratio", "MACs kept (%)",
-                                              log_x=True, x_scale=100.0),
+        "acc_vs_macs.png": lambda p: _xy_plot(summary, p, "macs_nonzero_ratio",
+                                              "non-zero MACs kept (%)", log_x=True, x_scale=100.0),
         "acc_vs_latency.png": lambda p: _xy_plot(summary, p, "latency_b1_ms",
                                                  "CPU latency at batch 1 (ms)"),
         "layer_sparsity.png": lambda p: _heatmap(summary, p),

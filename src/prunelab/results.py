@@ -37,11 +37,8 @@ PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "omegacon
 SEED_KEYS = {"": ("seed",), "data": ("seed",), "pruner": ("seed",)}
 
 
-def config_hash(config: Mapping[str, Any], seedless: bool = False) -> str:
-    """SHA-256 (first 16 hex digits) of the result-relevant part of a resolved config.
-
-    ``seedless=True`` also leaves out the seeds: runs that differ only by seed share it (sweep
-    reports group seeds by it)."""
+def result_config(config: Mapping[str, Any], seedless: bool = False) -> dict[str, Any]:
+    """The result-relevant part of a resolved config (what :func:`config_hash` hashes)."""
     cfg = {k: v for k, v in config.items() if k not in (*NON_RESULT_KEYS, *RETIRED_KEYS)}
     drop = {key: list(sub) for key, sub in NON_RESULT_SUBKEYS.items()}
     if seedless:
@@ -52,8 +49,43 @@ def config_hash(config: Mapping[str, Any], seedless: bool = False) -> str:
             cfg = {k: v for k, v in cfg.items() if k not in subkeys}
         elif isinstance(cfg.get(key), Mapping):
             cfg[key] = {k: v for k, v in cfg[key].items() if k not in subkeys}
-    blob = json.dumps(cfg, sort_keys=True, default=str).encode()
+    return cfg
+
+
+def config_hash(config: Mapping[str, Any], seedless: bool = False) -> str:
+    """SHA-256 (first 16 hex digits) of the result-relevant part of a resolved config.
+
+    ``seedless=True`` also leaves out the seeds: runs that differ only by seed share it (sweep
+    reports group seeds by it)."""
+    blob = json.dumps(result_config(config, seedless), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys (an empty mapping stays a value)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
+                ignore: Sequence[str] = ()) -> list[str]:
+    """``key (old vs new)`` for every flattened key whose value differs (``ignore``: dotted keys
+    left out)."""
+    old, new = flatten(old), flatten(new)
+    keys = sorted((set(old) | set(new)) - set(ignore))
+    return [f"{k} ({old.get(k, '<unset>')!r} vs {new.get(k, '<unset>')!r})"
+            for k in keys if old.get(k, "<unset>") != new.get(k, "<unset>")]
+
+
+def run_config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The result-relevant differences of two resolved run configs (``key (old vs new)``)."""
+    return config_diff(result_config(old), result_config(new), ignore=RETIRED_KEYS)
 
 
 def package_versions() -> dict[str, str]:
@@ -81,8 +113,10 @@ def measure_model(net: nn.Module, prunable: Sequence[str], input_shape: Sequence
         "channel_sparsity": channel_sparsity(cpu_net, prunable),
         "params": measure.count_params(cpu_net),
     }
-    macs = measure.count_macs(cpu_net, tuple(input_shape))
-    out["macs"] = {"dense": macs["dense"], "effective": macs["effective"]}
+    from prunelab.compress.compact import macs_report
+
+    # dense (executed on dense kernels), compact (dead channels removed), nonzero (= effective)
+    out["macs"] = macs_report(cpu_net, tuple(input_shape))
     if size:
         out["size_bytes"] = measure.size_on_disk(cpu_net, directory)
     if latency:
@@ -162,8 +196,7 @@ def summary_rows(res: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("best val acc", "n/a" if res["best_val_acc"] is None else f"{res['best_val_acc']:.4f}"),
         ("params", f"{_fmt_count(res['params']['nonzero'])} non-zero / "
                    f"{_fmt_count(res['params']['total'])}"),
-        ("MACs", f"{_fmt_count(res['macs']['effective'])} effective / "
-                 f"{_fmt_count(res['macs']['dense'])} dense"),
+        ("MACs", _macs_row(res["macs"])),
     ]
     if "size_bytes" in res:
         rows.append(("size", f"{_fmt_bytes(res['size_bytes']['sparse_bytes'])} sparse / "
@@ -179,6 +212,14 @@ def summary_rows(res: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows.append(("wall time", f"{res['wall_time_s']:.1f} s"))
     rows.append(("results", str(res["results_path"])))
     return rows
+
+
+def _macs_row(macs: Mapping[str, Any]) -> str:
+    """The summary's MACs: the compact network's (when known), non-zero, dense (as executed)."""
+    nonzero = macs.get("nonzero", macs.get("effective"))
+    parts = [] if macs.get("compact") is None else [f"{_fmt_count(macs['compact'])} compact"]
+    return " / ".join(parts + [f"{_fmt_count(nonzero)} non-zero",
+                               f"{_fmt_count(macs['dense'])} dense (as executed)"])
 
 
 def print_summary(res: Mapping[str, Any], file=None) -> None:

@@ -78,7 +78,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sensitivity")
 def _hydra_main(cfg: DictConfig) -> None:
-    run_task(run, cfg)
+    run_task(run, cfg, lock=True)
 
 
 def main() -> None:

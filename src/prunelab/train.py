@@ -28,9 +28,10 @@ from prunelab.jobs import finished_results, run_task
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Train, prune, test and measure one model; write ``results.json``; return the results."""
-    from prunelab.assemble import assemble, build_module, build_trainer, check_top_level
+    from prunelab.assemble import (assemble, build_module, build_trainer, check_top_level,
+                                   resume_point)
 
-    sparsity, resume = check_top_level(cfg)  # a bad value is answered before heavy imports
+    sparsity = check_top_level(cfg)  # a bad value is answered before heavy imports
     import pytorch_lightning as pl
     import torch
 
@@ -48,11 +49,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     done = finished_results(cfg, out)
     if done is not None:
         return done
+    resume = resume_point(cfg, out)  # a killed run continues from its last checkpoint
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     threads = job_threads(cfg)
     if threads:
         torch.set_num_threads(threads)
-    parts = assemble(cfg, sparsity, resume)
+    parts = assemble(cfg, sparsity)
     dm, net, callback = parts.datamodule, parts.net, parts.callback
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     module = build_module(cfg, net, int(dm.num_classes), optimizer=parts.optimizer,
@@ -63,12 +65,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
                                    save_last=cfg.checkpoint.save_last, save_top_k=1,
                                    auto_insert_metric_name=False,
                                    # a rerun of a killed job replaces its stale files (no -v1)
-                                   enable_version_counter=False)
+                                   enable_version_counter=False, started=start_time)
     trainer = build_trainer(cfg, out, [callback, ckpt])
-    trainer.fit(module, datamodule=dm, ckpt_path=parts.resume)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
     best_path = ckpt.best_model_path or None
     test_metrics = trainer.test(module, datamodule=dm, ckpt_path=best_path, verbose=False)[0]
-    train_time = time.perf_counter() - start_time
+    train_time = ckpt.elapsed()  # across resumes
     adversarial = None
     ev = cfg.get("eval") or {}
     if ev.get("adversarial"):
@@ -89,7 +91,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
                              threads=threads, size=bool(m.size))
     results = run_results(cfg, resolved, parts, trainer, ckpt, test_metrics, measured,
                           adversarial=adversarial, train_time=train_time,
-                          wall_time=time.perf_counter() - start_time, out=out)
+                          wall_time=ckpt.elapsed(), out=out)
     write_json_atomic(out / "results.json", results)
     (out / "error.json").unlink(missing_ok=True)  # a rerun sweep job that failed before
     print_summary(results)
@@ -98,7 +100,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
-    results = run_task(run, cfg)
+    results = run_task(run, cfg, lock=True)
     if results is None:
         return float("nan")
     value = results.get(str(cfg.objective))

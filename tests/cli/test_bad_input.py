@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import FAST
 
 CASES = {
     "sparsity_range": (["sparsity=1.2"], "sparsity=1.2 is outside the allowed range [0, 1)"),
@@ -73,13 +74,55 @@ CASES = {
                                                               "epochs=2"),
 }
 
+#: A sweep job's directory name: Hydra's override syntax (= and ,) inside a path value.
+SWEEP_JOB = "{tmp}/multirun/pruner=magnitude,sparsity=0.7"
+
 #: The other commands, and what every command shares: an unknown option, a checkpoint that needs
 #: pickle, a run directory without a checkpoint (module, arguments, the one line expected).
+#: The lottery's tiny run (as in tests/cli/test_lottery.py): bad values are refused before it trains.
+LOTTERY_TINY = ["data=synthetic", "data.input_shape=[1,8,8]", "data.num_samples=640",
+                "data.val_size=128", "data.num_test_samples=128", "data.batch_size=64",
+                "model=mlp", "model.hidden=[32,16]", "epochs=2", "logger=none",
+                "trainer.enable_progress_bar=false"]
+
 COMMAND_CASES = {
+    "lottery_levels": ("prunelab.lottery", [*LOTTERY_TINY, 'lottery.levels=0'],
+                    'lottery.levels=0 must be an integer >= 1'),
+    "lottery_fraction_above": ("prunelab.lottery", [*LOTTERY_TINY, 'lottery.prune_fraction=1.5'],
+                    'lottery.prune_fraction=1.5 is outside the allowed range (0, 1)'),
+    "lottery_fraction_zero": ("prunelab.lottery", [*LOTTERY_TINY, 'lottery.prune_fraction=0'],
+                    'lottery.prune_fraction=0.0 is outside the allowed range (0, 1)'),
+    "lottery_rewind_step": ("prunelab.lottery", [*LOTTERY_TINY, 'lottery.rewind_step=100000'],
+                    "lottery.rewind_step=100000 is beyond level 0's length: allowed 0..15 (2 epochs of 8 iterations)"),
+    "lottery_rewind_epoch": ("prunelab.lottery", [*LOTTERY_TINY, 'lottery.rewind_epoch=2'],
+                    "lottery.rewind_epoch=2 is beyond level 0's length"),
+    "lottery_control": ("prunelab.lottery", [*LOTTERY_TINY, 'lottery.control=reinit'],
+                    "lottery.control='reinit'; allowed: none, random_reinit, random_mask"),
+    "lottery_train_experiment2": ("prunelab.lottery", [*LOTTERY_TINY, 'experiment=lenet300_mnist'],
+                    'experiment=lenet300_mnist belongs to prunelab.train'),
+    "lottery_unknown_model": ("prunelab.lottery", [*LOTTERY_TINY, 'model=mlpp'],
+                    "unknown model='mlpp'; known: conv2, conv4"),
+    "lottery_typo_key": ("prunelab.lottery", [*LOTTERY_TINY, 'lottery.levles=3'],
+                    'lottery.levles: no such option'),
+    "lottery_layer_fraction_glob": ("prunelab.lottery", [*LOTTERY_TINY, '++lottery.layer_fractions={conv9.*:0.1}'],
+                    "lottery.layer_fractions pattern 'conv9.*' matches no prunable parameter"),
+    "sensitivity_checkpoint": ("prunelab.sensitivity", ['run={tmp}', 'checkpoint=middle'],
+                    "checkpoint='middle'; allowed: best, last"),
+    "sensitivity_ratios": ("prunelab.sensitivity", ['run={tmp}', 'ratios=[0.5,1.5]'],
+                    'ratios=[0.5, 1.5] must be numbers in (0, 1)'),
+    "sensitivity_target": ("prunelab.sensitivity", ['run={tmp}', 'target_sparsity=1'],
+                    'target_sparsity=1 must be a number in (0, 1)'),
+    "sensitivity_group": ("prunelab.sensitivity", ['run={tmp}', 'model=mlp'],
+                    'model: no such option'),
     "train_unknown_option": ("prunelab.train", ["debug=fast", "foo=bar"],
                              "foo: no such option"),
-    "train_resume_needs_pickle": ("prunelab.train", ["debug=fast", "resume={tmp}/pickled.ckpt"],
+    "train_resume_needs_pickle": ("prunelab.train",
+                                  ["debug=fast", "resume={tmp}/prun/checkpoints/last.ckpt"],
                                   "needs pickle to load"),
+    "train_resume_outside_a_run": ("prunelab.train", ["debug=fast", "resume={tmp}/pickled.ckpt"],
+                                   "is not in a run's checkpoints/ folder"),
+    "train_resume_in_a_sweep": ("prunelab.train", ["-m", "debug=fast", "resume={tmp}/prun"],
+                                "resume= continues one run; to continue a killed sweep"),
     "train_lottery_experiment": ("prunelab.train", ["experiment=lth_lenet300"],
                                  "experiment=lth_lenet300 belongs to prunelab.lottery"),
     "lottery_unknown_option": ("prunelab.lottery", ["foo=1"], "foo: no such option"),
@@ -107,6 +150,19 @@ COMMAND_CASES = {
                                       "no checkpoints/best.ckpt"),
     "report_unknown_option": ("prunelab.report", ["{tmp}/norun", "foo=1"],
                               "foo: no such option"),
+    # a sweep job's directory, unquoted: the whole path reaches the command
+    "train_resume_sweep_job": ("prunelab.train", ["debug=fast", f"resume={SWEEP_JOB}"],
+                               "multirun/pruner=magnitude,sparsity=0.7': no checkpoint"),
+    "train_teacher_sweep_job": ("prunelab.train", ["debug=fast", f"distill.teacher={SWEEP_JOB}"],
+                                "multirun/pruner=magnitude,sparsity=0.7': no checkpoint"),
+    "sensitivity_run_sweep_job": ("prunelab.sensitivity", [f"run={SWEEP_JOB}"],
+                                  "multirun/pruner=magnitude,sparsity=0.7': no checkpoint"),
+    "measure_run_sweep_job": ("prunelab.measure", [f"run={SWEEP_JOB}"],
+                              "multirun/pruner=magnitude,sparsity=0.7': no checkpoint"),
+    # README's form (no ++) reaches the lottery's own check of the globs
+    "lottery_layer_fractions_readme_form": ("prunelab.lottery", [
+        "debug=fast", "lottery.layer_fractions={conv9.*: 0.1}"],
+        "lottery.layer_fractions pattern 'conv9.*' matches no prunable parameter"),
 }
 COMMANDS = ("train", "lottery", "sensitivity", "measure", "export", "report")
 
@@ -114,6 +170,43 @@ SENSITIVITY_CASES = {
     "sens_missing_run": (["run=/nonexistent/run"], "run='/nonexistent/run' does not exist"),
     "sens_not_prunelab": (["run={tmp}/other.ckpt"], "is not a prunelab checkpoint"),
     "sens_no_run": ([], "run= is required"),
+}
+
+#: Issue 14 (train, after debug=fast): stderr is this one line and nothing else, exit status 2,
+#: and no directory is created (not the run directory, not outputs/, not data/ by a failed
+#: download). Offline is certain: the children's HTTP(S) proxy is a closed local port.
+STRICT_CASES = {
+    "data_root_missing": (["data.root=/nonexistent"],
+                          ("mnist files not found under data.root='/nonexistent' and the download "
+                           "failed (it needs internet access)",
+                           "put MNIST/raw/{train-images-idx3-ubyte,")),
+    "data_dir_missing_a_file": (["data.root={tmp}/partial"],
+                                ("mnist: t10k-labels-idx1-ubyte[.gz] missing from ",
+                                 "partial/MNIST/raw (it has the other 3 IDX files)")),
+    "fashion_mnist_offline": (["data=fashion_mnist"],
+                              ("fashion_mnist files not found under data.root=",
+                               "the download failed (it needs internet access)",
+                               "put FashionMNIST/raw/{train-images-idx3-ubyte,")),
+    "seed_not_a_number": (["seed=abc"], ("seed='abc' must be an integer >= 0",)),
+    "val_size_too_large": (["data.val_size=70000"],
+                           ("data.val_size=70000 leaves no training data: the mnist training set "
+                            "has 60000 samples; allowed: 0..59999",)),
+    "nm_n_above_m": (["pruner=nm", "pruner.n=5", "pruner.m=4"],
+                     ("pruner.n=5 and pruner.m=4: need integers with 1 <= n < m",)),
+    "trainer_gradient_clip_val": (["+trainer.gradient_clip_val=1.0"],
+                                  ("trainer.gradient_clip_val=1.0: prunelab steps the optimizer "
+                                   "itself", "use module.gradient_clip_val=1.0")),
+    "trainer_accumulate_grad_batches": (["+trainer.accumulate_grad_batches=2"],
+                                        ("trainer.accumulate_grad_batches=2: prunelab steps the "
+                                         "optimizer itself", "use data.batch_size=256")),
+}
+
+#: Issue 14: commands that train briefly (after tests/helpers.FAST).
+RUN_CASES = {
+    "fast_dev_run": ["+trainer.fast_dev_run=true"],
+    "sgd_preset_lenet5": ["model=lenet5", "optimizer=sgd", "pruner=none"],
+    "diverged": ["model=lenet5", "optimizer=sgd", "optimizer.lr=100", "pruner=none"],
+    "partial_profile": ["pruner=sensitivity", "pruner.profile={tmp}/partial_profile.yaml"],
 }
 
 
@@ -128,10 +221,29 @@ def outcomes(tmp_path_factory):
     (tmp / "mlp_profile.yaml").write_text("target_sparsity: 0.5\nlayers:\n  classifier.weight: 0.9\n")
     torch.save({"weights": torch.zeros(3)}, tmp / "other.ckpt")
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)}, tmp / "pickled.ckpt")
+    (tmp / "prun" / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)},
+               tmp / "prun" / "checkpoints" / "last.ckpt")
     (tmp / "norun").mkdir()
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    from prunelab.data.mnist import BUNDLED_MNIST_DIR
+
+    partial = tmp / "partial" / "MNIST" / "raw"  # an MNIST directory missing one IDX file
+    partial.mkdir(parents=True)
+    for f in sorted(BUNDLED_MNIST_DIR.iterdir()):
+        if not f.name.startswith("t10k-labels"):
+            (partial / f.name).symlink_to(f)
+    (tmp / "partial_profile.yaml").write_text(  # names one of the MLP's three layers
+        "target_sparsity: 0.5\nlayers:\n  classifier.weight: 0.5\n")
+    Path(SWEEP_JOB.replace("{tmp}", str(tmp))).mkdir(parents=True)
+    # offline for certain: any download goes to a closed local port and fails at once
+    env = dict(os.environ, PYTHONWARNINGS="ignore", http_proxy="http://127.0.0.1:9",
+               https_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
+               HTTPS_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="")
     jobs = []
     for module, cases, pre in (("prunelab.train", CASES, ["debug=fast"]),
+                               ("prunelab.train", STRICT_CASES, ["debug=fast"]),
+                               ("prunelab.train", {k: (v, None) for k, v in RUN_CASES.items()},
+                                FAST),
                                ("prunelab.sensitivity", SENSITIVITY_CASES, [])):
         for name, (args, _) in cases.items():
             args = [a.replace("{tmp}", str(tmp)) for a in args]
@@ -198,3 +310,124 @@ def test_help_of_every_command_shows_its_own_groups_and_examples(outcomes, comma
     experiments = "lth_lenet300" in stdout, "lenet300_mnist" in stdout
     assert experiments == {"train": (False, True), "lottery": (True, False)}.get(
         command, (False, False))
+
+
+@pytest.mark.parametrize("case", sorted(STRICT_CASES))
+def test_issue14_bad_input_is_one_line_exit_2_and_creates_no_directory(outcomes, case):
+    rc, stdout, stderr, run_dir = outcomes[case]
+    assert rc == 2, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunelab: error: "), stderr[-2000:]
+    for part in STRICT_CASES[case][1]:
+        assert part in lines[0], lines[0]
+    tmp = run_dir.parent
+    assert not run_dir.exists()
+    assert not (tmp / "outputs").exists() and not (tmp / "data").exists()
+
+
+def test_fast_dev_run_prunes_to_the_target_in_one_batch(outcomes):
+    rc, stdout, stderr, run_dir = outcomes["fast_dev_run"]
+    assert rc == 0, stderr[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["epochs_run"] == 1
+    assert results["sparsity"]["global"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_sgd_preset_trains_lenet5_without_diverging(outcomes):
+    import math
+
+    rc, stdout, stderr, run_dir = outcomes["sgd_preset_lenet5"]
+    assert rc == 0, stderr[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert math.isfinite(results["test_loss"]) and results["test_acc"] > 0.2
+
+
+def test_a_nan_loss_is_one_line_naming_epoch_step_and_lr_and_writes_no_result(outcomes):
+    import re
+
+    rc, stdout, stderr, run_dir = outcomes["diverged"]
+    assert rc == 2, stderr[-2000:]
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("prunelab: error: ")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert re.fullmatch(r"prunelab: error: loss is (nan|inf) at epoch 0 step \d+: training "
+                        r"diverged; lower optimizer\.lr \(lr 100\) or set "
+                        r"module\.gradient_clip_val", errors[0]), errors[0]
+    assert not (run_dir / "results.json").exists()
+    assert not list(run_dir.rglob("*.ckpt"))  # diverged weights are never checkpointed
+
+
+def test_a_partial_sensitivity_profile_warns_that_it_misses_the_target(outcomes):
+    rc, stdout, stderr, run_dir = outcomes["partial_profile"]
+    assert rc == 0, stderr[-2000:]
+    warnings = [ln for ln in stderr.splitlines() if ln.startswith("prunelab: warning: pruner.")]
+    assert len(warnings) == 1, stderr[-2000:]
+    assert warnings[0].startswith("prunelab: warning: pruner.profile names 1 of the 3 prunable "
+                                  "layers (the others stay dense): the run reaches total "
+                                  "sparsity 0.0019, not sparsity=0.5")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["sparsity"]["global"] == pytest.approx(0.0019, abs=1e-4)  # what it said
+
+
+def _read_only(directory):
+    """A command prefix under which ``directory`` is read-only for the command: a read-only
+    bind mount in a private mount namespace as root (whom file modes do not stop), else the
+    directory's mode."""
+    import shutil
+
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        return []
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("root without user namespaces: no read-only directory to test with")
+    script = ('mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" && cd "$PWD" && '
+              'exec "$@"')  # cd: a working directory inside it is the read-only one, too
+    return ["unshare", "-rm", "sh", "-c", script, str(directory)]
+
+
+def test_a_read_only_output_directory_is_one_line_and_creates_nothing(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    try:
+        prefix = _read_only(ro)
+        named = subprocess.run([*prefix, sys.executable, "-m", "prunelab.train", *FAST,
+                                f"hydra.run.dir={ro / 'run'}"], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=300)
+        default = subprocess.run([*prefix, sys.executable, "-m", "prunelab.train", *FAST],
+                                 cwd=ro, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        ro.chmod(0o755)
+    for proc, label in ((named, f"hydra.run.dir={ro / 'run'}"), (default, "the output directory "
+                                                                          "outputs/")):
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr[-2000:]
+        assert lines[0].startswith(f"prunelab: error: {label}: cannot write in {ro}: [Errno "), \
+            lines[0]
+        assert "Read-only file system" in lines[0] or "Permission denied" in lines[0], lines[0]
+    assert list(ro.iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_os_error(tmp_path):
+    """The file size limit (RLIMIT_FSIZE, SIGXFSZ ignored) makes writing the first checkpoint
+    fail with a real OS error, as a full disk does."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # .hydra/ fits, no .ckpt
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "prunelab.train", *FAST,
+                           f"hydra.run.dir={run_dir}"], cwd=tmp_path, preexec_fn=limit,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("prunelab: error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert errors[0].startswith(f"prunelab: error: cannot write in {run_dir}: [Errno 27] File "
+                                "too large"), errors[0]
+    assert not (run_dir / "results.json").exists()
+    assert not [p for p in run_dir.rglob("*") if p.suffix in (".ckpt", ".pt", ".tmp")]

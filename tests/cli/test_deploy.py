@@ -36,29 +36,144 @@ def pruned_model(sparsity, model="mlp"):
     return net
 
 
+def onnx_initializers(q):
+    """The quantized model's initializers as numpy arrays, read with onnx itself."""
+    import onnx
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load_from_string(q.onnx_bytes).graph.initializer}
+
+
 def test_int8_keeps_every_pruned_weight_at_zero():
+    import numpy as np
+
     net = pruned_model(0.9)
     q, mode = quantize_int8(net, (1, 28, 28))
     assert mode == "dynamic"
+    inits = onnx_initializers(q)
     ints = int8_weights(q)
+    pruned = 0
     for name, p in net.named_parameters():
-        if name.endswith("weight"):
-            layer = name.rsplit(".", 1)[0]
-            assert bool((ints[layer]["int8"][p == 0] == 0).all())
+        if not name.endswith("weight"):
+            continue
+        # onnxruntime's MatMulInteger holds the weight transposed: (in, out), int8, symmetric
+        stored = inits[f"{name}_Transposed_quantized"]
+        assert stored.dtype == np.int8 and stored.shape == tuple(p.shape[::-1])
+        assert not inits[f"{name}_Transposed_zero_point"].any()  # zero point 0: 0.0 -> int8 0
+        zero = (p == 0).numpy()
+        assert zero.sum() > 0.8 * zero.size and not stored.T[zero].any()
+        assert int((stored == 0).sum()) >= int(zero.sum())
+        assert name not in inits  # no float copy of a quantized weight is left in the model
+        layer = name.rsplit(".", 1)[0]
+        assert torch.equal(ints[layer]["int8"], torch.from_numpy(stored.T.copy()))
+        pruned += int(zero.sum())
     zeros = count_int8_zeros(q)
-    assert zeros["zeros"] >= sum(int((p == 0).sum()) for n, p in net.named_parameters()
-                                 if n.endswith("weight"))
-    decoded = decode_int8_sparse(encode_int8_sparse(q))
-    assert all(torch.equal(decoded[n], w["int8"]) for n, w in ints.items())
+    assert zeros["zeros"] >= pruned and zeros["total"] == 266_200
+    # the sparse file holds the same model: decoded byte for byte
+    encoded = encode_int8_sparse(q)
+    assert set(encoded["weights"]) == {f"{n}_Transposed_quantized" for n in ints_names(net)}
+    assert decode_int8_sparse(encoded) == q.onnx_bytes
+    # no exporter metadata (source files and lines) ships in the int8 model
+    import onnx
+
+    assert not any(n.metadata_props for n in onnx.load_from_string(q.onnx_bytes).graph.node)
 
 
-def test_static_int8_for_conv_nets_counts_zeros_per_channel():
+def ints_names(net):
+    return [n for n, p in net.named_parameters() if n.endswith("weight")]
+
+
+def test_int8_sparse_file_keeps_dense_weights_as_they_are():
+    """Unpruned weights: a bitmask would cost more than it saves, so none is encoded."""
+    torch.manual_seed(0)
+    net = build_model("mlp", input_shape=(1, 28, 28), num_classes=10).eval()
+    q, _ = quantize_int8(net, (1, 28, 28))
+    encoded = encode_int8_sparse(q)
+    assert encoded["weights"] == {} and decode_int8_sparse(encoded) == q.onnx_bytes
+
+
+def test_static_int8_for_conv_nets_counts_zeros_per_channel(tmp_path):
+    import numpy as np
+    import onnx
+
+    from prunelab.compress.quantize import load_int8_sparse, save_int8_sparse
+
     net = pruned_model(0.8, model="lenet5")
     q, mode = quantize_int8(net, (1, 28, 28), [torch.randn(8, 1, 28, 28) for _ in range(2)])
     assert mode == "static"
+    inits = onnx_initializers(q)
+    for name, p in net.named_parameters():
+        if name.endswith("weight"):  # int8 per output channel, every pruned position int8 0
+            stored = inits[f"{name}_quantized"]
+            assert stored.dtype == np.int8 and stored.shape == tuple(p.shape)
+            assert inits[f"{name}_scale"].shape == (p.shape[0],)
+            assert not inits[f"{name}_zero_point"].any() and not stored[(p == 0).numpy()].any()
+    ops = {n.op_type for n in onnx.load_from_string(q.onnx_bytes).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     assert count_int8_zeros(q)["global"] >= 0.8 - 1e-6
     x = torch.randn(4, 1, 28, 28)
     assert (q(x) - net(x)).abs().max() < 0.5
+    # the sparse file: far smaller than the ONNX file, and the same model back
+    size = save_int8_sparse(q, tmp_path / "q.pt")
+    assert size < 0.5 * len(q.onnx_bytes)
+    assert torch.equal(load_int8_sparse(tmp_path / "q.pt")(x), q(x))
+
+
+def test_quantize_int8_refuses_what_cannot_work():
+    from prunelab.compress.quantize import QuantizationError
+
+    net = pruned_model(0.5, model="lenet5")
+    with pytest.raises(QuantizationError, match="calibration batches"):
+        quantize_int8(net, (1, 28, 28))
+    with pytest.raises(QuantizationError, match="at least one calibration batch"):
+        quantize_int8(net, (1, 28, 28), [])
+    with pytest.raises(QuantizationError, match="mode='int4'; allowed: auto, dynamic, static"):
+        quantize_int8(net, (1, 28, 28), mode="int4")
+
+
+def test_onnx_export_uses_the_dynamo_exporter(monkeypatch, capsys):
+    """torch.onnx.export(dynamo=True), no fallback; a dynamic batch; the same function."""
+    from prunelab.compress import onnx_model
+
+    calls = []
+    real = torch.onnx.export
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("dynamo"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", spy)
+    net = pruned_model(0.5, model="lenet5")
+    m = onnx_model.OnnxModule(onnx_model.export_onnx(net, (1, 28, 28)))
+    assert calls == [True] and capsys.readouterr().err == ""
+    for b in (1, 7):
+        x = torch.randn(b, 1, 28, 28)
+        with torch.no_grad():
+            assert (m(x) - net(x)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("failure, reason", [
+    (RuntimeError("cannot trace this network"), "cannot trace this network"),
+    (ModuleNotFoundError("No module named 'onnxscript'"),
+     "No module named 'onnxscript' (pip install 'prunelab[deploy]')"),
+])
+def test_onnx_export_falls_back_with_the_reason(monkeypatch, capsys, failure, reason):
+    from prunelab.compress import onnx_model
+
+    def fail(net, x):
+        raise failure
+
+    monkeypatch.setattr(onnx_model, "_dynamo_export", fail)
+    net = pruned_model(0.5)
+    with pytest.warns(DeprecationWarning):  # torch's own notice about its legacy exporter
+        data = onnx_model.export_onnx(net, (1, 28, 28))
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = (f"prunelab: warning: torch.onnx.export(dynamo=True) cannot export MLP: {reason}; "
+                "using the deprecated TorchScript exporter (dynamo=False) instead")
+    assert err == [expected]
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert (onnx_model.OnnxModule(data)(x) - net(x)).abs().max() <= 1e-4
 
 
 def test_sparse_linear_matches_dense_and_choice_is_measured():
@@ -155,14 +270,25 @@ def test_measure_cli_compares_variants(runs, tmp_path):
     assert v["compact"]["macs_reduction"] > 2
     assert v["int8"]["of"] == "compact" and v["int8"]["bytes"] < v["compact"]["bytes"] / 3
     for k in v:
+        if "same_as" in v[k]:  # a sparse variant with CSR on no layer: the dense model
+            assert k == "sparse" and not any(c["sparse"] for c in v[k]["layers"])
+            assert "latency_ms" not in v[k] and "macs_reduction" not in v[k]
+            continue
         assert set(v[k]["latency_ms"]) == {"batch_1", "batch_64"}
         assert (runs / "structured" / "deploy" / v[k]["file"]).stat().st_size == v[k]["bytes"]
+    deploy = runs / "structured" / "deploy"
+    assert (deploy / v["int8"]["onnx_file"]).stat().st_size == v["int8"]["onnx_bytes"]
+    # the compact network has few zeros left: the size is the smaller file's, whichever it is
+    assert v["int8"]["bytes"] == min(v["int8"]["onnx_bytes"], v["int8"]["sparse_file_bytes"])
+    assert v["int8"]["runtime"] == "onnxruntime" and v["int8"]["mode"] == "static"
     assert "compact |" in proc.stdout and "int8 |" in proc.stdout
     # the float conv variants were timed in both memory formats and run in the faster one
     for k in ("dense", "compact"):
         ms = v[k]["memory_format_ms"]
         for b in ("batch_1", "batch_64"):
             faster = ms["channels_last"][b] < ms["contiguous"][b]
+            if b in v[k].get("memory_format_refused", {}):  # timings disturbed: the default
+                faster = False
             assert v[k]["memory_format"][b] == ("channels_last" if faster else "contiguous")
     assert "memory_format" not in v["int8"]
     assert "memory format @1/64 (channels_last speed vs contiguous): dense " in proc.stdout
@@ -242,6 +368,10 @@ def test_onnx_int8_export(runs):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((runs / "unstructured" / "export" / "model_int8.json").read_text())
     assert res["argmax_agreement"] >= 0.75 and res["bytes"] < res["dense_bytes"] / 3
+    # measure's int8 (onnxruntime, symmetric weights): every pruned weight is int8 0
+    results = json.loads((runs / "unstructured" / "results.json").read_text())
+    assert res["int8_mode"] == "dynamic"
+    assert res["int8_zeros"]["zeros"] >= results["sparsity"]["zeros"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -424,13 +554,17 @@ def test_channels_last_over_a_conv_net_with_csr_layers():
     ("structured", "memory_format=nhwc",
      "memory_format='nhwc'; allowed: measured, contiguous, channels_last"),
     ("unstructured", "sparse_layers=some", "sparse_layers='some'; allowed: measured, all"),
-    ("unstructured", "qat_epochs=-1", "qat_epochs=-1 must be a number >= 0"),
+    ("unstructured", "qat_epochs=-1",
+     "qat_epochs=-1 must be an integer >= 0 (0: no int8_qat variant)"),
     ("structured", "checkpoint=worst", "checkpoint='worst'; allowed: best, last"),
 ])
 def test_measure_rejects_an_unknown_value(runs, run, arg, message):
-    out = runs / run / "deploy" / "measure.json"
-    before = out.read_bytes() if out.exists() else None
+    def tree():
+        return {str(p.relative_to(runs / run)): (p.stat().st_size, p.stat().st_mtime_ns)
+                for p in (runs / run).rglob("*")}
+
+    before = tree()
     proc = cli("prunelab.measure", [f"run={runs / run}", arg], runs)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"prunelab: error: {message}"]
-    assert (out.read_bytes() if out.exists() else None) == before  # nothing overwritten
+    assert tree() == before  # refused before anything is built, timed or written

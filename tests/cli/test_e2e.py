@@ -57,10 +57,11 @@ def test_results_json_counts_from_weights(magnitude_run):
 
 
 def test_grouped_batches_give_the_same_run(magnitude_run, tmp_path):
-    """data.steps_per_batch=4: Lightning sees groups of 4 batches, the results are the same."""
+    """The default data.steps_per_batch=auto (Lightning sees groups of 8 batches here) and 1
+    (one batch at a time) give the same run."""
     _, ref_dir = magnitude_run
     run_dir = tmp_path / "grouped"
-    proc = run_train([*FAST, "pruner=magnitude", "sparsity=0.7", "data.steps_per_batch=4",
+    proc = run_train([*FAST, "pruner=magnitude", "sparsity=0.7", "data.steps_per_batch=1",
                       "measure.latency=false", f"hydra.run.dir={run_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((run_dir / "results.json").read_text())
@@ -69,6 +70,9 @@ def test_grouped_batches_give_the_same_run(magnitude_run, tmp_path):
         assert res[key] == ref[key], key
     a = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(ref_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    loader = b["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert loader["steps_per_batch"] == 8  # auto grouped the reference
+    assert "steps_per_batch" not in a["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert a["global_step"] == b["global_step"]
     for k, v in b["state_dict"].items():
         assert torch.equal(a["state_dict"][k], v), k
@@ -91,17 +95,20 @@ def test_checkpoints_hold_zeros(magnitude_run):
     assert "prune/sparsity" in header and "val/acc" in header
 
 
-def test_resume_from_run_directory(magnitude_run, tmp_path):
+def test_resume_into_another_directory_is_refused(magnitude_run, tmp_path):
+    """A run continues in its own directory (tests/cli/test_resume.py): resume= with another
+    hydra.run.dir is one line, and neither directory gets a file."""
     proc, run_dir = magnitude_run
     new_dir = tmp_path / "resumed"
-    p = run_train([*FAST, "pruner=magnitude", "sparsity=0.7", "epochs=5",
-                   f"resume={run_dir}", f"hydra.run.dir={new_dir}"], tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
-    res = json.loads((new_dir / "results.json").read_text())
-    assert res["epochs_run"] == 5
-    assert res["sparsity"]["global"] == pytest.approx(0.7, abs=1e-5)
-    # the original run directory is untouched
-    assert json.loads((run_dir / "results.json").read_text())["epochs_run"] == 4
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    p = run_train([*FAST, "pruner=magnitude", "sparsity=0.7", f"resume={run_dir}",
+                   f"hydra.run.dir={new_dir}"], tmp_path)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert p.stderr.strip().splitlines() == [
+        f"prunelab: error: resume='{run_dir}' continues that run in its own directory "
+        f"{run_dir}, not in {new_dir}: leave hydra.run.dir out or set it to {run_dir}"]
+    assert not new_dir.exists()
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
 
 
 def test_multirun_two_jobs(tmp_path):
@@ -134,6 +141,7 @@ def test_a_path_in_an_override_names_one_sweep_directory(magnitude_run, tmp_path
     assert f"distill.teacher={str(teacher).replace('/', '_')}," in dirs[0].name
 
 
+@pytest.mark.slow  # -m slow (README): the default suite stays under 10 minutes
 def test_compare_methods_experiment_is_one_multirun(tmp_path):
     sweep = tmp_path / "cmp"
     p = run_train(["-m", "experiment=compare_methods", *FAST, "measure.latency=false",
@@ -193,6 +201,7 @@ def test_a_killed_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
     assert "**1 job(s) without results:**" in md and "killed by SIGKILL" in md
 
 
+@pytest.mark.slow  # -m slow (README): the default suite stays under 10 minutes
 def test_joblib_launcher_splits_the_cores_between_jobs(tmp_path):
     sweep = tmp_path / "jl"
     p = run_train(["-m", *FAST, "measure.latency=false", "pruner=magnitude,random",
@@ -321,17 +330,18 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_retries_the_rest(tmp_path):
     assert (other / "results.json").is_file()
 
 
-def test_a_rerun_in_a_killed_runs_directory_replaces_its_stale_checkpoints(tmp_path):
-    """#14: a killed job left best.ckpt/last.ckpt; the rerun writes best.ckpt/last.ckpt again
-    (not best-v1.ckpt beside stale files that measure, resume= and distill.teacher= would read)."""
+def test_a_rerun_in_a_killed_runs_directory_with_a_corrupt_checkpoint_is_one_line(tmp_path):
+    """#14: a killed job's unreadable last.ckpt (prunelab writes them atomically; a copy cut short
+    or a foreign file) is refused in one line naming it; nothing is written or removed."""
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     for name in ("best.ckpt", "last.ckpt"):
         (run_dir / "checkpoints" / name).write_bytes(b"stale")
     proc = run_train([*FAST, "measure.latency=false", f"hydra.run.dir={run_dir}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((run_dir / "results.json").read_text())
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-    assert res["best_checkpoint"] == str(run_dir / "checkpoints" / "best.ckpt")
-    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
-    assert best["epoch"] >= 0 and "state_dict" in best
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"prunelab: error: {run_dir}/checkpoints/last.ckpt cannot be resumed from: "), lines
+    assert "delete it to start the run over" in lines[0]
+    assert sorted(p.name for p in run_dir.rglob("*")) == ["best.ckpt", "checkpoints", "last.ckpt"]
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == b"stale"

@@ -407,7 +407,8 @@ def test_help_lists_every_option_with_its_default_and_examples(tmp_path, command
     (["run=nope"], "run='nope' does not exist"),
     (["run=nope", "memory_format=nhwc"],
      "memory_format='nhwc'; allowed: measured, contiguous, channels_last"),
-    (["run=nope", "qat_epochs=-1"], "qat_epochs=-1 must be a number >= 0"),
+    (["run=nope", "qat_epochs=-1"],
+     "qat_epochs=-1 must be an integer >= 0 (0: no int8_qat variant)"),
     (["run=nope", "batch_sizes=[0]"], "batch_sizes=[0] must be integers >= 1"),
     (["run=nope", "hardware=edge_cpu", "hardware.threads=x"], "hardware.threads='x'"),
 ])

@@ -180,3 +180,23 @@ def test_failed_and_unfinished_jobs_are_listed(tmp_path):
     write_report(tmp_path, quiet=True)
     md = (tmp_path / "report.md").read_text()
     assert "**2 job(s) without results:**" in md and "- `bad`: loss is nan" in md
+
+
+def test_bad_results_json_is_a_failure_with_its_reason(tmp_path):
+    """A corrupt or incomplete results.json (a copy cut short, an old or foreign file) is
+    listed as failed with the reason, not silently dropped nor a crash; the good run is in the
+    table."""
+    full(tmp_path / "ok", "mnist", "magnitude", 0.5, 0.97, 0)
+    for name, text in (("cut", '{"test_acc": 0.9, "spar'), ("keys", '{"test_acc": 0.9}'),
+                       ("list", "[1, 2]")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(text)
+    failures = {f["run_dir"]: f["error"] for f in collect_failures(tmp_path)}
+    assert set(failures) == {"cut", "keys", "list"}
+    assert failures["cut"].startswith("bad results.json: not valid JSON (JSONDecodeError")
+    assert failures["keys"] == "bad results.json: no sparsity, wall_time_s, sparsity.global"
+    assert failures["list"] == "bad results.json: a JSON list, not an object"
+    rows = write_report(tmp_path, quiet=True)
+    assert [r["seeds"] for r in rows] == [1]
+    md = (tmp_path / "report.md").read_text()
+    assert "**3 job(s) without results:**" in md and "- `keys`: bad results.json: no" in md

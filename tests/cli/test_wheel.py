@@ -107,6 +107,7 @@ def test_wheel_trains_from_another_directory(env_dir, tmp_path):
     assert list(where.iterdir()) == []  # nothing written where it was launched
 
 
+@pytest.mark.slow  # -m slow (README): the default suite stays under 10 minutes
 def test_console_scripts_in_the_venv(env_dir, tmp_path):
     """The six commands are console scripts of the wheel: each resolves to a callable ``main``
     of the installed package, and each one's ``--help`` runs and exits 0."""

@@ -163,3 +163,95 @@ def test_rewind_to_step_0_holds_the_weights_pruned_at_epoch_0(tmp_path, k):
         w = cb.rewind_state[name]
         assert torch.equal(w, init[name] * mask), name  # the initial weights, masked
     assert any(not bool(m.all()) for m in cb.masks.as_dict().values())
+
+
+# -- data.steps_per_batch=auto (the configs' default), resolved at assembly ----------------------
+def resolved(*overrides, model=None):
+    """(group size, the datamodule's) for the train config with ``overrides``, resolved for
+    ``model`` (default: the config's)."""
+    from helpers import compose_config
+
+    from prunelab.assemble import data_and_model, resolve_steps_per_batch
+
+    cfg = compose_config("train", "data.subset=300", *overrides)
+    dm, net, _ = data_and_model(cfg)
+    if model is not None:
+        net = model
+    return resolve_steps_per_batch(cfg, net, tuple(dm.input_shape)), dm.steps_per_batch
+
+
+def test_auto_is_the_default_and_groups_single_device_runs_of_small_networks():
+    from helpers import compose_config
+
+    from prunelab.assemble import AUTO_STEPS_PER_BATCH
+
+    for data in ("mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic"):
+        assert compose_config("train", f"data={data}").data.steps_per_batch == "auto"
+    assert AUTO_STEPS_PER_BATCH > 1
+    assert resolved() == (AUTO_STEPS_PER_BATCH, AUTO_STEPS_PER_BATCH)  # LeNet-300-100
+    assert resolved("model=lenet5")[0] == AUTO_STEPS_PER_BATCH
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer=ddp", "trainer.devices=2"],           # several devices (DDP)
+    ["trainer.devices=2"],
+    ["+trainer.num_nodes=2"],
+    ["+trainer.limit_train_batches=3"],             # trainer settings that count batches
+    ["+trainer.limit_train_batches=0.5"],
+    ["+trainer.limit_train_batches=1"],             # an int 1 is one batch, not the epoch
+    ["+trainer.val_check_interval=0.25"],
+    ["+trainer.fast_dev_run=true"],
+    ["+trainer.overfit_batches=2"],
+])
+def test_auto_is_1_where_grouping_would_change_the_run(overrides):
+    assert resolved(*overrides) == (1, 1)
+
+
+def test_auto_keeps_whole_epoch_settings_grouped():
+    from prunelab.assemble import AUTO_STEPS_PER_BATCH
+
+    assert resolved("+trainer.limit_train_batches=1.0", "+trainer.val_check_interval=1.0",
+                    "+trainer.max_steps=20")[0] == AUTO_STEPS_PER_BATCH
+
+
+def test_auto_is_1_for_a_large_network():
+    from prunelab.assemble import AUTO_MAX_MACS
+
+    big = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, AUTO_MAX_MACS // 784 + 1))
+    small = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, AUTO_MAX_MACS // 784))
+    assert resolved(model=big)[0] == 1
+    assert resolved(model=small)[0] > 1
+
+
+def test_an_explicit_group_size_is_kept():
+    assert resolved("data.steps_per_batch=3") == (3, 3)
+    assert resolved("data.steps_per_batch=1", "model=lenet5") == (1, 1)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "eight", "2.5", "true"])
+def test_a_bad_group_size_is_one_line_naming_it_and_what_is_allowed(value):
+    from prunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        resolved(f"data.steps_per_batch={value}")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("data.steps_per_batch=")
+    shown = msg.split(" ", 1)[0].split("=", 1)[1].strip("'")
+    assert shown.lower() == value.lower()
+    assert "allowed: auto" in msg and "1 (no groups)" in msg
+
+
+def test_the_data_module_alone_takes_auto_as_1():
+    from prunelab.data import MNISTDataModule
+
+    assert MNISTDataModule(steps_per_batch="auto").steps_per_batch == 1
+    with pytest.raises(ValueError, match="must be an integer >= 1 or auto"):
+        MNISTDataModule(steps_per_batch="sometimes")
+
+
+def test_auto_is_not_part_of_the_result_hash():
+    from prunelab.results import config_hash
+
+    cfg = {"data": {"batch_size": 64, "steps_per_batch": "auto"}, "sparsity": 0.9}
+    assert config_hash(cfg) == config_hash({**cfg, "data": {"batch_size": 64,
+                                                            "steps_per_batch": 1}})

@@ -28,15 +28,38 @@ class ReportError(UserError):
 GROUP_KEYS = ("data", "model", "pruner", "granularity", "scope", "schedule", "target_sparsity")
 
 
+#: What the table needs of every run's results.json.
+REQUIRED_KEYS = ("test_acc", "sparsity", "wall_time_s")
+
+
+def read_results(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(a run's results, None), or (None, why the file cannot be reported: unreadable, not
+    JSON, keys missing)."""
+    try:
+        res = json.loads(path.read_text())
+    except OSError as exc:
+        return None, f"bad results.json: cannot read it ({exc.strerror})"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, f"bad results.json: not valid JSON ({exc.__class__.__name__}: {exc})"
+    if not isinstance(res, dict):
+        return None, f"bad results.json: a JSON {type(res).__name__}, not an object"
+    if res.get("kind") == "lottery_level":
+        return res, None
+    missing = [k for k in REQUIRED_KEYS if k not in res]
+    if not isinstance(res.get("sparsity", {}), dict) or "global" not in res.get("sparsity", {}):
+        missing.append("sparsity.global")
+    if missing:
+        return None, f"bad results.json: no {', '.join(missing)}"
+    return res, None
+
+
 def collect(directory: str | Path) -> list[dict[str, Any]]:
-    """Every ``results.json`` under ``directory`` (recursively), with its run directory."""
+    """Every good ``results.json`` under ``directory`` (recursively), with its run directory
+    (the bad ones are failures: :func:`collect_failures`)."""
     rows = []
     for path in sorted(Path(directory).rglob("results.json")):
-        try:
-            res = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if res.get("kind") == "lottery_level":
+        res, _ = read_results(path)
+        if res is None or res.get("kind") == "lottery_level":
             continue  # a level of a lottery run: see collect_lottery
         res["run_dir"] = str(path.parent)
         rows.append(res)
@@ -52,9 +75,17 @@ def _std(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _macs(res: dict[str, Any], kind: str) -> float | None:
+    """A run's ``kind`` MACs (compact, nonzero) as a fraction of its dense MACs, or None."""
+    macs = res.get("macs") or {}
+    value = macs.get(kind, macs.get("effective") if kind == "nonzero" else None)
+    return None if value is None or not macs.get("dense") else value / macs["dense"]
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per configuration (seeds combined): mean and std of test accuracy; means of
-    sparsity, parameters kept, MACs kept, size and latency."""
+    sparsity, parameters kept, MACs kept (of the compact network, and non-zero), size and
+    latency."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         # runs that differ in anything but the seed (regularizer, epochs, ...) stay apart
@@ -75,11 +106,17 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                                                 for r in rs),
             "params_kept": _mean([r["params"]["nonzero"] / r["params"]["total"] for r in rs
                                   if "params" in r]),
-            "macs_ratio": statistics.mean(r["macs"]["effective"] / r["macs"]["dense"] for r in rs),
+            # MACs named for what they are (compress.compact.macs_report): the compact network's
+            # (None for results written before it was recorded) and the non-zero MACs
+            "macs_compact_ratio": _mean([_macs(r, "compact") for r in rs]),
+            "macs_nonzero_ratio": _mean([_macs(r, "nonzero") for r in rs]),
             "size_kb": _mean([r["size_bytes"]["sparse_bytes"] / 1e3 for r in rs
                               if "size_bytes" in r]),
             "latency_b1_ms": _mean([x.get("batch_1") for x in lat]),
             "latency_b64_ms": _mean([x.get("batch_64") for x in lat]),
+            # a latency that stayed disturbed by other work (metrics.timing): named in the report
+            "latency_noisy": any(v.get("noisy") for r in rs
+                                 for v in (r.get("latency_detail") or {}).values()),
             "adv_acc": _mean([x.get("acc") for x in adv]),
             "wall_time_s": statistics.mean(r["wall_time_s"] for r in rs),
             "per_layer": {n: statistics.mean(r["sparsity"]["per_layer"].get(n, 0.0) for r in rs)
@@ -92,13 +129,20 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def collect_failures(directory: str | Path) -> list[dict[str, str]]:
-    """Jobs of a sweep without ``results.json``: failed (``error.json``, written by the failing
-    job) or unfinished (a Hydra job directory, ``.hydra/``, and nothing else)."""
+    """Jobs of a sweep without usable results: a bad ``results.json`` (with the reason), failed
+    (``error.json``, written by the failing job) or unfinished (a Hydra job directory,
+    ``.hydra/``, and nothing else)."""
     out = []
     directory = Path(directory)
     for d in sorted({p.parent for p in directory.rglob("error.json")}
-                    | {p.parent for p in directory.rglob(".hydra")}):
-        if (d / "results.json").is_file() or (d / "lottery.json").is_file():
+                    | {p.parent for p in directory.rglob(".hydra")}
+                    | {p.parent for p in directory.rglob("results.json")}):
+        if (d / "results.json").is_file():
+            _, problem = read_results(d / "results.json")
+            if problem is not None:
+                out.append({"run_dir": str(d.relative_to(directory)) or ".", "error": problem})
+            continue
+        if (d / "lottery.json").is_file():
             continue
         err = "unfinished: no results.json (killed or still running)"
         if (d / "error.json").is_file():
@@ -117,13 +161,21 @@ COLUMNS: list[Column] = [
     ("channel_sparsity", "channels", fixed(4, floats_only=True)),
     ("test_acc_mean", "test acc", percent), ("test_acc_std", "std", percent),
     ("seeds", "seeds", None), ("params_kept", "params kept", fixed(4, floats_only=True)),
-    ("macs_ratio", "MACs kept", fixed(4, floats_only=True)), ("size_kb", "size KB", fixed(1)),
+    ("macs_compact_ratio", "MACs kept (compact)", fixed(4, floats_only=True)),
+    ("macs_nonzero_ratio", "MACs kept (non-zero)", fixed(4, floats_only=True)),
+    ("size_kb", "size KB", fixed(1)),
     ("latency_b1_ms", "ms @1", fixed(3)), ("latency_b64_ms", "ms @64", fixed(3)),
     ("adv_acc", "adv acc", percent), ("wall_time_s", "wall s", fixed(1))]
 
 
 def markdown(summary: Sequence[dict[str, Any]], failures: Sequence[dict[str, str]] = ()) -> str:
     md = markdown_table(summary, COLUMNS)
+    noisy = [r for r in summary if r.get("latency_noisy")]
+    if noisy:
+        md += ("\n**Latency measured while other work shared the cores** (marked `\"noisy\": "
+               "true` in results.json; not a clean figure): "
+               + ", ".join(f"{r['model']} {r['pruner']} @{r['target_sparsity']}" for r in noisy)
+               + "\n")
     if failures:
         lines = ["", f"**{len(failures)} job(s) without results:**", ""]
         lines += [f"- `{f['run_dir']}`: {f['error']}" for f in failures]

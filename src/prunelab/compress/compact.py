@@ -141,6 +141,30 @@ def compact(model: nn.Module, input_shape: Sequence[int], groups: list[ChannelGr
     return model_c, CompactionReport(before, after, params_before, params_after, rows)
 
 
+def macs_report(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int | None]:
+    """The MACs of one forward pass (batch 1) of a pruned network, each named for what it is:
+
+    - ``dense``: executed by the masked network on dense kernels (its zeros are multiplied too);
+    - ``compact``: of the compact network (:func:`compact`: dead channels removed, and with them
+      the next layers' matching inputs), the network a structured-pruned run ships as; equal to
+      ``dense`` when no channel is dead; None when the network cannot be traced;
+    - ``nonzero``: each layer's dense MACs times its own weight density (the work of an ideal
+      unstructured-sparse kernel); for channel pruning it overcounts, since a removed channel
+      also removes the next layer's inputs; ``effective`` is its former name, kept for readers.
+
+    Convention of :func:`prunelab.metrics.count_macs` (FlopCounterMode's FLOPs / 2)."""
+    from prunelab.metrics.macs import count_macs
+
+    counted = count_macs(model, tuple(input_shape))
+    try:
+        small, _ = compact(model, input_shape)
+        compact_macs: int | None = count_macs(small, tuple(input_shape))["dense"]
+    except GraphError:  # not traceable (CompactionError included): no compact network
+        compact_macs = None
+    return {"dense": counted["dense"], "compact": compact_macs, "nonzero": counted["effective"],
+            "effective": counted["effective"]}
+
+
 # -- saving and loading ------------------------------------------------------------------------------
 def save_compact(net: nn.Module, path: str | Path, **meta: Any) -> Path:
     """A compact network as an ordinary checkpoint, ``{"state_dict", "compact": True, **meta}``

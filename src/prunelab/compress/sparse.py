@@ -9,7 +9,9 @@ only where the sparse one is faster at every batch size. A layer timed alone is 
 inside its model, though: a layer can measure faster on CSR alone while the whole model with it
 is not (the kernels around it pay for it; BENCHMARKS.md has cases). So when the model's input
 shape is given, the whole model is then timed with the chosen layers against the dense one, and
-if it is not faster at every batch size, every layer stays dense. Every decision and timing is
+if it is not faster at every batch size, every layer stays dense. Timings disturbed by other
+work are timed again; a decision that would still rest on disturbed timings is not made (the
+layer, or the model, stays dense, and the reason is recorded). Every decision and timing is
 returned.
 """
 
@@ -24,12 +26,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.metrics.timing import time_alternating
+from prunelab.metrics.timing import retime_noisy, time_alternating, warn_noisy
 
 
 def _csr32(weight: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        # torch's two notices about sparse tensors (beta; invariant checks off), nothing else
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        warnings.filterwarnings("ignore", "Sparse invariant checks are implicitly disabled",
+                                UserWarning)
         csr = weight.detach().to_sparse_csr()
         return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32),
                                        csr.col_indices().to(torch.int32), csr.values(),
@@ -82,11 +87,14 @@ class LayerChoice:
     dense_ms: dict[int, float]
     sparse_ms: dict[int, float]
     sparse: bool
+    #: why the timings stayed disturbed by other work (then the layer stays dense), or None
+    noisy: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "sparsity": self.sparsity,
-                "dense_ms": self.dense_ms, "sparse_ms": self.sparse_ms, "sparse": self.sparse,
-                "speedup": {b: self.dense_ms[b] / self.sparse_ms[b] for b in self.dense_ms}}
+        out = {"name": self.name, "shape": list(self.shape), "sparsity": self.sparsity,
+               "dense_ms": self.dense_ms, "sparse_ms": self.sparse_ms, "sparse": self.sparse,
+               "speedup": {b: self.dense_ms[b] / self.sparse_ms[b] for b in self.dense_ms}}
+        return out if self.noisy is None else {**out, "noisy": self.noisy}
 
 
 @dataclass
@@ -99,10 +107,14 @@ class SparsifyResult:
     model_ms: dict[str, dict[int, float]] | None = None
     #: the layers were faster alone but the whole model was not: all were put back dense
     reverted: bool = False
+    #: the whole-model timings stayed disturbed by other work (then reverted), or None
+    noisy: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"layers": [c.as_dict() for c in self.layers],
                                "reverted": self.reverted}
+        if self.noisy is not None:
+            out["noisy"] = self.noisy
         if self.model_ms is not None:
             out["model_ms"] = self.model_ms
             out["model_speedup"] = {b: self.model_ms["dense"][b] / self.model_ms["sparse"][b]
@@ -114,6 +126,12 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, attr, new)
+
+
+def _noise(lat: Any) -> str | None:
+    """The disturbed timings of a :func:`retime_noisy` result in one line, or None."""
+    noisy = getattr(lat, "noisy", {})
+    return "; ".join(f"{k} at {b}: {r}" for k, v in noisy.items() for b, r in v.items()) or None
 
 
 @torch.no_grad()
@@ -144,12 +162,16 @@ def sparsify(model: nn.Module, batch_sizes: Sequence[int] = (1, 64), min_sparsit
                 continue
             cand = SparseLinear(mod)
             # the dense layer and its CSR twin timed in turn, on inputs of the layer's shape
-            lat = time_alternating({"dense": mod, "sparse": cand}, (mod.in_features,), sizes,
-                                   runs, warmup, 1, None)
+            lat = retime_noisy(time_alternating, {"dense": mod, "sparse": cand},
+                               (mod.in_features,), sizes, runs, warmup, 1, None)
             dense_ms = {b: lat["dense"][f"batch_{b}"] for b in sizes}
             sparse_ms = {b: lat["sparse"][f"batch_{b}"] for b in sizes}
-            use = force or all(sparse_ms[b] < dense_ms[b] for b in dense_ms)
-            choices.append(LayerChoice(name, tuple(w.shape), sparsity, dense_ms, sparse_ms, use))
+            noisy = _noise(lat)
+            if noisy and not force:
+                warn_noisy(f"CSR for {name}", noisy, "not chosen on them: the layer stays dense")
+            use = force or (noisy is None and all(sparse_ms[b] < dense_ms[b] for b in dense_ms))
+            choices.append(LayerChoice(name, tuple(w.shape), sparsity, dense_ms, sparse_ms, use,
+                                       noisy))
             if use:
                 originals[name] = mod
                 _set_module(model, name, cand)
@@ -157,11 +179,15 @@ def sparsify(model: nn.Module, batch_sizes: Sequence[int] = (1, 64), min_sparsit
         if dense is not None and originals:
             faster = False  # the model is handed back dense unless the timing says otherwise
             try:
-                lat = time_alternating({"dense": dense, "sparse": model}, input_shape, sizes,
-                                       runs, warmup, rounds, None)
+                lat = retime_noisy(time_alternating, {"dense": dense, "sparse": model},
+                                   input_shape, sizes, runs, warmup, rounds, None)
                 result.model_ms = {k: {b: lat[k][f"batch_{b}"] for b in sizes} for k in lat}
-                faster = all(result.model_ms["sparse"][b] < result.model_ms["dense"][b]
-                             for b in sizes)
+                result.noisy = _noise(lat)
+                if result.noisy:
+                    warn_noisy("CSR for the whole model", result.noisy,
+                               "not chosen on them: every layer stays dense")
+                faster = result.noisy is None and all(
+                    result.model_ms["sparse"][b] < result.model_ms["dense"][b] for b in sizes)
             finally:
                 if not faster:
                     for name, mod in originals.items():

@@ -88,7 +88,9 @@ class TensorDataModule(pl.LightningDataModule, ABC):
         drop_last: drop the last incomplete training batch of every epoch.
         steps_per_batch: hand Lightning groups of this many training batches
             (:class:`~prunelab.data.loader.BatchGroups`); the module takes one optimizer step per
-            batch of a group. 1 (default): plain batches. Single-device training only.
+            batch of a group; 1: plain batches. Single-device training only. ``"auto"`` (the
+            default) is 1 here; ``train`` and the lottery resolve it at assembly
+            (:func:`prunelab.assemble.resolve_steps_per_batch`).
     """
 
     #: short data set name used in messages.
@@ -110,12 +112,15 @@ class TensorDataModule(pl.LightningDataModule, ABC):
         seed: int = 0,
         normalize: bool = True,
         drop_last: bool = False,
-        steps_per_batch: int = 1,
+        steps_per_batch: int | str = "auto",
     ) -> None:
         super().__init__()
+        if steps_per_batch == "auto":  # assembly resolves it (prunelab.assemble); alone: 1
+            steps_per_batch = 1
         if (isinstance(steps_per_batch, bool) or not isinstance(steps_per_batch, int)
                 or steps_per_batch < 1):
-            raise ValueError(f"data.steps_per_batch={steps_per_batch!r} must be an integer >= 1")
+            raise ValueError(f"data.steps_per_batch={steps_per_batch!r} must be an integer >= 1 "
+                             f"or auto")
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {eval_batch_size}")
         if val_size < 0:
@@ -161,6 +166,14 @@ class TensorDataModule(pl.LightningDataModule, ABC):
             std = torch.tensor(self.std, dtype=x.dtype).view(shape)
             x = x.sub_(mean).div_(std)
         return x
+
+    def preload(self) -> None:
+        """Find (or download) the files and load the data now, before a trainer exists: a
+        missing or bad file, or a ``val_size`` the set cannot give, is a one-line
+        :class:`DataError` before anything is written (assembly calls this). Lightning's
+        :meth:`setup` then reuses the loaded tensors."""
+        self.prepare_files()
+        self.setup()
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
@@ -247,9 +260,9 @@ class TensorDataModule(pl.LightningDataModule, ABC):
         entries of the rest and validation is capped at ``subset``.
         """
         if self.val_size >= n_train:
-            raise ValueError(
-                f"{self.name}: val_size={self.val_size} leaves no training data "
-                f"(the training set has {n_train} samples)"
+            raise DataError(
+                f"data.val_size={self.val_size} leaves no training data: the {self.name} "
+                f"training set has {n_train} samples; allowed: 0..{n_train - 1}"
             )
         gen = torch.Generator().manual_seed(derive_seed(self.seed, _SPLIT_SALT))
         perm = torch.randperm(n_train, generator=gen)
@@ -286,12 +299,36 @@ class TensorDataModule(pl.LightningDataModule, ABC):
             raise self._missing_error(wanted, "download is disabled (data.download=false)")
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(timeout)
+        created = _missing_dirs(self._root_path() / getattr(self, "folder", ""))
         try:
             fetch()
         except Exception as exc:  # urllib / torchvision raise many kinds; all mean "no data"
-            detail = _one_line(f"{type(exc).__name__}: {exc}")[:200]
-            raise self._missing_error(wanted, f"download failed (no network?) [{detail}]") from exc
+            _remove_empty(created)  # a failed download leaves no empty data/ folders behind
+            detail = _one_line(f"{type(exc).__name__}: {exc}")[:160]
+            raise self._missing_error(
+                wanted, f"the download failed (it needs internet access) [{detail}]") from exc
         finally:
             socket.setdefaulttimeout(previous)
 
 
+def _missing_dirs(root: Path) -> list[Path]:
+    """``root`` (the data set's folder) and its parents that do not exist yet, deepest first."""
+    out, path = [], root.absolute()
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the outermost of ``created`` if a failed download left only empty directories
+    in it (``data/FashionMNIST/raw``); a file in it keeps it all."""
+    top = created[-1] if created else None
+    if top is None or not top.is_dir():
+        return
+    inside = list(top.rglob("*"))
+    if any(not p.is_dir() for p in inside):
+        return
+    for d in sorted(inside, key=lambda p: len(p.parts), reverse=True):
+        d.rmdir()
+    top.rmdir()

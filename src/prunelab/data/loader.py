@@ -11,10 +11,13 @@ Lightning integration (checked against pytorch-lightning 2.x):
 * Lightning accepts any iterable with ``__len__`` as a dataloader; it only wraps / re-samples
   :class:`~torch.utils.data.DataLoader` instances, so nothing here is replaced.
 * Lightning calls ``set_epoch`` only on ``dataloader.sampler`` and
-  ``dataloader.batch_sampler.sampler``, never on the dataloader itself. A plain iterable therefore
-  has to track the epoch on its own: every call of ``__iter__`` uses the current epoch and then
-  advances it. Lightning's fit loop calls ``iter()`` exactly once per training epoch, so epoch
-  ``e`` of a run sees the permutation drawn from ``seed + e``.
+  ``dataloader.batch_sampler.sampler``, never on the dataloader itself: the loader's ``sampler``
+  is a small object whose ``set_epoch`` sets the loader's epoch, so training epoch ``e`` sees the
+  permutation drawn from ``seed + e``, on a fresh run and on a resumed one alike. Used without
+  Lightning, every iteration advances the epoch by one.
+* An iterator decides its epoch at its first ``next()``, not at ``iter()``: Lightning calls
+  ``iter()`` on a train loader to check it is iterable, and creates the first epoch's iterator
+  before it sets the epoch (before a resume restores the loader's state, too).
 * Lightning saves the ``state_dict()`` of stateful train loaders into checkpoints and calls
   ``load_state_dict()`` before iterating again on resume. The state holds the epoch and the
   number of batches already yielded, so resuming from an end-of-epoch *or* mid-epoch checkpoint
@@ -112,8 +115,9 @@ class TensorBatchLoader:
 
     Ordering: without shuffling, samples come in storage order. With shuffling, epoch ``e``
     uses ``torch.randperm(N, generator=torch.Generator().manual_seed(seed + e))``. The epoch
-    starts at ``epoch`` and advances by one every time ``__iter__`` is called; :meth:`set_epoch`
-    sets it explicitly.
+    starts at ``epoch`` and advances by one with every iteration (an iterator takes its epoch
+    at its first ``next()``); :meth:`set_epoch` (also as ``sampler.set_epoch``, which Lightning
+    calls at every epoch start) sets it explicitly.
 
     Sharding (data parallel): like :class:`torch.utils.data.DistributedSampler` with
     ``drop_last=True``, the (possibly shuffled) index list is cut to a multiple of
@@ -187,6 +191,13 @@ class TensorBatchLoader:
         """Epoch that the next ``__iter__`` call will use."""
         return self._epoch
 
+    batch_sampler = None  # Lightning looks for a sampler here too
+
+    @property
+    def sampler(self) -> _EpochSetter:
+        """What Lightning calls ``set_epoch`` on at every epoch start (see the module docstring)."""
+        return _EpochSetter(self)
+
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch used by the next ``__iter__`` call (cancels a pending mid-epoch resume
         of a different epoch)."""
@@ -231,13 +242,12 @@ class TensorBatchLoader:
         return order
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        # Everything epoch-related is decided here, eagerly, not lazily in the generator:
-        # Lightning creates the iterator of the first epoch before it would call any hook.
+        # A generator: the epoch is decided at the first next() (module docstring)
         epoch, skip = self._epoch, self._skip
         self._epoch, self._skip = epoch + 1, 0
         self._active_epoch, self._yielded = epoch, skip
         order = self.indices(epoch).to(self.x.device)
-        return self._batches(order, epoch, skip)
+        yield from self._batches(order, epoch, skip)
 
     def _batches(self, order: Tensor, epoch: int, skip: int) -> Iterator[tuple[Tensor, Tensor]]:
         bs = self.batch_size
@@ -271,6 +281,16 @@ class TensorBatchLoader:
             f"shuffle={self.shuffle}, drop_last={self.drop_last}, rank={self.rank}/"
             f"{self.world_size}, transform={self.transform!r}, device={self.device})"
         )
+
+
+class _EpochSetter:
+    """``loader.sampler``: Lightning's ``set_epoch`` call sets the loader's epoch."""
+
+    def __init__(self, loader: TensorBatchLoader) -> None:
+        self.loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
 
 
 class BatchGroup(list):

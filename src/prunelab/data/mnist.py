@@ -65,6 +65,19 @@ class _IDXDataModule(TensorDataModule):
                 return found
         return None
 
+    def _missing_error(self, wanted: str, reason: str) -> DataError:
+        """A directory holding some of the four files: name the missing ones and where."""
+        for directory in self.candidate_dirs():
+            have = [n for n in self.files
+                    if (directory / n).is_file() or (directory / f"{n}.gz").is_file()]
+            if have:
+                missing = [f"{n}[.gz]" for n in self.files if n not in have]
+                return DataError(f"{self.name}: {', '.join(missing)} missing from {directory} "
+                                 f"(it has the other {len(have)} IDX files) and {reason}: put "
+                                 f"{'it' if len(missing) == 1 else 'them'} there or set "
+                                 f"data.root=<dir>")
+        return super()._missing_error(wanted, reason)
+
     def checksums(self, directory: Path) -> dict[str, str] | None:
         """SHA-256 sums to verify against: ``SHA256SUMS.uncompressed`` next to the files, if any."""
         path = directory / CHECKSUM_FILE

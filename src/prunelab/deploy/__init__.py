@@ -4,10 +4,12 @@
 
 - ``dense``: the pruned network as trained (zeros stored, dense kernels);
 - ``sparse``: Linear layers through the CSR kernel where measurement says it is faster
-  (:func:`prunelab.compress.sparse.sparsify`; only when some Linear is at least half zeros);
+  (:func:`prunelab.compress.sparse.sparsify`; only when some Linear is at least half zeros;
+  with CSR on no layer it is the dense model: recorded ``same_as: dense``, not timed again);
 - ``compact``: dead channels removed (:func:`prunelab.compress.compact.compact`; only when the
   run's structured pruning left whole channels at zero);
-- ``int8``: post-training int8 quantization of the compact (else the dense) network;
+- ``int8``: post-training int8 of the compact (else the dense) network: its ONNX export
+  quantized by onnxruntime and run there (:mod:`prunelab.compress.quantize`);
 - ``int8_qat`` (``qat_epochs=N``): the same after N epochs of quantization-aware fine-tuning
   with the pruned weights held at zero.
 

@@ -8,16 +8,18 @@ from typing import Any
 import torch
 
 from prunelab.deploy.loading import compact_run, load, model_meta
-from prunelab.deploy.onnx import export_onnx, ort_session, quantize_onnx_int8, time_sessions
+from prunelab.deploy.onnx import export_onnx, ort_session, time_sessions
 from prunelab.deploy.options import DeployError, check_export_options
-from prunelab.deploy.variants import file_size
-from prunelab.files import write_json_atomic
+from prunelab.files import atomic_write, write_json_atomic
+from prunelab.metrics.disk import save_dense_state_dict
 from prunelab.metrics.timing import time_alternating
 
 
 def export_run(conf: Any) -> dict[str, Any]:
     """Write an ONNX file of the run (``compact``: without its dead channels, the compact
-    network also as ``model_compact.pt``; ``quantize=int8``: onnxruntime's dynamic int8),
+    network also as ``model_compact.pt``; ``quantize=int8``: onnxruntime's int8, as ``measure``
+    makes it: :func:`~prunelab.compress.quantize.quantize_int8`, static and calibrated on 8
+    training batches for conv nets, dynamic otherwise),
     validate it with onnxruntime against PyTorch, time it beside the dense PyTorch model, and
     write ``<stem>.json``. Every option is checked before the run is loaded."""
     check_export_options(conf)
@@ -32,8 +34,14 @@ def export_run(conf: Any) -> dict[str, Any]:
     export_onnx(net, run.input_shape, str(fp32))
     path = fp32
     if conf.quantize == "int8":
+        from prunelab.compress.quantize import count_int8_zeros, quantize_int8
+        from prunelab.data.loader import iter_batches
+
+        run.dm.setup("fit")
+        calib = [x for _, (x, _) in zip(range(8), iter_batches(run.dm.train_dataloader()))]
+        q, mode = quantize_int8(net, run.input_shape, calib)
         path = out / f"{stem}.onnx"
-        quantize_onnx_int8(fp32, path)
+        atomic_write(path, lambda p: p.write_bytes(q.onnx_bytes))
     if conf.compact:
         from prunelab.compress.compact import save_compact
 
@@ -52,11 +60,13 @@ def export_run(conf: Any) -> dict[str, Any]:
         raise DeployError(f"the ONNX model differs from PyTorch by {diff:.2e} > atol={conf.atol}")
     lat_onnx = time_sessions({"onnx": sess}, run.input_shape, conf.batch_sizes, conf.runs, 10,
                              1)["onnx"]
-    dense_bytes = file_size(run.net.state_dict(), out / "model_dense.pt")
+    dense_bytes = save_dense_state_dict(run.net, out / "model_dense.pt")  # the one dense size
     result = {"run": str(run.run_dir), "onnx": str(path), "bytes": path.stat().st_size,
               "dense_bytes": dense_bytes, "max_abs_diff": diff, "argmax_agreement": agree,
               "latency_ms": lat_onnx, "dense_latency_ms": lat_dense, "compact": conf.compact,
               "quantize": conf.quantize}
+    if conf.quantize == "int8":
+        result.update(int8_mode=mode, int8_zeros=count_int8_zeros(q))
     write_json_atomic(out / f"{stem}.json", result)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.1f} KB; dense PyTorch weights "
           f"{dense_bytes / 1e3:.1f} KB)")

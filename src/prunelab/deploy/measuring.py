@@ -15,7 +15,7 @@ from prunelab.deploy.tables import print_table
 from prunelab.deploy.variants import float_variants, gpu_variants, int8_variants
 from prunelab.files import write_json_atomic
 from prunelab.metrics.accuracy import accuracy
-from prunelab.metrics.timing import time_alternating
+from prunelab.metrics.timing import retime_noisy, time_alternating, warn_noisy
 
 
 def measure_run(conf: Any, hardware_name: str | None = None) -> dict[str, Any]:
@@ -43,8 +43,12 @@ def measure_run(conf: Any, hardware_name: str | None = None) -> dict[str, Any]:
         sessions, diffs = onnx_sessions(floats, run.input_shape, conf.threads)
     if not gpu:
         choose_memory_format(conf, models, info, run.input_shape)
-    latency = time_alternating(models, run.input_shape, conf.batch_sizes, conf.runs, conf.warmup,
-                               conf.rounds, None if gpu else conf.threads)
+    latency = retime_noisy(time_alternating, models, run.input_shape, conf.batch_sizes, conf.runs,
+                           conf.warmup, conf.rounds, None if gpu else conf.threads)
+    for k, reasons in latency.noisy.items():  # still disturbed after a second timing: marked
+        info[k]["latency_noisy"] = reasons
+        warn_noisy(f"latency of {k}", "; ".join(f"{b}: {r}" for b, r in reasons.items()),
+                   "marked in measure.json (latency_noisy)")
     if conf.onnx:  # timed after PyTorch (the sessions' worker threads do not spin when idle)
         ort_lat = time_sessions(sessions, run.input_shape, conf.batch_sizes, conf.runs,
                                 conf.warmup, conf.rounds)
@@ -70,13 +74,19 @@ def measure_run(conf: Any, hardware_name: str | None = None) -> dict[str, Any]:
 
 
 def _ratios(info: dict[str, dict[str, Any]]) -> None:
-    """Each variant's speedup, size ratio and MACs reduction against ``dense``."""
+    """Each variant's speedup, size ratio and MACs reduction against ``dense`` (none for a
+    variant that is the dense model itself, ``same_as``); a variant that runs on onnxruntime
+    (int8) also gets its speedup against dense on onnxruntime where that was timed."""
     dense = info["dense"]
     for v in info.values():
+        if "same_as" in v:
+            continue
         v["speedup"] = {b: dense["latency_ms"][b] / v["latency_ms"][b] for b in v["latency_ms"]}
-        if "onnxruntime_latency_ms" in v:
+        ort = v.get("onnxruntime_latency_ms") or (v["latency_ms"] if v.get("runtime") ==
+                                                  "onnxruntime" else None)
+        if ort is not None and "onnxruntime_latency_ms" in dense:
             v["onnxruntime_speedup"] = {b: dense["onnxruntime_latency_ms"][b] / t
-                                        for b, t in v["onnxruntime_latency_ms"].items()}
+                                        for b, t in ort.items()}
         v["size_ratio"] = dense["bytes"] / v["bytes"]
         if "macs" in v:
             v["macs_reduction"] = dense["macs"] / max(v["macs"], 1)

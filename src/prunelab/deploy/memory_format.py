@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.metrics.timing import time_alternating
+from prunelab.metrics.timing import retime_noisy, time_alternating, warn_noisy
 
 
 class ChannelsLast(nn.Module):
@@ -37,7 +37,9 @@ def choose_memory_format(conf: Any, models: dict[str, nn.Module], info: dict[str
                          input_shape: Sequence[int]) -> None:
     """For each float variant with a Conv2d (int8 ones have their own kernels), the memory format
     it runs in at each batch size: ``conf.memory_format``, or with ``measured`` the faster of
-    the contiguous and the channels_last model, timed in turn at that batch size. Replaces
+    the contiguous and the channels_last model, timed in turn at that batch size (timings
+    disturbed by other work are timed again; a batch size whose timings stay disturbed keeps
+    contiguous, the default, recorded in ``info[k]["memory_format_refused"]``). Replaces
     ``models[k]`` with a :class:`ChannelsLast` where that is used (the model itself is not
     converted) and records ``info[k]["memory_format"]`` per batch size. The test accuracy is
     then computed at the loader's batch size, contiguous unless that size was timed in
@@ -51,11 +53,18 @@ def choose_memory_format(conf: Any, models: dict[str, nn.Module], info: dict[str
             cl = ChannelsLast(m, sizes)
             use = sizes
             if conf.memory_format == "measured":
-                lat = time_alternating({"contiguous": m, "channels_last": cl}, input_shape,
-                                       sizes, conf.runs, conf.warmup, conf.rounds, conf.threads)
-                info[k]["memory_format_ms"] = lat
-                use = [b for b in sizes
-                       if lat["channels_last"][f"batch_{b}"] < lat["contiguous"][f"batch_{b}"]]
+                lat = retime_noisy(time_alternating, {"contiguous": m, "channels_last": cl},
+                                   input_shape, sizes, conf.runs, conf.warmup, conf.rounds,
+                                   conf.threads)
+                info[k]["memory_format_ms"] = dict(lat)
+                refused = {b: r for v in lat.noisy.values() for b, r in v.items()}
+                for b, reason in sorted(refused.items()):
+                    warn_noisy(f"memory format of {k} at {b.replace('_', ' ')}", reason,
+                               "not chosen on them: contiguous kept")
+                if refused:
+                    info[k]["memory_format_refused"] = refused
+                use = [b for b in sizes if f"batch_{b}" not in refused
+                       and lat["channels_last"][f"batch_{b}"] < lat["contiguous"][f"batch_{b}"]]
             if use:
                 cl.batches = frozenset(use)
                 models[k] = cl

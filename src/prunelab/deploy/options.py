@@ -115,7 +115,9 @@ def check_measure_options(conf: Any, target: str, name: str | None) -> None:
     _at_least(conf, "warmup", 0)
     _at_least(conf, "rounds", 1)
     _at_least(conf, "calibration_batches", 1)
-    _at_least(conf, "qat_epochs", 0)
+    qat = conf.qat_epochs
+    if isinstance(qat, bool) or not isinstance(qat, int) or qat < 0:
+        raise DeployError(f"qat_epochs={qat!r} must be an integer >= 0 (0: no int8_qat variant)")
     _at_least(conf, "qat_batches", 1, optional=True)
     _at_least(conf, "eval_batches", 1, optional=True)
     if conf.qat_epochs and not conf.qat_lr > 0:

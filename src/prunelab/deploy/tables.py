@@ -6,13 +6,19 @@ from typing import Any
 
 
 def print_table(result: dict[str, Any]) -> None:
-    """The variants of a measure result side by side, then what was chosen per variant (CSR
-    layers, memory format) and the onnxruntime timings."""
+    """The variants of a measure result side by side (a variant that is another one, ``same_as``,
+    as one cell saying so: no timing, speedup or MACs of its own), then what was chosen per
+    variant (CSR layers, memory format) and the onnxruntime timings."""
     bs = result["batch_sizes"]
     head = (["variant", "test acc", "size", "x smaller"] + [f"ms @{b}" for b in bs]
             + [f"speedup @{b}" for b in bs] + ["MACs /"])
     lines = [" | ".join(head)]
     for k, v in result["variants"].items():
+        if "same_as" in v:
+            lines.append(f"{k} | same as {v['same_as']}"
+                         + (": CSR on no layer" if k == "sparse" else "")
+                         + " (not timed again, no speedup, no MACs reduction)")
+            continue
         row = [k, f"{100 * v['test_acc']:.2f}", f"{v['bytes'] / 1e3:.1f} KB", f"{v['size_ratio']:.1f}"]
         row += [f"{v['latency_ms'][f'batch_{b}']:.3f}" for b in bs]
         row += [f"{v['speedup'][f'batch_{b}']:.2f}" for b in bs]
@@ -36,7 +42,13 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"memory format @{'/'.join(str(b) for b in bs)} (channels_last speed vs "
               f"contiguous): " + "; ".join(formats))
     for k, v in result["variants"].items():
-        if "onnxruntime_latency_ms" in v:
+        if v.get("runtime") == "onnxruntime":
+            line = f"{k} runs on onnxruntime (its ONNX model, {v['onnx_bytes'] / 1e3:.1f} KB)"
+            if "onnxruntime_speedup" in v:
+                line += ": speedup against dense on onnxruntime " + ", ".join(
+                    f"{v['onnxruntime_speedup'][f'batch_{b}']:.2f} @{b}" for b in bs)
+            print(line)
+        elif "onnxruntime_latency_ms" in v:
             print(f"{k} on onnxruntime: " + ", ".join(
                 f"{v['onnxruntime_latency_ms'][f'batch_{b}']:.3f} ms @{b} "
                 f"(speedup {v['onnxruntime_speedup'][f'batch_{b}']:.2f})" for b in bs))

@@ -2,10 +2,14 @@
 
 - ``dense``: the pruned network as trained (zeros stored, dense kernels): ``model_dense.pt``;
   its weights in the bitmask encoding are ``model_sparse.pt``;
-- ``sparse``: Linear layers through the CSR kernel where measured faster (CPU);
+- ``sparse``: Linear layers through the CSR kernel where measured faster (CPU); where no layer
+  is, the variant is the dense model itself: recorded as ``same_as: dense`` with its CSR
+  timings, and neither timed again nor given a speedup or a MACs reduction;
 - ``compact``: dead channels removed, ``model_compact.pt`` (:func:`~prunelab.compress.compact.
   save_compact`: loaded back by :func:`~prunelab.compress.compact.load_compact`);
-- ``int8`` / ``int8_qat``: int8 of the compact (else the dense) network (CPU);
+- ``int8`` / ``int8_qat``: int8 of the compact (else the dense) network: its ONNX export quantized
+  by onnxruntime and run there (CPU): ``model_int8.onnx``, and ``model_int8_sparse.pt`` (the same
+  model with its int8 weights as bitmask + non-zeros); the size reported is the smaller file's;
 - ``bf16`` / ``fp16`` and ``2to4`` on a GPU profile.
 
 Each function adds to ``models`` (name -> network) and ``info`` (name -> what is recorded).
@@ -23,7 +27,7 @@ from torch import nn
 
 from prunelab.deploy.loading import DeployRun, model_meta
 from prunelab.deploy.options import DeployError
-from prunelab.files import save_torch_atomic
+from prunelab.files import atomic_write, save_torch_atomic
 
 Models = dict[str, nn.Module]
 Info = dict[str, dict[str, Any]]
@@ -41,12 +45,17 @@ def float_variants(conf: Any, run: DeployRun, out: Path, gpu: bool) -> tuple[Mod
     their info and the network the other variants are made of (compact if it exists)."""
     from prunelab.compress.compact import CompactionError, compact, save_compact
     from prunelab.compress.sparse import sparsify
-    from prunelab.metrics import count_macs, save_sparse_state_dict
+    from prunelab.metrics import (
+        count_macs,
+        save_dense_state_dict,
+        save_sparse_state_dict,
+    )
 
     macs = count_macs(run.net, run.input_shape)
     models: Models = {"dense": copy.deepcopy(run.net).cuda() if gpu else run.net}
+    # the one dense size: the same file and bytes as train's results.json (metrics.disk)
     info: Info = {"dense": {"file": "model_dense.pt", "macs": macs["dense"],
-                            "bytes": file_size(run.net.state_dict(), out / "model_dense.pt")}}
+                            "bytes": save_dense_state_dict(run.net, out / "model_dense.pt")}}
     save_sparse_state_dict(run.net.state_dict(), out / "model_sparse.pt")
     info["dense"]["sparse_file_bytes"] = (out / "model_sparse.pt").stat().st_size
     if conf.sparse and not gpu:
@@ -54,10 +63,15 @@ def float_variants(conf: Any, run: DeployRun, out: Path, gpu: bool) -> tuple[Mod
                               threads=conf.threads, force=conf.sparse_layers == "all",
                               input_shape=run.input_shape, runs=conf.runs, warmup=conf.warmup,
                               rounds=conf.rounds)
-        if sparse.layers:
+        on_csr = {c.name for c in sparse.layers if c.sparse}
+        if on_csr:  # executed: the CSR layers' non-zero MACs, every other layer's dense ones
             models["sparse"] = sp
-            info["sparse"] = {"file": "model_sparse.pt", "macs": macs["effective"],
+            executed = sum(v["effective" if n in on_csr else "dense"]
+                           for n, v in macs["per_layer"].items())
+            info["sparse"] = {"file": "model_sparse.pt", "macs": executed,
                               "bytes": info["dense"]["sparse_file_bytes"], **sparse.as_dict()}
+        elif sparse.layers:  # CSR on no layer: the dense model itself, not timed again
+            info["sparse"] = {"same_as": "dense", **sparse.as_dict()}
     try:
         small, report = compact(run.net, run.input_shape)
     except CompactionError:  # not traceable: no compact variant
@@ -74,33 +88,44 @@ def float_variants(conf: Any, run: DeployRun, out: Path, gpu: bool) -> tuple[Mod
 
 def int8_variants(conf: Any, run: DeployRun, base: nn.Module, models: Models, info: Info,
                   out: Path) -> None:
-    """``int8`` (post-training) and, with ``qat_epochs``, ``int8_qat`` of ``base`` (CPU)."""
-    from prunelab.compress.quantize import (
-        count_int8_zeros,
-        qat_int8,
-        quantize_int8,
-        save_int8_sparse,
-    )
+    """``int8`` (post-training) and, with ``qat_epochs``, ``int8_qat`` of ``base``: ONNX models
+    quantized by onnxruntime and run there (CPU, ``conf.threads``)."""
+    from prunelab.compress.quantize import qat_int8, quantize_int8
     from prunelab.data.loader import iter_batches
 
     of = "compact" if base is not run.net else "dense"
+    if not (conf.quantize or conf.qat_epochs):
+        return
+    calib = [x for _, (x, _) in zip(range(conf.calibration_batches),
+                                    iter_batches(run.dm.train_dataloader()))]
     if conf.quantize:
-        calib = [x for _, (x, _) in zip(range(conf.calibration_batches),
-                                        iter_batches(run.dm.train_dataloader()))]
-        q, mode = quantize_int8(base, run.input_shape, calib)
+        q, mode = quantize_int8(base, run.input_shape, calib, threads=conf.threads)
         models["int8"] = q
-        info["int8"] = {"file": "model_int8_sparse.pt", "mode": mode, "of": of,
-                        "bytes": save_int8_sparse(q, out / "model_int8_sparse.pt"),
-                        "int8_zeros": count_int8_zeros(q)}
+        info["int8"] = {"mode": mode, "of": of, **int8_files(q, out, "model_int8")}
     if conf.qat_epochs:
         batches = [b for _, b in zip(range(conf.qat_batches or 10**9),
                                      iter_batches(run.dm.train_dataloader()))]
-        q = qat_int8(base, run.input_shape, batches, epochs=int(conf.qat_epochs), lr=conf.qat_lr)
+        q = qat_int8(base, run.input_shape, batches, epochs=int(conf.qat_epochs), lr=conf.qat_lr,
+                     calibration=calib, threads=conf.threads)
         models["int8_qat"] = q
-        info["int8_qat"] = {"file": "model_int8_qat_sparse.pt", "mode": "qat", "of": of,
-                            "qat_epochs": int(conf.qat_epochs),
-                            "bytes": save_int8_sparse(q, out / "model_int8_qat_sparse.pt"),
-                            "int8_zeros": count_int8_zeros(q)}
+        info["int8_qat"] = {"mode": "qat", "of": of, "qat_epochs": int(conf.qat_epochs),
+                            **int8_files(q, out, "model_int8_qat")}
+
+
+def int8_files(q: Any, out: Path, stem: str) -> dict[str, Any]:
+    """An int8 model written as ``<stem>.onnx`` (runnable) and ``<stem>_sparse.pt`` (its int8
+    weights as bitmask + non-zeros), with its int8 zeros counted. ``file`` and ``bytes``: the
+    smaller of the two (the sparse file, unless too few weights are zero to pay for it)."""
+    from prunelab.compress.quantize import count_int8_zeros, save_int8_sparse
+
+    onnx_path = atomic_write(out / f"{stem}.onnx", lambda p: p.write_bytes(q.onnx_bytes))
+    onnx_bytes = onnx_path.stat().st_size
+    sparse_bytes = save_int8_sparse(q, out / f"{stem}_sparse.pt")
+    smaller = ((f"{stem}_sparse.pt", sparse_bytes) if sparse_bytes < onnx_bytes
+               else (onnx_path.name, onnx_bytes))
+    return {"file": smaller[0], "bytes": smaller[1], "onnx_file": onnx_path.name,
+            "onnx_bytes": onnx_bytes, "sparse_file_bytes": sparse_bytes,
+            "runtime": "onnxruntime", "int8_zeros": count_int8_zeros(q)}
 
 
 def gpu_variants(conf: Any, run: DeployRun, base: nn.Module, target: str, models: Models,

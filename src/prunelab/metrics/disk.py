@@ -16,8 +16,10 @@ from prunelab.metrics.params import effective_state_dict
 __all__ = [
     "SPARSE_FORMAT",
     "decode_sparse_state_dict",
+    "dense_state_dict",
     "encode_sparse_state_dict",
     "load_sparse_state_dict",
+    "save_dense_state_dict",
     "save_sparse_state_dict",
     "size_on_disk",
 ]
@@ -95,6 +97,22 @@ def load_sparse_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.T
     return decode_sparse_state_dict(payload)
 
 
+def dense_state_dict(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """The dense weights of ``model`` as they ship: :func:`prunelab.metrics.effective_state_dict`
+    (``torch.nn.utils.prune`` masks and parametrizations folded in), CPU tensors, in a plain
+    ``OrderedDict`` (no ``_metadata`` attribute, which ``nn.Module.state_dict`` attaches and
+    ``torch.save`` would store too: a few hundred bytes that depend on the module tree)."""
+    return OrderedDict((k, v.cpu()) for k, v in effective_state_dict(model).items())
+
+
+def save_dense_state_dict(model: nn.Module, path: str | os.PathLike) -> int:
+    """Write :func:`dense_state_dict` of ``model`` to ``path`` (``torch.save``, atomically); its
+    size in bytes. The one definition of a network's dense size: ``train``'s ``results.json``
+    (:func:`size_on_disk`) and ``measure``'s dense variant both use it."""
+    save_torch_atomic(dense_state_dict(model), path)
+    return int(os.path.getsize(path))
+
+
 def size_on_disk(
     model: nn.Module, directory: str | os.PathLike, min_zero_fraction: float = 0.5
 ) -> dict[str, int]:
@@ -102,7 +120,7 @@ def size_on_disk(
 
     Files written (``directory`` is created if needed):
 
-    * ``model_dense.pt`` - ``torch.save`` of the state dict;
+    * ``model_dense.pt`` - :func:`save_dense_state_dict` (the one dense size);
     * ``model_sparse.pt`` - the bitmask encoding of
       :func:`encode_sparse_state_dict` (tensors with at least
       ``min_zero_fraction`` zeros stored as packed mask + non-zero values).
@@ -115,12 +133,8 @@ def size_on_disk(
         ``{"dense_bytes": int, "sparse_bytes": int}`` from ``os.path.getsize``.
     """
     os.makedirs(directory, exist_ok=True)
-    state_dict = effective_state_dict(model)
     dense_path = os.path.join(directory, "model_dense.pt")
     sparse_path = os.path.join(directory, "model_sparse.pt")
-    save_torch_atomic(OrderedDict((k, v.cpu()) for k, v in state_dict.items()), dense_path)
-    save_sparse_state_dict(state_dict, sparse_path, min_zero_fraction)
-    return {
-        "dense_bytes": int(os.path.getsize(dense_path)),
-        "sparse_bytes": int(os.path.getsize(sparse_path)),
-    }
+    dense_bytes = save_dense_state_dict(model, dense_path)
+    save_sparse_state_dict(effective_state_dict(model), sparse_path, min_zero_fraction)
+    return {"dense_bytes": dense_bytes, "sparse_bytes": int(os.path.getsize(sparse_path))}

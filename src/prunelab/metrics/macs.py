@@ -36,6 +36,9 @@ def count_macs(
     ``effective`` scales each layer's MACs by the density (fraction of
     non-zero elements) of its weight: taken from ``densities[f"{name}.weight"]``
     when given there, else computed from the (effective, i.e. masked) weight.
+    These are the *non-zero* MACs: they do not see that a removed output channel also removes
+    the next layer's inputs, so for channel pruning they are well above the MACs of the compact
+    network (:func:`prunelab.compress.compact.macs_report` reports both, named).
 
     Returns:
         ``{"dense": int, "effective": int,

@@ -72,13 +72,14 @@ class PruningCallback(pl.Callback):
         self._counted: Any = None  # the optimizer whose steps are counted (rewind_step)
         self._snapshot_at: int | None = None  # optimizer steps done when rewind_state was taken
         self._trainer: pl.Trainer | None = None  # set while training (the step hook needs it)
+        self._fast_dev_run = False  # Lightning's smoke test: the final target at epoch 0
 
     # -- schedule position ----------------------------------------------------------------------
     @property
     def events(self) -> dict[int, float]:
         if self.pruner.is_dense or self.sparsity == 0:
             return {}
-        if self.pruner.at_init:
+        if self.pruner.at_init or self._fast_dev_run:
             return {0: self.sparsity}
         return self.schedule.events(self.sparsity)
 
@@ -107,7 +108,9 @@ class PruningCallback(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.bind(target_network(pl_module))
-        if stage == "fit" and self.events and not self.pruner.at_init:
+        # trainer.fast_dev_run runs one batch of one epoch: prune to the final target at once
+        self._fast_dev_run = bool(getattr(trainer, "fast_dev_run", False))
+        if stage == "fit" and self.events and not self.pruner.at_init and not self._fast_dev_run:
             self.schedule.validate(trainer.max_epochs, self.sparsity)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -330,6 +333,48 @@ class FinalSparsityCheckpoint(ModelCheckpoint):
     writes ``last`` only beside a top-k save, so a run killed before its final sparsity had no
     checkpoint to resume from, and later ``last`` could be epochs old.
     """
+
+    def __init__(self, *args: Any, started: float | None = None, **kwargs: Any) -> None:
+        # saved after every epoch-end hook (the LR scheduler's step, the pruning logs): a resume
+        # from the end of epoch e starts epoch e + 1 exactly as an uninterrupted run does (a
+        # save at validation end made Lightning re-run the whole epoch)
+        kwargs.setdefault("save_on_train_epoch_end", True)
+        super().__init__(*args, **kwargs)
+        import time
+
+        self._started = time.perf_counter() if started is None else started
+        self.elapsed_before = 0.0  # wall time of the attempts before a resume (checkpointed)
+
+    def elapsed(self) -> float:
+        """Wall time of the run so far, across resumes (seconds)."""
+        import time
+
+        return self.elapsed_before + time.perf_counter() - self._started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "elapsed_s": self.elapsed()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.elapsed_before = float(state_dict.get("elapsed_s", 0.0))
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        """Written to a temporary file and renamed: a kill or a full disk during the save
+        leaves the previous checkpoint whole, never a truncated one."""
+        import os
+
+        tmp = f"{filepath}.tmp"
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        trainer.strategy.barrier("prunelab_checkpoint_rename")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            from weakref import proxy
+
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

@@ -36,10 +36,9 @@ def train_level(cfg: DictConfig, level: Level, net: Any, datamodule: Any, method
     at level 0 or None)."""
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
     from prunelab.assemble import build_module, build_trainer
     from prunelab.hardware import job_threads
+    from prunelab.pruning import FinalSparsityCheckpoint
 
     t0 = time.perf_counter()
     d = level.directory
@@ -51,9 +50,11 @@ def train_level(cfg: DictConfig, level: Level, net: Any, datamodule: Any, method
     keeper = mask_keeper(method, net, level.mask, level.rewind_step)
     module = build_module(cfg, net, int(datamodule.num_classes),
                           config={"level": level.number, "control": control})
-    ckpt = ModelCheckpoint(dirpath=str(d / store.CHECKPOINTS), filename=store.BEST_CHECKPOINT,
-                           monitor="val/acc", mode="max", save_last=True, save_top_k=1,
-                           auto_insert_metric_name=False)
+    # last.ckpt after every epoch, written atomically, from which a killed level resumes exactly
+    ckpt = FinalSparsityCheckpoint(dirpath=str(d / store.CHECKPOINTS),
+                                   filename=store.BEST_CHECKPOINT, monitor="val/acc", mode="max",
+                                   save_last=True, save_top_k=1, auto_insert_metric_name=False,
+                                   enable_version_counter=False, started=t0)
     trainer = build_trainer(cfg, d, [keeper, ckpt, *callbacks])
     last = store.last_checkpoint(d.parent, level.number)
     resume = str(last) if last.is_file() else None
@@ -89,5 +90,5 @@ def train_level(cfg: DictConfig, level: Level, net: Any, datamodule: Any, method
         "best_val_acc": None if ckpt.best_model_score is None else float(ckpt.best_model_score),
         "best_val_iteration": store.step_of(best_path),
         "iterations": int(trainer.global_step),
-        "wall_time_s": time.perf_counter() - t0,
+        "wall_time_s": ckpt.elapsed(),  # across resumes
     }, rewind

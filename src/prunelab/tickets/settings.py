@@ -59,38 +59,21 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
 def result_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config, flattened (``a.b.c`` keys), without the keys in :data:`FREE_KEYS`
     (what a rerun must match)."""
+    from prunelab.results import flatten
+
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     resolved.pop("hydra", None)
     return {k: v for k, v in flatten(resolved).items()
             if not any(k == f or k.startswith(f + ".") for f in FREE_KEYS)}
 
 
-def comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored result config without the keys prunelab no longer has (``RETIRED_KEYS``)."""
-    from prunelab.results import RETIRED_KEYS
-
-    return {k: v for k, v in config.items() if k not in RETIRED_KEYS}
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one level of dotted keys (an empty mapping stays a value)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
                 ignore: Sequence[str] = ()) -> list[str]:
-    """``key (old vs new)`` for every key whose value differs."""
-    old, new = comparable(old), comparable(new)
-    keys = sorted((set(old) | set(new)) - set(ignore))
-    return [f"{k} ({old.get(k, '<unset>')!r} vs {new.get(k, '<unset>')!r})"
-            for k in keys if old.get(k, "<unset>") != new.get(k, "<unset>")]
+    """``key (old vs new)`` for every key whose value differs (``RETIRED_KEYS`` left out)."""
+    from prunelab.results import RETIRED_KEYS
+    from prunelab.results import config_diff as diff
+
+    return diff(old, new, ignore=(*ignore, *RETIRED_KEYS))
 
 
 def group_hash(config: Mapping[str, Any]) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from prunelab.config import nm_rule
 from prunelab.pruning.granularity import nm_compatible, nm_mask
 from prunelab.pruning.methods.base import ScoreThenSelect
 from prunelab.pruning.params import PruningConfigError
@@ -32,9 +33,9 @@ class NM(ScoreThenSelect):
 
     def __init__(self, n: int = 2, m: int = 4, skip_incompatible: bool = False,
                  include: Sequence[str] | None = None, exclude: Sequence[str] = ()):
-        if not (isinstance(n, int) and isinstance(m, int) and 1 <= n < m):
-            raise PruningConfigError(f"pruner.n={n!r} and pruner.m={m!r}: need integers with "
-                                     f"1 <= n < m")
+        why = nm_rule(n, m)
+        if why is not None:
+            raise PruningConfigError(why)
         super().__init__("layer", "nm", include, exclude)
         self.n, self.m = int(n), int(m)
         self.skip_incompatible = bool(skip_incompatible)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,6 +61,26 @@ class Sensitivity(ScoreThenSelect):
 
     def check_sparsity(self, sparsity: float) -> None:
         self.layer_targets(sparsity)  # every layer's scaled target must stay below 1
+
+    def reached(self, params: Mapping[str, torch.Tensor], sparsity: float) -> float:
+        """The total sparsity over ``params`` that the profile's layers give at ``sparsity``
+        (layers the profile does not name stay dense)."""
+        targets = self.layer_targets(sparsity)
+        total = sum(p.numel() for p in params.values())
+        return sum(targets.get(n, 0.0) * p.numel() for n, p in params.items()) / max(total, 1)
+
+    def check_run(self, model: nn.Module, schedule: Any, sparsity: float) -> None:
+        """A profile that does not reach ``sparsity`` on this model (one that names only some
+        of its layers, or was made for other layer sizes): one ``prunelab: warning:`` line."""
+        params = self.resolve(model)
+        reached = self.reached(params, sparsity)
+        if sparsity > 0 and abs(reached - sparsity) > 5e-4:
+            named = sum(n in self.profile["layers"] for n in params)
+            why = (f"names {named} of the {len(params)} prunable layers (the others stay dense)"
+                   if named < len(params) else "was made for other layer sizes")
+            print(f"prunelab: warning: pruner.profile {why}: the run reaches total sparsity "
+                  f"{reached:.4f}, not sparsity={sparsity:g}; a profile written by python -m "
+                  f"prunelab.sensitivity for this model reaches it", file=sys.stderr)
 
     def select(self, params: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
                old_masks: Mapping[str, torch.Tensor], target: float) -> dict[str, torch.Tensor]:

@@ -1,0 +1,45 @@
+"""The numbers of a finished run agree wherever they are reported: ``train``'s results.json and
+``measure`` give one dense size for the same weights, and the compact-model MACs in results.json
+are the MACs torch's FlopCounterMode counts on the compact network of that run."""
+
+import json
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from helpers import run_cli as cli
+
+
+def test_train_and_measure_report_one_dense_size(trained_runs, tmp_path):
+    for name in ("structured", "unstructured"):
+        run = trained_runs / name
+        out = tmp_path / name
+        proc = cli("prunelab.measure", [f"run={run}", f"out={out}", "runs=3", "rounds=1",
+                                        "warmup=1", "eval_batches=1", "batch_sizes=[1]",
+                                        "quantize=false", "sparse=false",
+                                        "memory_format=contiguous"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = json.loads((run / "results.json").read_text())
+        dense = json.loads((out / "measure.json").read_text())["variants"]["dense"]
+        assert dense["bytes"] == results["size_bytes"]["dense_bytes"], name
+        # and the files themselves are the same bytes
+        assert (out / "model_dense.pt").read_bytes() == (run / "model_dense.pt").read_bytes()
+
+
+def test_results_json_compact_macs_are_the_compact_networks(trained_runs):
+    from prunelab.compress.compact import compact
+    from prunelab.deploy import load
+
+    results = json.loads((trained_runs / "structured" / "results.json").read_text())
+    macs = results["macs"]
+    run = load(str(trained_runs / "structured"))
+    small, report = compact(run.net, run.input_shape)
+    assert report.channels_after < report.channels_before
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        small.eval()(torch.zeros(1, *run.input_shape))
+    assert macs["compact"] == counter.get_total_flops() // 2  # 2 FLOPs per MAC
+    assert macs["compact"] < macs["nonzero"] == macs["effective"] < macs["dense"]
+    # an unstructured run removes no channel: its compact network is its dense one
+    unstructured = json.loads((trained_runs / "unstructured" / "results.json").read_text())
+    assert unstructured["macs"]["compact"] == unstructured["macs"]["dense"]
+    assert unstructured["macs"]["nonzero"] < 0.2 * unstructured["macs"]["dense"]
