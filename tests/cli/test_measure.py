@@ -397,25 +397,3 @@ def test_help_lists_every_option_with_its_default_and_examples(tmp_path, command
         listed = {line.split()[0] for line in profiles.splitlines()[1:] if line.strip()}
         assert listed == {"(none)", *known_options("hardware")}
     assert list(tmp_path.iterdir()) == []  # --help writes nothing
-
-
-@pytest.mark.parametrize("args, message", [
-    (["foo=1"], "foo: no such option"),
-    (["runs=abc"], "runs=abc"),
-    (["hardware=phone"], "hardware='phone'; known: cpu, edge_cpu, gpu, gpu_2to4"),
-    ([], "run= is required"),
-    (["run=nope"], "run='nope' does not exist"),
-    (["run=nope", "memory_format=nhwc"],
-     "memory_format='nhwc'; allowed: measured, contiguous, channels_last"),
-    (["run=nope", "qat_epochs=-1"],
-     "qat_epochs=-1 must be an integer >= 0 (0: no int8_qat variant)"),
-    (["run=nope", "batch_sizes=[0]"], "batch_sizes=[0] must be integers >= 1"),
-    (["run=nope", "hardware=edge_cpu", "hardware.threads=x"], "hardware.threads='x'"),
-])
-def test_measure_bad_command_line_is_one_line_and_writes_nothing(tmp_path, args, message):
-    proc = _cli(args, tmp_path)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prunelab: error: ") and message in lines[0]
-    assert list(tmp_path.iterdir()) == []  # not even Hydra's .hydra/, a log or outputs/
-    assert tmp_path.is_dir()  # the working directory itself stays

@@ -3,22 +3,27 @@
 are the MACs torch's FlopCounterMode counts on the compact network of that run."""
 
 import json
+import os
+import subprocess
+import sys
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import run_cli as cli
 
 
 def test_train_and_measure_report_one_dense_size(trained_runs, tmp_path):
-    for name in ("structured", "unstructured"):
-        run = trained_runs / name
-        out = tmp_path / name
-        proc = cli("prunelab.measure", [f"run={run}", f"out={out}", "runs=3", "rounds=1",
-                                        "warmup=1", "eval_batches=1", "batch_sizes=[1]",
-                                        "quantize=false", "sparse=false",
-                                        "memory_format=contiguous"], tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    procs = {name: subprocess.Popen(  # both runs measured side by side
+        [sys.executable, "-m", "prunelab.measure", f"run={trained_runs / name}",
+         f"out={tmp_path / name}", "runs=3", "rounds=1", "warmup=1", "eval_batches=1",
+         "batch_sizes=[1]", "quantize=false", "sparse=false", "memory_format=contiguous"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for name in ("structured", "unstructured")}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        run, out = trained_runs / name, tmp_path / name
         results = json.loads((run / "results.json").read_text())
         dense = json.loads((out / "measure.json").read_text())["variants"]["dense"]
         assert dense["bytes"] == results["size_bytes"]["dense_bytes"], name
