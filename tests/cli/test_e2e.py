@@ -322,11 +322,17 @@ def test_rerunning_a_sweep_skips_finished_jobs_and_retries_the_rest(tmp_path):
     done = next(d for d in sweep.iterdir() if "sparsity=0.5" in d.name)
     other = next(d for d in sweep.iterdir() if "sparsity=0.6" in d.name)
     before = (done / "results.json").stat().st_mtime_ns
-    (other / "results.json").unlink()  # as if that job had been killed
+    tree = {p: p.read_bytes() for p in [*done.rglob("*"), sweep / "multirun.yaml"] if p.is_file()}
+    (other / "results.json").unlink()  # as if that job had been killed after its last epoch
     p = run_train(args, tmp_path, timeout=400)
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"prunelab: {done} already has this run's results.json; skipped" in p.stdout
+    assert f"prunelab: resuming {other} from last.ckpt" in p.stdout  # not trained again
     assert (done / "results.json").stat().st_mtime_ns == before
+    # the finished job's files (.hydra/ and the log too) and the sweep's config: as they were
+    assert {p: p.read_bytes() for p in tree} == tree
+    assert sorted(p for p in done.rglob("*") if p.is_file()) == sorted(
+        p for p in tree if p.parent != sweep)
     assert (other / "results.json").is_file()
 
 

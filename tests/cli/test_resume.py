@@ -144,17 +144,17 @@ def test_killed_runs_resume_to_the_uninterrupted_run(reference):
 def test_resume_with_another_config_names_the_keys_and_writes_nothing(reference, tmp_path):
     reference, _ = reference
     before = file_hashes(reference)
-    # a finished run: refused before anything is read or written
-    proc = run_cli("prunelab.train", [f"resume={reference}", "sparsity=0.9"], tmp_path)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert lines == [f"prunelab: error: {reference} already holds results.json of another "
-                     f"config: sparsity (0.7 vs 0.9); rerun with its settings or choose a new "
-                     f"directory"], proc.stderr
+    # a finished run: another config is refused, the same one skipped (one after the other:
+    # each holds the run's lock); neither touches a file of the run
+    refused = run_cli("prunelab.train", [f"resume={reference}", "sparsity=0.9"], tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"prunelab: error: {reference} already holds results.json of another config: sparsity "
+        f"(0.7 vs 0.9); rerun with its settings or choose a new directory"], refused.stderr
     assert file_hashes(reference) == before
-    # the same run again: skipped, its files untouched (also .hydra/, the log)
-    proc = run_cli("prunelab.train", [f"resume={reference}"], tmp_path)
-    assert proc.returncode == 0 and "already has this run's results.json; skipped" in proc.stdout
+    skipped = run_cli("prunelab.train", [f"resume={reference}"], tmp_path)
+    assert skipped.returncode == 0
+    assert "already has this run's results.json; skipped" in skipped.stdout
     assert file_hashes(reference) == before
 
 
