@@ -54,16 +54,15 @@ def resume_point(cfg: DictConfig, out: Path) -> str | None:
     continues from ``checkpoints/last.ckpt``. The checkpoint must be readable and of the same
     result-relevant config (ConfigError listing the keys that differ); nothing is written."""
     from prunelab.results import run_config_diff
-    from prunelab.runs import RunError, read_checkpoint
+    from prunelab.runs import RunError, read_checkpoint, resume_location
 
     resume = cfg.get("resume")
     own = out / "checkpoints" / "last.ckpt"
     if resume:
-        path = Path(str(resume)).expanduser()
-        if path.is_dir():
-            run_dir, path = path, path / "checkpoints" / "last.ckpt"
-        else:
-            run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        try:
+            run_dir, path = resume_location(str(resume))
+        except RunError as exc:
+            raise ConfigError(str(exc)) from None
         if not path.is_file():
             raise ConfigError(f"resume={resume!r}: no checkpoint found at {path}; allowed: a run "
                               f"directory with checkpoints/last.ckpt or a .ckpt file in one")

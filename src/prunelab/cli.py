@@ -250,18 +250,9 @@ def resume_arguments(args: list[str]) -> list[str]:
     if any(a in ("-m", "--multirun") for a in args):
         raise ConfigError("resume= continues one run; to continue a killed sweep, rerun the "
                           "sweep's command with hydra.sweep.dir=<its directory>")
-    path = Path(value).expanduser()
-    if path.is_dir():
-        run_dir = path
-    elif path.is_file() and path.parent.name == "checkpoints":
-        run_dir = path.parent.parent
-    elif path.is_file():
-        raise ConfigError(f"resume={value!r} is not in a run's checkpoints/ folder: a run "
-                          f"continues in its own directory; allowed: a run directory or a .ckpt "
-                          f"file in its checkpoints/")
-    else:
-        raise ConfigError(f"resume={value!r}: no checkpoint found at {path}; allowed: a run "
-                          f"directory with checkpoints/last.ckpt or a .ckpt file in one")
+    from prunelab.runs import resume_location
+
+    run_dir, _ = resume_location(value)
     keys = {kv[0] for a in overrides(args) if (kv := _split(a))}
     saved = run_dir / ".hydra" / "overrides.yaml"
     first: list[str] = []

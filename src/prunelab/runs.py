@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["RunError", "LoadedRun", "load_run", "locate_checkpoint", "read_checkpoint",
-           "checkpoint_config", "checkpoint_masks", "build_network"]
+__all__ = ["RunError", "LoadedRun", "load_run", "locate_checkpoint", "resume_location",
+           "read_checkpoint", "checkpoint_config", "checkpoint_masks", "build_network"]
 
 CHECKPOINTS = ("best", "last")
 
@@ -80,6 +80,23 @@ def locate_checkpoint(run: str | Path | None, which: str = "best") -> Path:
         raise RunError(f"run={run!r} does not exist; allowed: a prunelab run directory or "
                        f"a .ckpt file")
     return path
+
+
+def resume_location(value: str) -> tuple[Path, Path]:
+    """(run directory, checkpoint) of ``resume=<value>``: a run directory (its
+    ``checkpoints/last.ckpt``, which may not exist yet) or a ``.ckpt`` file in a run's
+    ``checkpoints/`` folder (a run continues in its own directory); RunError otherwise."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return path, path / "checkpoints" / "last.ckpt"
+    if path.is_file() and path.parent.name == "checkpoints":
+        return path.parent.parent, path
+    if path.is_file():
+        raise RunError(f"resume={value!r} is not in a run's checkpoints/ folder: a run continues "
+                       f"in its own directory; allowed: a run directory or a .ckpt file in its "
+                       f"checkpoints/")
+    raise RunError(f"resume={value!r}: no checkpoint found at {path}; allowed: a run directory "
+                   f"with checkpoints/last.ckpt or a .ckpt file in one")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -19,7 +19,10 @@ weight is refused).
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
+from weakref import proxy
 
 import pytorch_lightning as pl
 import torch
@@ -340,15 +343,11 @@ class FinalSparsityCheckpoint(ModelCheckpoint):
         # save at validation end made Lightning re-run the whole epoch)
         kwargs.setdefault("save_on_train_epoch_end", True)
         super().__init__(*args, **kwargs)
-        import time
-
         self._started = time.perf_counter() if started is None else started
         self.elapsed_before = 0.0  # wall time of the attempts before a resume (checkpointed)
 
     def elapsed(self) -> float:
         """Wall time of the run so far, across resumes (seconds)."""
-        import time
-
         return self.elapsed_before + time.perf_counter() - self._started
 
     def state_dict(self) -> dict[str, Any]:
@@ -361,8 +360,6 @@ class FinalSparsityCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         """Written to a temporary file and renamed: a kill or a full disk during the save
         leaves the previous checkpoint whole, never a truncated one."""
-        import os
-
         tmp = f"{filepath}.tmp"
         trainer.save_checkpoint(tmp, self.save_weights_only)
         if trainer.is_global_zero:
@@ -371,8 +368,6 @@ class FinalSparsityCheckpoint(ModelCheckpoint):
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
-            from weakref import proxy
-
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
 
