@@ -117,7 +117,8 @@ def check_top_level(cfg: DictConfig) -> float:
         cause = exc.__cause__ or exc.__context__  # the resolver's own error, without OmegaConf's
         raise ConfigError(one_line(cause if isinstance(cause, UserError) else exc)) from exc
     sparsity = validate_sparsity(value)
-    _check_int("epochs", cfg.get("epochs"), 1)
+    _check_int("epochs", cfg.get("epochs"), 0)  # 0: post-training pruning (prunelab.posttrain)
+    _check_int("calibration_batches", cfg.get("calibration_batches", 0), 0)
     if _check_int("seed", cfg.get("seed"), 0) >= 2**32:  # numpy's and Lightning's seed range
         raise ConfigError(f"seed={cfg.seed} must be an integer in [0, 2**32)")
     check_manual_optimization(cfg.get("trainer") or {}, (cfg.get("data") or {}).get("batch_size"))
@@ -153,6 +154,14 @@ def check_devices(cfg: DictConfig) -> None:
     if devices > have:
         raise ConfigError(f"devices={devices} but this machine has {have} {what}; allowed: "
                           f"1..{have}")
+
+
+def check_single_device(cfg: DictConfig) -> None:
+    """``epochs=0`` (post-training pruning) runs in one process on one device."""
+    several, setup = _several_devices(cfg)
+    if several:
+        raise ConfigError(f"epochs=0 (post-training pruning) runs on one device (got {setup}); "
+                          f"allowed: trainer.devices=1, or epochs >= 1")
 
 
 def _several_devices(cfg: DictConfig) -> tuple[bool, str]:
@@ -254,14 +263,16 @@ def data_and_model(cfg: DictConfig) -> tuple[Any, Any, str]:
     """(datamodule, network, model name): the data first (it knows the input shape and the
     classes), then the model built for them and checked to fit; ``data.steps_per_batch``
     resolved for this network and trainer (:func:`resolve_steps_per_batch`)."""
-    from prunelab.models import check_input_fits, get_model_name
+    from prunelab.data import build_datamodule
+    from prunelab.models import build_from_config, check_input_fits, get_model_name, model_label
 
     steps_per_batch_setting(cfg)  # a bad value is one line before anything is built
     try:
-        datamodule = instantiate(cfg.data)
+        datamodule = build_datamodule(cfg.data)
         shape, classes = tuple(datamodule.input_shape), int(datamodule.num_classes)
-        net = instantiate(cfg.model, input_shape=shape, num_classes=classes)
-        model_name = choice("model", get_model_name(net) or target_name(cfg.model))
+        net = build_from_config(cfg.model, shape, classes)
+        model_name = model_label(cfg.model) or choice("model", get_model_name(net)
+                                                      or target_name(cfg.model))
         check_input_fits(net, shape, model_name)
         datamodule.steps_per_batch = resolve_steps_per_batch(cfg, net, shape)
     except UserError:
@@ -272,19 +283,29 @@ def data_and_model(cfg: DictConfig) -> tuple[Any, Any, str]:
 
 
 def assemble(cfg: DictConfig, sparsity: float | None = None) -> RunParts:
-    """Instantiate and validate everything ``train`` needs, writing nothing (UserError)."""
+    """Instantiate and validate everything ``train`` needs, writing nothing (UserError).
+    ``init_from`` is loaded into the network first (:mod:`prunelab.pretrained`); ``epochs=0``
+    prunes once at epoch 0 (:mod:`prunelab.posttrain`)."""
+    from prunelab.posttrain import at_epoch_zero
+    from prunelab.pretrained import init_value, load_init
     from prunelab.pruning import PruningCallback, build_method
 
     if sparsity is None:
         sparsity = check_top_level(cfg)
     datamodule, net, model_name = data_and_model(cfg)
     try:
+        warns = load_init(net, cfg)  # init_from: trained weights, before the masks bind
         method = build_method(cfg.pruner)
-        schedule = instantiate(cfg.schedule)
-        callback = PruningCallback(method, schedule, sparsity)
+        schedule = run_schedule = instantiate(cfg.schedule)
+        if int(cfg.epochs) == 0:  # post-training pruning: every event at once, at epoch 0
+            trained = init_value(cfg) is not None or bool((cfg.model or {}).get("weights"))
+            run_schedule, notes = at_epoch_zero(schedule, sparsity, method, pretrained=trained)
+            warns += notes
+            check_single_device(cfg)
+        callback = PruningCallback(method, run_schedule, sparsity)
         callback.bind(net)
-        method.check_run(net, schedule, sparsity)
-        if callback.events and not method.at_init:
+        method.check_run(net, run_schedule, sparsity)
+        if callback.events and not method.at_init and int(cfg.epochs) > 0:
             schedule.validate(int(cfg.trainer.get("max_epochs") or cfg.epochs), sparsity)
         check_logger(cfg)
         check_devices(cfg)
@@ -309,7 +330,7 @@ def assemble(cfg: DictConfig, sparsity: float | None = None) -> RunParts:
     except Exception as exc:  # noqa: BLE001 - only user-input errors become one line
         raise as_user_error(exc) from exc
     target = str(cfg.hardware.get("target", "cpu"))
-    warns = speedup_warnings(method, sparsity, target) + two_four_warnings(net, target)
+    warns += speedup_warnings(method, sparsity, target) + two_four_warnings(net, target)
     for w in warns:
         print(f"prunelab: warning: {w}", file=sys.stderr)
     return RunParts(datamodule=datamodule, net=net, method=method, schedule=schedule,

@@ -168,7 +168,7 @@ def _composition_message(exc: BaseException, command: str) -> str:
 #: ``,``, which Hydra's override parser reads as syntax (``,``: a sweep); :func:`quote_paths`
 #: quotes such a value when the path exists.
 PATH_KEYS = ("resume", "distill.teacher", "pruner.profile", "data.root", "lottery.masks_from",
-             "run", "out", "dir")
+             "run", "out", "dir", "init_from")
 #: Keys holding a map of new keys (globs): ``key={glob: value}`` adds them (as ``++key=``).
 MAP_KEYS = ("lottery.layer_fractions",)
 _SYNTAX = set(",=[]{}()'\"")

@@ -27,6 +27,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from prunelab.config import manual_optimization_conflict
+from prunelab.data.custom import build_datamodule
 from prunelab.data.loader import is_batch_group
 from prunelab.errors import ConfigError, UserError
 from prunelab.losses import classification_loss
@@ -282,7 +283,7 @@ def _from_config(config: Mapping | None, net: nn.Module | None, num_classes: int
         if lr_scheduler is None and cfg.get("lr_scheduler"):
             lr_scheduler = instantiate(cfg.lr_scheduler)
     if num_classes is None:
-        num_classes = int(instantiate(cfg.data).num_classes)
+        num_classes = int(build_datamodule(cfg.data).num_classes)
     if optimizer is None:
         optimizer = instantiate(cfg.optimizer)
     return net, int(num_classes), optimizer, lr_scheduler

@@ -19,15 +19,25 @@ from prunelab.formatting import count as _fmt_count
 from prunelab.formatting import nbytes as _fmt_bytes
 
 #: Config keys that do not change what a run computes (left out of ``config_hash``).
-NON_RESULT_KEYS = ("logger", "resume", "measure", "checkpoint", "hydra", "objective")
+#: ``init_strict`` only decides whether a run starts (a finished run loaded what it loaded).
+NON_RESULT_KEYS = ("logger", "resume", "measure", "checkpoint", "hydra", "objective",
+                   "init_strict")
+#: Top-level keys added after runs were written, left out at these defaults: a run that does not
+#: use them keeps the identity it had before they existed (``config_hash``, ``resume=``).
+ADDED_DEFAULTS = {"init_from": None, "calibration_batches": 20}
+#: Set by the run itself (``pretrained.init_identity``), absent from ``.hydra/config.yaml``:
+#: compared only when both configs have it.
+DERIVED_KEYS = ("init_from_sha256",)
 #: ``hardware.int8`` was never read and is gone from the configs: runs written before its removal
 #: keep their identity.
 RETIRED_KEYS = ("hardware.int8",)
 NON_RESULT_SUBKEYS = {"hardware": ("threads", "int8"), "trainer": ("enable_progress_bar",
                                                             "enable_model_summary",
                                                             "log_every_n_steps"),
-                      # grouped batches train step for step the same (tests/unit/test_steps_per_batch.py)
-                      "data": ("steps_per_batch",)}
+                      # grouped batches train step for step the same (tests/unit/test_steps_per_batch.py);
+                      # an image folder's workers read the same batches (test_imagefolder.py)
+                      "data": ("steps_per_batch", "num_workers", "pin_memory",
+                               "persistent_workers")}
 
 PACKAGES = ("torch", "torchvision", "pytorch-lightning", "hydra-core", "omegaconf", "torchmetrics",
             "prunelab")
@@ -39,7 +49,8 @@ SEED_KEYS = {"": ("seed",), "data": ("seed",), "pruner": ("seed",)}
 
 def result_config(config: Mapping[str, Any], seedless: bool = False) -> dict[str, Any]:
     """The result-relevant part of a resolved config (what :func:`config_hash` hashes)."""
-    cfg = {k: v for k, v in config.items() if k not in (*NON_RESULT_KEYS, *RETIRED_KEYS)}
+    cfg = {k: v for k, v in config.items() if k not in (*NON_RESULT_KEYS, *RETIRED_KEYS)
+           and not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])}
     drop = {key: list(sub) for key, sub in NON_RESULT_SUBKEYS.items()}
     if seedless:
         for key, sub in SEED_KEYS.items():
@@ -85,7 +96,8 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
 
 def run_config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """The result-relevant differences of two resolved run configs (``key (old vs new)``)."""
-    return config_diff(result_config(old), result_config(new), ignore=RETIRED_KEYS)
+    derived = [k for k in DERIVED_KEYS if k not in old or k not in new]
+    return config_diff(result_config(old), result_config(new), ignore=(*RETIRED_KEYS, *derived))
 
 
 def package_versions() -> dict[str, str]:
@@ -129,9 +141,10 @@ def measure_model(net: nn.Module, prunable: Sequence[str], input_shape: Sequence
 
 def run_results(cfg: Any, resolved: Mapping[str, Any], parts: Any, trainer: Any, ckpt: Any,
                 test_metrics: Mapping[str, Any], measured: Mapping[str, Any], *,
-                adversarial: Any, train_time: float, wall_time: float, out: Path
-                ) -> dict[str, Any]:
-    """The ``results.json`` of a finished ``train`` run (``parts``: its assemble.RunParts)."""
+                adversarial: Any, train_time: float, wall_time: float, out: Path,
+                post_training: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``results.json`` of a finished ``train`` run (``parts``: its assemble.RunParts;
+    ``post_training``: what an ``epochs=0`` run measured before and after pruning)."""
     from prunelab.config import choice
 
     best_score = ckpt.best_model_score
@@ -145,6 +158,9 @@ def run_results(cfg: Any, resolved: Mapping[str, Any], parts: Any, trainer: Any,
         "epochs": int(cfg.epochs),
         "epochs_run": int(trainer.current_epoch),
         "target_sparsity": parts.sparsity,
+        "init_from": cfg.get("init_from"),  # the starting weights (null: initialized)
+        "init_from_sha256": cfg.get("init_from_sha256"),
+        "post_training": None if post_training is None else dict(post_training),
         "mask_sparsity": parts.callback.masks.stats()["global"],
         "test_acc": float(test_metrics["test/acc"]),
         "test_loss": float(test_metrics["test/loss"]),

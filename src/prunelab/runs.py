@@ -154,12 +154,14 @@ def checkpoint_masks(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def build_network(cfg: DictConfig) -> tuple[nn.Module, Any]:
-    """A fresh (untrained) network and data module from a run config."""
-    from hydra.utils import instantiate
+    """A fresh (untrained) network and data module from a run config (``model.weights`` not
+    read: the checkpoint's state dict replaces them)."""
+    from prunelab.data import build_datamodule
+    from prunelab.models import build_from_config
 
-    dm = instantiate(cfg.data)
-    net = instantiate(cfg.model, input_shape=tuple(dm.input_shape),
-                      num_classes=int(dm.num_classes))
+    dm = build_datamodule(cfg.data)
+    net = build_from_config(cfg.model, tuple(dm.input_shape), int(dm.num_classes),
+                            load_weights=False)
     return net, dm
 
 

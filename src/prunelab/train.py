@@ -5,9 +5,13 @@ trainer and logger groups; :func:`run` is pure orchestration and returns the res
 sweeps (Hydra multirun, Optuna) can use it as their objective:
 
     check the top-level values        (assemble.check_top_level: before any heavy import)
-    data, model, method, schedule     (assemble.assemble: validated, nothing written yet)
+    init_from's content in identity   (pretrained.init_identity: its sha256 in the config)
+    data, model, method, schedule     (assemble.assemble: validated, nothing written yet;
+                                       init_from loaded into the network)
     module, checkpoint, trainer       (assemble.build_module / build_trainer)
-    fit, test, attack (optional)      (Lightning; prunelab.robust)
+    fit (epochs=0: prune once,        (Lightning; posttrain.post_training)
+         recalibrate BatchNorm)
+    test, attack (optional)           (Lightning; prunelab.robust)
     measure and write results.json    (results.measure_model / run_results)
 """
 
@@ -36,6 +40,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     import torch
 
     from prunelab.files import write_json_atomic
+    from prunelab.posttrain import post_training
+    from prunelab.pretrained import init_identity
     from prunelab.pruning import FinalSparsityCheckpoint
     from prunelab.results import measure_model, print_summary, run_results
 
@@ -46,6 +52,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
 
         output_dir = HydraConfig.get().runtime.output_dir
     out = Path(output_dir)
+    cfg = init_identity(cfg)  # init_from's content (sha256) is part of the run's identity
     done = finished_results(cfg, out)
     if done is not None:
         return done
@@ -67,8 +74,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
                                    # a rerun of a killed job replaces its stale files (no -v1)
                                    enable_version_counter=False, started=start_time)
     trainer = build_trainer(cfg, out, [callback, ckpt])
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
-    best_path = ckpt.best_model_path or None
+    post = None
+    if int(cfg.epochs) == 0:  # post-training pruning: no training (a resume starts it over)
+        best_path, post = post_training(cfg, parts, module, trainer, ckpt)
+    else:
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+        best_path = ckpt.best_model_path or None
     test_metrics = trainer.test(module, datamodule=dm, ckpt_path=best_path, verbose=False)[0]
     train_time = ckpt.elapsed()  # across resumes
     adversarial = None
@@ -91,7 +102,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
                              threads=threads, size=bool(m.size))
     results = run_results(cfg, resolved, parts, trainer, ckpt, test_metrics, measured,
                           adversarial=adversarial, train_time=train_time,
-                          wall_time=ckpt.elapsed(), out=out)
+                          wall_time=ckpt.elapsed(), out=out, post_training=post)
     write_json_atomic(out / "results.json", results)
     (out / "error.json").unlink(missing_ok=True)  # a rerun sweep job that failed before
     print_summary(results)

@@ -217,6 +217,29 @@ STRICT_CASES = {
     "trainer_accumulate_grad_batches": (["+trainer.accumulate_grad_batches=2"],
                                         ("trainer.accumulate_grad_batches=2: prunelab steps the "
                                          "optimizer itself", "use data.batch_size=256")),
+    # init_from (docs/pretrained.md): the fixture's files
+    "init_from_missing": (["init_from=/nonexistent/dense.pt"],
+                          ("init_from='/nonexistent/dense.pt' does not exist; allowed: a prunelab "
+                           "run directory, a Lightning .ckpt or a state_dict .pt file",)),
+    "init_from_run_without_checkpoint": (["init_from={tmp}/norun"],
+                                         ("init_from='", "norun': no checkpoints/best.ckpt or "
+                                          "checkpoints/last.ckpt there")),
+    "init_from_needs_pickle": (["init_from={tmp}/pickled.ckpt"],
+                               ("init_from='", "pickled.ckpt' needs pickle to load (pickled object "
+                                "argparse.Namespace); prunelab loads checkpoints with "
+                                "weights_only=True")),
+    "init_from_not_a_torch_file": (["init_from={tmp}/profile.yaml"],
+                                   ("init_from='", "profile.yaml' is not a readable checkpoint")),
+    "init_from_shapes": (["init_from={tmp}/small_mlp.pt"],
+                         ("small_mlp.pt: shapes do not fit: features.0.weight (32, 784) vs "
+                          "(300, 784), features.0.bias (32,) vs (300,), features.2.weight (16, 32) "
+                          "vs (100, 300), ...",)),
+    "init_from_strict": (["init_from={tmp}/no_bias.pt"],
+                         ("no_bias.pt: 1 missing key (classifier.bias); init_strict=false loads "
+                          "the keys that fit",)),
+    "finetune_without_init_from": (["experiment=finetune_pruned"],
+                                   ("init_from is required by this experiment",)),
+    "epochs_negative": (["epochs=-1"], ("epochs=-1 must be an integer >= 0",)),
 }
 
 #: Issue 14: commands that train briefly (after tests/helpers.FAST).
@@ -243,6 +266,15 @@ def outcomes(tmp_path_factory):
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)},
                tmp / "prun" / "checkpoints" / "last.ckpt")
     (tmp / "norun").mkdir()
+    layers = ("features.0", "features.2", "classifier")  # LeNet-300-100's names (init_from)
+    for name, widths in (("small_mlp.pt", (784, 32, 16, 10)), ("no_bias.pt", (784, 300, 100, 10))):
+        state = {}
+        for layer, n_in, n_out in zip(layers, widths, widths[1:]):
+            state[f"{layer}.weight"] = torch.zeros(n_out, n_in)
+            state[f"{layer}.bias"] = torch.zeros(n_out)
+        if name == "no_bias.pt":
+            del state["classifier.bias"]
+        torch.save(state, tmp / name)
     from prunelab.data.mnist import BUNDLED_MNIST_DIR
 
     partial = tmp / "partial" / "MNIST" / "raw"  # an MNIST directory missing one IDX file

@@ -283,6 +283,7 @@ def file_hashes(directory: Path) -> dict[str, str]:
             for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_killed_in_level_2_resumes_there_and_keeps_levels_0_and_1(tmp_path):
     run_dir = tmp_path / "run"
     # small batches: a level takes a few hundred steps, so the kill lands inside level 2

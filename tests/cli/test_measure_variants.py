@@ -67,13 +67,16 @@ def test_sparse_variant_with_no_layer_on_csr_is_the_dense_model(runs, tmp_path, 
     assert "the sparse variant is the dense model" in out
     # int8: the ONNX model quantized by onnxruntime, timed and evaluated on onnxruntime
     v = res["variants"]["int8"]
-    assert v["runtime"] == "onnxruntime" and v["mode"] == "dynamic" and v["of"] == "dense"
+    # of the compact network: the neurons none of whose outgoing weights survived are removed
+    assert v["runtime"] == "onnxruntime" and v["mode"] == "dynamic" and v["of"] == "compact"
     assert set(v["latency_ms"]) == {"batch_1"}
     assert v["test_acc"] == pytest.approx(res["variants"]["dense"]["test_acc"], abs=0.05)
     assert f"int8 runs on onnxruntime (its ONNX model, {v['onnx_bytes'] / 1e3:.1f} KB)" in out
     model = onnx.load(str(tmp_path / v["onnx_file"]))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    net = load(str(runs / "unstructured")).net
+    from prunelab.compress.compact import load_compact
+
+    net = load_compact(tmp_path / res["variants"]["compact"]["file"])  # what int8 is made of
     for name, p in net.named_parameters():
         if name.endswith("weight"):
             stored = inits[f"{name}_Transposed_quantized"]
@@ -113,9 +116,12 @@ def test_quantization_aware_int8_variant(runs, tmp_path):
     res = measure_run(conf(runs / "unstructured", tmp_path, qat_epochs=1, qat_batches=4,
                            sparse=False, quantize=False))
     v = res["variants"]
-    assert set(v) == {"dense", "int8_qat"}
+    assert set(v) == {"dense", "compact", "int8_qat"}
     q = v["int8_qat"]
     assert q["mode"] == "qat" and q["runtime"] == "onnxruntime" and q["qat_epochs"] == 1
-    pruned = json.loads((runs / "unstructured" / "results.json").read_text())["sparsity"]["zeros"]
-    assert q["int8_zeros"]["zeros"] >= pruned
+    from prunelab.compress.compact import load_compact
+
+    net = load_compact(tmp_path / v["compact"]["file"])  # what int8_qat is made of
+    pruned = sum(int((p == 0).sum()) for n, p in net.named_parameters() if n.endswith("weight"))
+    assert pruned > 0 and q["int8_zeros"]["zeros"] >= pruned
     assert q["test_acc"] >= v["dense"]["test_acc"] - 0.1

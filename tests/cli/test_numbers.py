@@ -44,7 +44,8 @@ def test_results_json_compact_macs_are_the_compact_networks(trained_runs):
         small.eval()(torch.zeros(1, *run.input_shape))
     assert macs["compact"] == counter.get_total_flops() // 2  # 2 FLOPs per MAC
     assert macs["compact"] < macs["nonzero"] == macs["effective"] < macs["dense"]
-    # an unstructured run removes no channel: its compact network is its dense one
+    # an unstructured run removes only the neurons none of whose outgoing weights survived: its
+    # compact network is a little smaller than its dense one, far above its non-zero MACs
     unstructured = json.loads((trained_runs / "unstructured" / "results.json").read_text())
-    assert unstructured["macs"]["compact"] == unstructured["macs"]["dense"]
-    assert unstructured["macs"]["nonzero"] < 0.2 * unstructured["macs"]["dense"]
+    macs = unstructured["macs"]
+    assert macs["nonzero"] < 0.2 * macs["dense"] < macs["compact"] <= macs["dense"]

@@ -45,6 +45,7 @@ def run(module, args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_sensitivity_cli_end_to_end(tmp_path):
     run_dir = tmp_path / "dense"
     p = run("prunelab.train", ["debug=fast", "pruner=none", "measure.latency=false",

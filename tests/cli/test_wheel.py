@@ -85,6 +85,7 @@ def test_wheel_carries_the_data_and_the_configs(wheel):
         assert f"{script} = prunelab." in text, script
 
 
+@pytest.mark.slow
 def test_wheel_trains_from_another_directory(env_dir, tmp_path):
     python = env_dir / "bin" / "python"
     where = tmp_path / "elsewhere"

@@ -14,7 +14,8 @@ LAYERS = (
     ("errors", "files", "seeds", "losses", "config", "graph", "metrics", "data", "models",
      "formatting", "datasets", "conf"),
     ("pruning", "compress", "module", "robust", "plots", "runs"),
-    ("assemble", "tickets", "deploy", "analysis", "results", "hardware", "distill"),
+    ("assemble", "tickets", "deploy", "analysis", "results", "hardware", "distill", "pretrained",
+     "posttrain"),
     ("cli", "jobs"),
     ("train", "lottery", "sensitivity", "measure", "export", "report", "hydra_callbacks"),
 )

@@ -1,21 +1,23 @@
 """Compaction: a structured-pruned network becomes a physically smaller ``nn.Module``.
 
 Zeros in a dense tensor buy nothing on a CPU; removing the channels they belong to does. The
-channel groups come from :mod:`prunelab.graph`. A channel of a group can go when its output is
-exactly zero everywhere it is produced:
+channel groups come from :mod:`prunelab.graph`; a group's channel goes when it is dead
+(:func:`prunelab.graph` explains when: zero wherever it is read). Removing it deletes, in the
+original coordinates and all at once, the producers' and followers' rows, the per-channel
+members' entries (BatchNorm, depthwise convolutions), the consumers' matching input columns
+(``H*W`` columns each after a flatten) and, for a heads group, the heads' query/key/value rows
+and output-projection columns; so the compact network computes the same function. Fixed groups
+are left whole.
 
-- every producer (Conv/Linear whose output channels the group is) has an all-zero weight row
-  and a zero bias;
-- every BatchNorm on the group maps zero to zero (bias 0, and weight 0 or running mean 0).
-
-Removing it deletes the producers' rows, the BatchNorm entries and the consumers' matching input
-columns (``H*W`` columns each after a flatten), so the compact network computes the same
-function. Fixed groups are left whole.
+:func:`compact` checks its own output against the masked network on a random batch and raises
+a :class:`CompactionError` naming the first layer where they differ, instead of returning a
+broken network.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,35 +26,85 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.graph import LAYERS, NORMS, ChannelGroup, GraphError, channel_groups
+from prunelab.graph import (
+    CHANNEL_NORMS,
+    CONVS,
+    NORMS,
+    ChannelGroup,
+    GraphError,
+    channel_groups,
+    head_columns,
+    head_rows,
+)
 
 
 class CompactionError(GraphError):
     """A network or run that cannot be compacted (one-line message)."""
 
 
-# -- which channels are dead, and removing them ------------------------------------------------------
+# -- which channels are dead -------------------------------------------------------------------------
+def _rows_zero(w: torch.Tensor) -> torch.Tensor:
+    w = w.detach()
+    return (w.reshape(w.shape[0], -1) == 0).all(1).cpu()
+
+
+def _entries_zero(t: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+    if t is None:
+        return torch.ones(len(index), dtype=torch.bool)
+    return (t.detach()[index] == 0).cpu()
+
+
+def _maps_zero_to_zero(m: nn.Module, index: torch.Tensor) -> torch.Tensor:
+    """Per channel, whether a per-channel member gives zero for an all-zero channel (eval)."""
+    bias = getattr(m, "bias", None)
+    zero = _entries_zero(bias, index)
+    if isinstance(m, NORMS) and m.running_mean is not None:  # (0 - mean) / std * w + b
+        w_zero = (_entries_zero(m.weight, index) if m.weight is not None
+                  else torch.zeros(len(index), dtype=torch.bool))
+        zero &= w_zero | _entries_zero(m.running_mean, index)
+    return zero  # depthwise conv, GroupNorm/InstanceNorm of a zero channel: the bias
+
+
 @torch.no_grad()
 def dead_channels(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    """Channels of ``group`` whose output is exactly zero everywhere (bool, one per channel)."""
+    """Channels of ``group`` that can go without changing the outputs (bool, one per channel):
+    zero wherever they are produced (producers' rows and biases, members mapping zero to zero,
+    nothing on the way turning a zero into a value), or read by no consumer (all its input
+    columns zero). A head is dead when its value rows and biases, or its output-projection
+    columns, are zero."""
     modules = dict(model.named_modules())
-    dead = torch.ones(group.size, dtype=torch.bool)
-    for name in group.producers:
-        m = modules[name]
-        dead &= (m.weight.detach().reshape(m.weight.shape[0], -1) == 0).all(1).cpu()
-        if m.bias is not None:
-            dead &= (m.bias.detach() == 0).cpu()
-    for name in group.norms:
-        bn = modules[name]
-        zero_out = torch.ones(group.size, dtype=torch.bool)
-        if bn.bias is not None:
-            zero_out &= (bn.bias.detach() == 0).cpu()
-        w_zero = ((bn.weight.detach() == 0).cpu() if bn.weight is not None
-                  else torch.zeros(group.size, dtype=torch.bool))
-        mean_zero = ((bn.running_mean == 0).cpu() if bn.running_mean is not None
-                     else torch.zeros(group.size, dtype=torch.bool))
-        dead &= zero_out & (w_zero | mean_zero)
-    return dead
+    n = group.size
+    idx = torch.arange(n)
+    if group.heads:
+        dead = torch.ones(n, dtype=torch.bool)
+        for name in group.heads:
+            mod = modules[name]
+            d = int(mod.head_dim)
+            v_rows = head_rows(mod, idx)[2 * n * d:].reshape(n, d)
+            v_zero = (mod.qkv.weight.detach()[v_rows.flatten()].reshape(n, -1) == 0).all(1)
+            if mod.qkv.bias is not None:
+                v_zero &= (mod.qkv.bias.detach()[v_rows.flatten()].reshape(n, d) == 0).all(1)
+            cols = head_columns(mod, idx).reshape(n, d)
+            w = mod.proj.weight.detach()
+            p_zero = torch.stack([(w[:, c] == 0).all() for c in cols])
+            dead &= (v_zero | p_zero).cpu()
+        return dead
+    produced = torch.zeros(n, dtype=torch.bool)
+    if group.producers and group.zero_safe:
+        produced = torch.ones(n, dtype=torch.bool)
+        for name in group.producers:
+            m = modules[name]
+            produced &= _rows_zero(m.weight) & _entries_zero(m.bias, idx)
+        for name, off in group.members:
+            produced &= _maps_zero_to_zero(modules[name], idx + off)
+    unread = torch.zeros(n, dtype=torch.bool)
+    if group.consumers:
+        unread = torch.ones(n, dtype=torch.bool)
+        for name, per, off in group.consumers:
+            w = modules[name].weight.detach()
+            cols = w.reshape(w.shape[0], w.shape[1], -1)[:, off * per:(off + n) * per]
+            unread &= (cols.reshape(w.shape[0], n, -1) == 0).all(2).all(0).cpu()
+    return produced | unread
 
 
 @dataclass
@@ -69,76 +121,173 @@ class CompactionReport:
                 "groups": self.groups}
 
 
-def _slice_param(module: nn.Module, name: str, index: torch.Tensor, dim: int) -> None:
-    p = getattr(module, name, None)
-    if p is None:
-        return
-    new = p.detach().index_select(dim, index.to(p.device)).clone()
-    if isinstance(p, nn.Parameter):
-        setattr(module, name, nn.Parameter(new, requires_grad=p.requires_grad))
-    else:
-        setattr(module, name, new)
+# -- removing them -----------------------------------------------------------------------------------
+_PER_CHANNEL = ("weight", "bias", "running_mean", "running_var")
 
 
-def _set_out(module: nn.Module, n: int) -> None:
-    if isinstance(module, nn.Linear):
-        module.out_features = n
-    elif isinstance(module, NORMS):
-        module.num_features = n
-    else:
-        module.out_channels = n
+class _Removals:
+    """Indices to drop, per (module, tensor, dim), in the original coordinates."""
+
+    def __init__(self) -> None:
+        self.drop: dict[tuple[str, str, int], set[int]] = defaultdict(set)
+        self.heads: dict[str, int] = defaultdict(int)
+
+    def add(self, module: str, attr: str, dim: int, index: torch.Tensor) -> None:
+        self.drop[(module, attr, dim)].update(int(i) for i in index)
+
+    def apply(self, modules: dict[str, nn.Module]) -> None:
+        for (name, attr, dim), drop in self.drop.items():
+            m = modules[name]
+            p = getattr(m, attr, None)
+            if p is None or not drop:
+                continue
+            keep = torch.tensor([i for i in range(p.shape[dim]) if i not in drop], dtype=torch.long)
+            new = p.detach().index_select(dim, keep.to(p.device)).clone()
+            if isinstance(p, nn.Parameter):
+                setattr(m, attr, nn.Parameter(new, requires_grad=p.requires_grad))
+            else:
+                setattr(m, attr, new)
+        for name, removed in self.heads.items():
+            modules[name].num_heads = int(modules[name].num_heads) - removed
+        for name in {k[0] for k in self.drop}:
+            sync_shape(modules[name])
 
 
-def _set_in(module: nn.Module, n: int) -> None:
-    if isinstance(module, nn.Linear):
-        module.in_features = n
-    else:
-        module.in_channels = n
+def sync_shape(m: nn.Module) -> None:
+    """A module's size attributes made to match its tensors (after slicing or resizing)."""
+    if isinstance(m, nn.Linear):
+        m.out_features, m.in_features = m.weight.shape[0], m.weight.shape[1]
+    elif isinstance(m, CONVS):
+        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        m.out_channels = m.weight.shape[0]
+        if depthwise:  # one input channel per output channel, however many remain
+            m.groups = m.in_channels = m.weight.shape[0]
+        else:
+            m.in_channels = m.weight.shape[1] * m.groups
+    elif isinstance(m, CHANNEL_NORMS):
+        ref = m.weight if m.weight is not None else m.running_mean
+        if ref is not None:
+            m.num_features = ref.shape[0]
+    elif isinstance(m, nn.GroupNorm) and m.weight is not None:
+        m.num_groups = m.num_channels = m.weight.shape[0]
+
+
+def _plan(model: nn.Module, groups: list[ChannelGroup]) -> tuple[_Removals, list[dict], int, int]:
+    modules = dict(model.named_modules())
+    plan = _Removals()
+    rows, before, after = [], 0, 0
+    for g in groups:
+        if not g.prunable:
+            continue
+        dead = dead_channels(model, g)
+        if bool(dead.all()):  # keep one channel: the shapes stay valid
+            dead[0] = False
+        before += g.size
+        after += int((~dead).sum())
+        rows.append({"producers": list(g.producers or g.heads), "channels": g.size,
+                     "kept": int((~dead).sum())})
+        idx = dead.nonzero().flatten()
+        if idx.numel() == 0:
+            continue
+        for name in g.producers + g.followers:
+            plan.add(name, "weight", 0, idx)
+            plan.add(name, "bias", 0, idx)
+        for name, off in g.members:
+            for attr in _PER_CHANNEL:
+                plan.add(name, attr, 0, idx + off)
+        for name, per, off in g.consumers:
+            cols = ((idx + off)[:, None] * per + torch.arange(per)[None, :]).flatten()
+            plan.add(name, "weight", 1, cols)
+        for name in g.heads:
+            mod = modules[name]
+            plan.add(f"{name}.qkv", "weight", 0, head_rows(mod, idx))
+            plan.add(f"{name}.qkv", "bias", 0, head_rows(mod, idx))
+            plan.add(f"{name}.proj", "weight", 1, head_columns(mod, idx))
+            plan.heads[name] += int(idx.numel())
+    return plan, rows, before, after
 
 
 @torch.no_grad()
-def compact(model: nn.Module, input_shape: Sequence[int], groups: list[ChannelGroup] | None = None
-            ) -> tuple[nn.Module, CompactionReport]:
+def compact(model: nn.Module, input_shape: Sequence[int], groups: list[ChannelGroup] | None = None,
+            check: bool = True) -> tuple[nn.Module, CompactionReport]:
     """A copy of ``model`` without its dead channels, and what was removed.
 
     The copy computes the same outputs (up to float rounding) in eval mode; it is an ordinary
     module of the same class with smaller layers (see :func:`save_compact`). ``groups``: the
-    model's :func:`channel_groups`, when already known (they depend on the architecture only)."""
+    model's :func:`channel_groups`, when already known (they depend on the architecture only).
+    ``check``: run both networks on a random batch and raise a :class:`CompactionError` naming
+    the first layer whose outputs differ (or fail)."""
     model_c = copy.deepcopy(model).cpu()
     if groups is None:
         groups = channel_groups(model_c, input_shape)
     modules = dict(model_c.named_modules())
     params_before = sum(p.numel() for p in model_c.parameters())
-    rows, before, after = [], 0, 0
-    for g in groups:
-        if g.fixed or not g.producers:
-            continue
-        dead = dead_channels(model_c, g)
-        before += g.size
-        keep = (~dead).nonzero().flatten()
-        if keep.numel() == 0:  # keep one channel: the shapes stay valid
-            keep = torch.zeros(1, dtype=torch.long)
-        after += keep.numel()
-        rows.append({"producers": list(g.producers), "channels": g.size, "kept": int(keep.numel())})
-        if keep.numel() == g.size:
-            continue
-        for name in g.producers:
-            m = modules[name]
-            _slice_param(m, "weight", keep, 0)
-            _slice_param(m, "bias", keep, 0)
-            _set_out(m, keep.numel())
-        for name in g.norms:
-            bn = modules[name]
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                _slice_param(bn, attr, keep, 0)
-            _set_out(bn, keep.numel())
-        for name, per in g.consumers:
-            m = modules[name]
-            cols = (keep[:, None] * per + torch.arange(per)[None, :]).flatten()
-            _slice_param(m, "weight", cols, 1)
-            _set_in(m, cols.numel())
+    plan, rows, before, after = _plan(model_c, groups)
+    plan.apply(modules)
     params_after = sum(p.numel() for p in model_c.parameters())
+    if check:
+        check_same_outputs(model, model_c, input_shape)
     return model_c, CompactionReport(before, after, params_before, params_after, rows)
+
+
+#: compact and masked outputs agree within this, relative to the largest output magnitude
+TOLERANCE = 1e-4
+
+
+@torch.no_grad()
+def check_same_outputs(reference: nn.Module, small: nn.Module, input_shape: Sequence[int],
+                       batch: int = 4, seed: int = 0) -> float:
+    """The largest output difference of ``small`` from ``reference`` on a random batch (eval);
+    a :class:`CompactionError` naming the first layer that differs when it is above
+    ``TOLERANCE`` (relative to the largest output) or when ``small`` fails."""
+    ref_param = next(iter(reference.parameters()), None)
+    device = ref_param.device if ref_param is not None else torch.device("cpu")
+    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
+    traces: dict[str, dict[str, torch.Tensor]] = {"ref": {}, "small": {}}
+    entered: list[str] = []
+
+    def hooks(net: nn.Module, key: str) -> list:
+        handles = []
+        for name, m in net.named_modules():
+            if name and next(iter(m.children()), None) is None:
+                def post(mod, args, out, name=name):
+                    if torch.is_tensor(out):
+                        traces[key].setdefault(name, out.detach().float().cpu())
+                def pre(mod, args, name=name):
+                    entered.append(name)
+                handles += [m.register_forward_hook(post), m.register_forward_pre_hook(pre)]
+        return handles
+
+    modes = {m: m.training for m in (*reference.modules(), *small.modules())}
+    reference.eval()
+    small.eval()
+    handles = hooks(reference, "ref") + hooks(small, "small")
+    try:
+        ref = reference(x.to(device)).float().cpu()
+        entered.clear()
+        try:
+            out = small(x).float().cpu()
+        except Exception as exc:  # noqa: BLE001 - a broken compact network: say where
+            where = entered[-1] if entered else type(small).__name__
+            raise CompactionError(f"compaction broke the network at {where}: "
+                                  f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+                                  ) from None
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    scale = max(1.0, float(ref.abs().max()))
+    diff = float((ref - out).abs().max()) if ref.shape == out.shape else float("inf")
+    if diff <= TOLERANCE * scale:
+        return diff
+    first = next((n for n, t in traces["ref"].items() if n in traces["small"]
+                  and traces["small"][n].shape == t.shape
+                  and float((traces["small"][n] - t).abs().max())
+                  > TOLERANCE * max(1.0, float(t.abs().max()))), "the output")
+    raise CompactionError(f"the compact network differs from the masked one (max |diff| "
+                          f"{diff:.3g}, outputs up to {scale:.3g}), first at {first}; "
+                          f"this network's channel structure is not understood here")
 
 
 def macs_report(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int | None]:
@@ -171,8 +320,9 @@ def save_compact(net: nn.Module, path: str | Path, **meta: Any) -> Path:
     of plain tensors and containers (loads with ``weights_only=True``). ``meta`` names how to
     build the dense model (``model``: registry name, ``input_shape``, ``num_classes``,
     ``model_kwargs``); :func:`load_compact` rebuilds it and shrinks it to the saved shapes.
-    ``python -m prunelab.measure`` and ``python -m prunelab.export compact=true`` write their
-    ``model_compact.pt`` this way."""
+    ``model_config``, the run's model config, rebuilds any other model (torchvision, timm,
+    custom). ``python -m prunelab.measure`` and ``python -m prunelab.export compact=true`` write
+    their ``model_compact.pt`` this way."""
     from prunelab.files import save_torch_atomic
 
     path = Path(path)
@@ -182,8 +332,8 @@ def save_compact(net: nn.Module, path: str | Path, **meta: Any) -> Path:
 
 
 def resize_to(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Shrink ``model``'s Conv/Linear/BatchNorm layers to the shapes in ``state_dict`` (in place),
-    so that ``load_state_dict`` accepts a compacted state."""
+    """Shrink ``model``'s layers (Conv, Linear, norms, attention heads) to the shapes in
+    ``state_dict`` (in place), so that ``load_state_dict`` accepts a compacted state."""
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
         for attr in ("weight", "bias", "running_mean", "running_var"):
@@ -196,19 +346,18 @@ def resize_to(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Modul
                 setattr(m, attr, nn.Parameter(new, requires_grad=p.requires_grad))
             else:
                 setattr(m, attr, new)
-        if isinstance(m, LAYERS) and prefix + "weight" in state_dict:
-            w = state_dict[prefix + "weight"]
-            _set_out(m, w.shape[0])
-            _set_in(m, w.shape[1] * (getattr(m, "groups", 1) if not isinstance(m, nn.Linear) else 1))
-        elif isinstance(m, NORMS) and prefix + "running_mean" in state_dict:
-            _set_out(m, state_dict[prefix + "running_mean"].shape[0])
+        sync_shape(m)
+        if getattr(type(m), "prunable_heads", False):
+            m.num_heads = m.qkv.weight.shape[0] // (3 * int(m.head_dim))
     return model
 
 
 def load_compact(path: str | Path) -> nn.Module:
-    """Rebuild a model saved by :func:`save_compact` (through the model registry), in eval mode.
-    A file that is not such a checkpoint is a one-line :class:`CompactionError`."""
-    from prunelab.models import build_model
+    """Rebuild a model saved by :func:`save_compact` (through the model registry, or from its
+    ``model_config``: a torchvision, timm or custom model; weights are not fetched, the saved
+    ones replace them), in eval mode. A file that is not such a checkpoint is a one-line
+    :class:`CompactionError`."""
+    from prunelab.models import build_from_config, build_model
 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -219,12 +368,19 @@ def load_compact(path: str | Path) -> nn.Module:
     if not isinstance(ckpt, dict) or not ckpt.get("compact") or "state_dict" not in ckpt:
         raise CompactionError(f"{str(path)!r} is not a compact checkpoint (written by "
                               f"prunelab.compress.compact.save_compact)")
-    if not ckpt.get("model"):
-        raise CompactionError(f"{str(path)!r} names no registered model to rebuild; load its "
-                              f"state_dict into the network yourself (resize_to, then "
-                              f"load_state_dict)")
-    model = build_model(ckpt["model"], input_shape=tuple(ckpt["input_shape"]),
-                        num_classes=int(ckpt["num_classes"]), **(ckpt.get("model_kwargs") or {}))
+    shape, classes = tuple(ckpt.get("input_shape") or ()), int(ckpt.get("num_classes") or 0)
+    if ckpt.get("model"):
+        model = build_model(ckpt["model"], input_shape=shape, num_classes=classes,
+                            **(ckpt.get("model_kwargs") or {}))
+    elif isinstance(ckpt.get("model_config"), dict):
+        node = dict(ckpt["model_config"])
+        if "weights" in node:
+            node["weights"] = None  # the saved state replaces them: nothing to read from a cache
+        model = build_from_config(node, shape, classes)
+    else:
+        raise CompactionError(f"{str(path)!r} names no model to rebuild (neither a registered "
+                              f"model nor a model_config); load its state_dict into the network "
+                              f"yourself (resize_to, then load_state_dict)")
     resize_to(model, ckpt["state_dict"])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()

@@ -48,7 +48,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from prunelab.data.loader import BatchGroups, TensorBatchLoader
+from prunelab.data.loader import BatchGroups, TensorBatchLoader, grouped
 from prunelab.errors import UserError
 from prunelab.seeds import derive_seed
 
@@ -192,14 +192,7 @@ class TensorDataModule(pl.LightningDataModule, ABC):
     def train_dataloader(self) -> TensorBatchLoader | BatchGroups:
         """Lightning's training loader: :meth:`train_batches`, in groups of
         ``steps_per_batch`` when that is above 1."""
-        loader = self.train_batches()
-        if self.steps_per_batch == 1:
-            return loader
-        if loader.world_size > 1:
-            raise ValueError(f"data.steps_per_batch={self.steps_per_batch} needs single-device "
-                             f"training (this run has {loader.world_size} processes); allowed "
-                             f"with several devices: 1")
-        return BatchGroups(loader, self.steps_per_batch)
+        return grouped(self.train_batches(), self.steps_per_batch)
 
     def train_batches(self) -> TensorBatchLoader:
         """Shuffled (and augmented, where applicable) training batches, sharded over ranks."""

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from prunelab.seeds import derive_seed
 
-__all__ = ["TensorBatchLoader", "BatchGroup", "BatchGroups", "RandomCropFlip",
+__all__ = ["TensorBatchLoader", "BatchGroup", "BatchGroups", "RandomCropFlip", "grouped",
            "is_batch_group", "iter_batches"]
 
 _MASK64 = (1 << 64) - 1
@@ -319,6 +319,18 @@ def check_group_size(state_dict: dict[str, Any], k: int) -> None:
     if saved != k and int(state_dict.get("batches_yielded", 0)) > 0:
         raise ValueError(f"data.steps_per_batch={k}, but the checkpoint stopped mid-epoch with "
                          f"data.steps_per_batch={saved}; allowed: resume with {saved}")
+
+
+def grouped(loader: TensorBatchLoader, steps_per_batch: int) -> TensorBatchLoader | BatchGroups:
+    """``loader`` as Lightning's training loader: in groups of ``steps_per_batch`` when that is
+    above 1 (single-device training only: one-line error otherwise)."""
+    if steps_per_batch == 1:
+        return loader
+    if loader.world_size > 1:
+        raise ValueError(f"data.steps_per_batch={steps_per_batch} needs single-device "
+                         f"training (this run has {loader.world_size} processes); allowed "
+                         f"with several devices: 1")
+    return BatchGroups(loader, steps_per_batch)
 
 
 class BatchGroups:

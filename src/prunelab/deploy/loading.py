@@ -47,8 +47,13 @@ def compact_run(run: DeployRun) -> tuple[nn.Module, Any]:
     """The run's compact network (its dead channels removed) and the compaction report; a
     DeployError when no channel can be removed."""
     from prunelab.compress.compact import compact
+    from prunelab.graph import GraphError
 
-    small, report = compact(run.net, run.input_shape)
+    try:
+        small, report = compact(run.net, run.input_shape)
+    except GraphError as exc:
+        raise DeployError(f"compact=true: run={str(run.run_dir)!r} cannot be compacted: "
+                          f"{exc}") from None
     if report.params_after >= report.params_before:
         params = dict(run.net.named_parameters())
         zeros = sum(int((params[n] == 0).sum()) for n in run.prunable if n in params)
@@ -62,14 +67,16 @@ def compact_run(run: DeployRun) -> tuple[nn.Module, Any]:
 
 
 def model_meta(run: DeployRun) -> dict[str, Any]:
-    """How to rebuild the run's (dense) network through the model registry: the ``meta`` of
-    :func:`prunelab.compress.compact.save_compact` (``model`` is None for an unregistered
-    model)."""
+    """How to rebuild the run's (dense) network: the ``meta`` of
+    :func:`prunelab.compress.compact.save_compact` (``model``: the registry name, None for a
+    model outside the zoo, which ``model_config`` rebuilds)."""
     from prunelab.models import get_model_name
 
-    kwargs = {k: v for k, v in (run.cfg.get("model") or {}).items() if not str(k).startswith("_")}
+    node = run.cfg.get("model") or {}
+    kwargs = {k: v for k, v in node.items() if not str(k).startswith("_")}
     return {"model": get_model_name(run.net), "input_shape": list(run.input_shape),
-            "num_classes": int(run.dm.num_classes), "model_kwargs": _plain(kwargs)}
+            "num_classes": int(run.dm.num_classes), "model_kwargs": _plain(kwargs),
+            "model_config": _plain(node)}
 
 
 def _plain(value: Any) -> Any:

@@ -79,7 +79,7 @@ def _ratios(info: dict[str, dict[str, Any]]) -> None:
     (int8) also gets its speedup against dense on onnxruntime where that was timed."""
     dense = info["dense"]
     for v in info.values():
-        if "same_as" in v:
+        if "same_as" in v or "skipped" in v:
             continue
         v["speedup"] = {b: dense["latency_ms"][b] / v["latency_ms"][b] for b in v["latency_ms"]}
         ort = v.get("onnxruntime_latency_ms") or (v["latency_ms"] if v.get("runtime") ==

@@ -19,6 +19,9 @@ def print_table(result: dict[str, Any]) -> None:
                          + (": CSR on no layer" if k == "sparse" else "")
                          + " (not timed again, no speedup, no MACs reduction)")
             continue
+        if "skipped" in v:  # e.g. a network torch.fx cannot trace: no compact variant
+            lines.append(f"{k} | skipped: {v['skipped']}")
+            continue
         row = [k, f"{100 * v['test_acc']:.2f}", f"{v['bytes'] / 1e3:.1f} KB", f"{v['size_ratio']:.1f}"]
         row += [f"{v['latency_ms'][f'batch_{b}']:.3f}" for b in bs]
         row += [f"{v['speedup'][f'batch_{b}']:.2f}" for b in bs]

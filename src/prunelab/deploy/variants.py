@@ -43,8 +43,9 @@ def float_variants(conf: Any, run: DeployRun, out: Path, gpu: bool) -> tuple[Mod
                                                                                nn.Module]:
     """``dense``, ``sparse`` (CSR, CPU only) and ``compact`` (when channels can go): the models,
     their info and the network the other variants are made of (compact if it exists)."""
-    from prunelab.compress.compact import CompactionError, compact, save_compact
+    from prunelab.compress.compact import compact, save_compact
     from prunelab.compress.sparse import sparsify
+    from prunelab.graph import GraphError
     from prunelab.metrics import (
         count_macs,
         save_dense_state_dict,
@@ -74,7 +75,9 @@ def float_variants(conf: Any, run: DeployRun, out: Path, gpu: bool) -> tuple[Mod
             info["sparse"] = {"same_as": "dense", **sparse.as_dict()}
     try:
         small, report = compact(run.net, run.input_shape)
-    except CompactionError:  # not traceable: no compact variant
+    except GraphError as exc:  # not traceable, or not understood: the other variants still run
+        info["compact"] = {"skipped": str(exc)}
+        print(f"prunelab: no compact variant: {exc}", file=sys.stderr)
         return models, info, run.net
     if report.params_after >= report.params_before:
         return models, info, run.net

@@ -345,6 +345,7 @@ class FinalSparsityCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self._started = time.perf_counter() if started is None else started
         self.elapsed_before = 0.0  # wall time of the attempts before a resume (checkpointed)
+        self._fit_started = False
 
     def elapsed(self) -> float:
         """Wall time of the run so far, across resumes (seconds)."""
@@ -353,9 +354,16 @@ class FinalSparsityCheckpoint(ModelCheckpoint):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "elapsed_s": self.elapsed()}
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._fit_started = True
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self.elapsed_before = float(state_dict.get("elapsed_s", 0.0))
+        # a resume (restored before fit starts) continues the earlier attempts' clock; a restore
+        # after it (trainer.test loading the best checkpoint) is of this attempt's own time
+        if not self._fit_started:
+            self.elapsed_before = float(state_dict.get("elapsed_s", 0.0))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         """Written to a temporary file and renamed: a kill or a full disk during the save

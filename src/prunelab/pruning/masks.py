@@ -9,9 +9,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+
+@dataclass
+class Coupled:
+    """A 1-D parameter whose entries follow prunable weights' rows (structured pruning: a bias,
+    a BatchNorm's weight and bias): ``entries[i]`` is zeroed when row ``rows[i]`` of ``weight``
+    keeps no element. ``sources``: ``(weight name, rows, entries)``, index tensors."""
+
+    param: nn.Parameter
+    sources: list[tuple[str, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def follow(self, weight: str, rows: torch.Tensor, entries: torch.Tensor) -> None:
+        self.sources.append((weight, rows.long().flatten(), entries.long().flatten()))
 
 
 class MaskSet:
@@ -23,21 +37,14 @@ class MaskSet:
     """
 
     def __init__(self, params: Mapping[str, nn.Parameter],
-                 coupled: Mapping[str, Mapping[str, nn.Parameter]] | None = None):
-        """``coupled``: for structured pruning, per prunable weight the 1-D parameters indexed by
-        its output channels (bias, BatchNorm weight and bias); an output channel with no kept
-        element zeroes their entries too, so that the channel's output is exactly zero."""
+                 coupled: Mapping[str, Coupled] | None = None):
+        """``coupled``: for structured pruning, the 1-D parameters (by name) whose entries follow
+        prunable weights' rows (:class:`Coupled`): a row with no kept element zeroes them too,
+        so that the channel's output is exactly zero."""
         if not params:
             raise ValueError("MaskSet needs at least one parameter")
         self._params: dict[str, nn.Parameter] = dict(params)
-        self._coupled: dict[str, dict[str, nn.Parameter]] = {
-            w: dict(c) for w, c in (coupled or {}).items() if c
-        }
-        for w, group in self._coupled.items():
-            for cname, cp in group.items():
-                if cp.dim() != 1 or cp.shape[0] != self._params[w].shape[0]:
-                    raise ValueError(f"coupled parameter {cname!r} of shape {tuple(cp.shape)} does "
-                                     f"not index the output channels of {w!r}")
+        self._coupled: dict[str, Coupled] = self._check_coupled(coupled)
         self._masks: dict[str, torch.Tensor] = {
             n: torch.ones_like(p, dtype=torch.bool) for n, p in self._params.items()
         }
@@ -90,39 +97,57 @@ class MaskSet:
                 f"{tuple(self._params[name].shape)}"
             )
 
+    def _check_coupled(self, coupled: Mapping[str, Coupled] | None) -> dict[str, Coupled]:
+        out = {}
+        for cname, c in (coupled or {}).items():
+            if not c.sources:
+                continue
+            for w, rows, entries in c.sources:
+                if w not in self._params:
+                    raise ValueError(f"coupled parameter {cname!r} follows {w!r}, which is not "
+                                     f"prunable")
+                if (c.param.dim() != 1 or len(rows) != len(entries)
+                        or (len(rows) and int(rows.max()) >= self._params[w].shape[0])
+                        or (len(entries) and int(entries.max()) >= c.param.shape[0])):
+                    raise ValueError(f"coupled parameter {cname!r} of shape "
+                                     f"{tuple(c.param.shape)} does not follow the rows of {w!r}")
+            out[cname] = c
+        return out
+
     def _refresh_factors(self) -> None:
         self._factors = {}
-        coupled_factors = {}
         for n, p in self._params.items():
             m = self._masks[n]
             if m.device != p.device:
                 m = m.to(p.device)
                 self._masks[n] = m
             self._factors[n] = m.to(dtype=p.dtype)
-            if n in self._coupled:
-                keep = m.reshape(m.shape[0], -1).any(1)
-                for cname, cp in self._coupled[n].items():
-                    coupled_factors[cname] = keep.to(device=cp.device, dtype=cp.dtype)
         # the flat lists apply_() multiplies, built once per mask change, not once per step
         self._apply_params = list(self._params.values())
         self._apply_factors = [self._factors[n] for n in self._params]
-        for group in self._coupled.values():
-            for cname, cp in group.items():
-                self._apply_params.append(cp)
-                self._apply_factors.append(coupled_factors[cname])
+        for c in self._coupled.values():
+            factor = torch.ones(c.param.shape, dtype=c.param.dtype, device=c.param.device)
+            for w, rows, entries in c.sources:
+                m = self._masks[w]
+                keep = m.reshape(m.shape[0], -1).any(1)[rows.to(m.device)]
+                factor[entries.to(factor.device)] *= keep.to(device=factor.device,
+                                                             dtype=factor.dtype)
+            self._apply_params.append(c.param)
+            self._apply_factors.append(factor)
 
     @property
-    def coupled(self) -> dict[str, dict[str, nn.Parameter]]:
-        return {w: dict(c) for w, c in self._coupled.items()}
+    def coupled(self) -> dict[str, Coupled]:
+        """The coupled 1-D parameters by name (see :class:`Coupled`)."""
+        return dict(self._coupled)
 
     def rebind(self, params: Mapping[str, nn.Parameter],
-               coupled: Mapping[str, Mapping[str, nn.Parameter]] | None = None) -> None:
+               coupled: Mapping[str, Coupled] | None = None) -> None:
         """Point the masks at new parameter objects (same names and shapes), e.g. after a copy."""
         if set(params) != set(self._params):
             raise KeyError("rebind needs exactly the same parameter names")
         self._params = dict(params)
         if coupled is not None:
-            self._coupled = {w: dict(c) for w, c in coupled.items() if c}
+            self._coupled = self._check_coupled(coupled)
         self._refresh_factors()
 
     # -- application --------------------------------------------------------------------------

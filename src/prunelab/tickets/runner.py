@@ -156,12 +156,12 @@ class LotteryRun:
 
     def _new_net(self, seed: int | None = None):
         import torch
-        from hydra.utils import instantiate
+
+        from prunelab.models import build_from_config
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.cfg.seed) if seed is None else seed)
-            return instantiate(self.cfg.model, input_shape=self._shape,
-                               num_classes=self._classes)
+            return build_from_config(self.cfg.model, self._shape, self._classes)
 
     # -- the levels --------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:

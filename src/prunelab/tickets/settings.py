@@ -19,7 +19,8 @@ CONTROLS = ("none", "random_reinit", "random_mask")
 #: Keys that may differ between invocations on one run directory (length, where masks come
 #: from, and settings that do not change results).
 FREE_KEYS = ("resume", "lottery.levels", "lottery.masks_from", "logger", "hydra",
-             "hardware.threads", "data.steps_per_batch", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+             "hardware.threads", "data.steps_per_batch", "data.num_workers", "data.pin_memory",
+             "data.persistent_workers", "trainer.enable_progress_bar", "trainer.enable_model_summary",
              "trainer.log_every_n_steps")
 #: Keys in which a control run and the ticket run it takes masks from may differ.
 CONTROL_KEYS = ("lottery.control",)

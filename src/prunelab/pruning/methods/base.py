@@ -169,7 +169,7 @@ class ScoreThenSelect(PruningMethod):
         self.seed = int(seed)
         self.score_fn: ScoreFn = self._score_function()
         self._layout: ChannelLayout | None = None
-        self._tied_key: tuple | None = None
+        self._layout_key: tuple | None = None
 
     def _score_function(self) -> ScoreFn:
         score = type(self).score  # a plain function as class attribute stays unbound
@@ -186,23 +186,19 @@ class ScoreThenSelect(PruningMethod):
         if self.granularity != "structured":
             return params, None
         key = (id(model), tuple(params))
-        reuse = self._layout.tied if self._layout is not None and self._tied_key == key else None
+        reuse = self._layout.groups if self._layout is not None and self._layout_key == key else None
         self._layout = ChannelLayout.of(model, params, reuse)
-        self._tied_key = key
+        self._layout_key = key
         return params, self._layout.coupled
 
     @property
     def _protected(self) -> frozenset[str]:
         return self._layout.protected if self._layout is not None else frozenset()
 
-    @property
-    def _tied(self) -> dict[str, list[str]]:
-        return self._layout.tied if self._layout is not None else {}
-
     def max_sparsity(self, params: Mapping[str, torch.Tensor]) -> float:
         if self.granularity != "structured":
             return 1.0
-        return (self._layout or ChannelLayout()).reach(params)
+        return (self._layout or ChannelLayout.per_weight(params)).reach(params)
 
     # -- masks ------------------------------------------------------------------------------------
     def scores(self, params: Mapping[str, torch.Tensor], event: int = 0,
@@ -217,7 +213,7 @@ class ScoreThenSelect(PruningMethod):
                old_masks: Mapping[str, torch.Tensor], target: float) -> dict[str, torch.Tensor]:
         """Masks from scores at the cumulative ``target``; old zeros stay zero."""
         if self.granularity == "structured":
-            layout = self._layout or ChannelLayout()
+            layout = self._layout or ChannelLayout.per_weight(params)
             return select_structured(params, scores, old_masks, target, self.scope, layout,
                                      self.channel_norm)
         return select_masks(scores, old_masks, target, self.scope)

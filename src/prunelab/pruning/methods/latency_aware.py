@@ -70,10 +70,12 @@ class LatencyModel:
                 mods[name].weight[drop] = 0
                 if mods[name].bias is not None:
                     mods[name].bias[drop] = 0
-            for name in g.norms:
-                mods[name].weight[drop] = 0
-                mods[name].bias[drop] = 0
-        return compact(m, self.shape, groups=self.groups)[0].eval()
+            for name, off in g.members:
+                for attr in ("weight", "bias"):
+                    t = getattr(mods[name], attr, None)
+                    if t is not None and t.dim() == 1:
+                        t[off:off + g.size][drop] = 0
+        return compact(m, self.shape, groups=self.groups, check=False)[0].eval()
 
     def time(self, *models: nn.Module, rounds: int = 3) -> list[float]:
         """Median latency (ms) of each model, timed in turn for ``rounds`` rounds."""
@@ -132,7 +134,7 @@ def one_channel_keeps(groups: list, prunable: Sequence[str],
 def _candidates(groups: list, prunable: Sequence[str], protected: Sequence[str]) -> list[int]:
     prunable_set, protected_set = set(prunable), set(protected)
     return [i for i, g in enumerate(groups)
-            if not g.fixed and g.producers and set(_weights(g)) <= prunable_set
+            if g.prunable and g.producers and set(_weights(g)) <= prunable_set
             and not set(_weights(g)) & protected_set and g.size > 1]
 
 
@@ -273,7 +275,7 @@ class LatencyAware(PruningMethod):
 
     def bindings(self, model: nn.Module) -> tuple[dict[str, nn.Parameter], dict | None]:
         params = self.resolve(model)
-        self._layout = ChannelLayout.of(model, params, tied={})  # timing handles residual groups
+        self._layout = ChannelLayout.of(model, params)
         self._model = model
         return params, self._layout.coupled
 

@@ -1,4 +1,4 @@
-"""Structured magnitude pruning: whole output channels (Conv) / neurons (Linear)."""
+"""Structured magnitude pruning: whole channels (Conv), neurons (Linear) and attention heads."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from prunelab.pruning.methods.magnitude import Magnitude
 
 
 class Structured(Magnitude):
-    """Whole output channels ranked by the L1 or L2 norm (``norm``) of their weights; the
-    channel's bias and following BatchNorm are masked too, channels tied by a residual addition go
-    together, and the output layer's classes and the last channel of a layer are never pruned.
-    ``scope=global`` compares the norms per weight of the channel (norm / size^(1/p))."""
+    """Whole channels ranked by the L1 or L2 norm (``norm``) of their weights. A channel is one
+    of a traced channel group (:mod:`prunelab.graph`): tied by residual additions,
+    concatenations, depthwise convolutions and squeeze-and-excitation gates, or an attention
+    head; its rows in every weight of the group go together, with the biases and BatchNorm
+    entries that follow them, so that the compact network equals the masked one. The output
+    layer's classes and the last channel of a group are never pruned. ``scope=global`` compares
+    the norms per weight of the channel (norm / size^(1/p))."""
 
     name = "structured"
 
