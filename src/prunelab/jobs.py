@@ -55,7 +55,7 @@ def finished_results(cfg: DictConfig, out: Path) -> dict[str, Any] | None:
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     new_hash = config_hash(resolved)
     if old.get("config_hash") != new_hash:
-        why = (_differences(out, resolved)
+        why = (_differences(out, resolved) or _weights_difference(old, resolved)
                or f"config_hash {old.get('config_hash')} vs {new_hash}")
         raise ConfigError(f"{out} already holds results.json of another config: {why}; rerun "
                           f"with its settings or choose a new directory")
@@ -75,6 +75,16 @@ def _differences(out: Path, resolved: dict) -> str:
     except Exception:  # noqa: BLE001 - no or unreadable saved config: the hashes say it
         return ""
     return "; ".join(run_config_diff(saved, resolved))
+
+
+def _weights_difference(old: dict, resolved: dict) -> str:
+    """The ``init_from`` file's content when that is what differs (``.hydra/config.yaml`` has
+    the path, not the hash: the run's results.json has both)."""
+    before, now = old.get("init_from_sha256"), resolved.get("init_from_sha256")
+    if before and now and before != now:
+        return (f"init_from_sha256 ({str(before)[:12]}... vs {str(now)[:12]}...: the file at "
+                f"init_from={resolved.get('init_from')!r} changed)")
+    return ""
 
 
 def record_failure(run_dir: Path, exc: BaseException, with_traceback: bool = True) -> None:

@@ -249,3 +249,22 @@ def test_the_recipe_experiment_requires_init_from():
         init_value(compose_config("train", "experiment=finetune_pruned"))
     cfg = compose_config("train", "experiment=finetune_pruned", "init_from=runs/dense")
     assert init_value(cfg) == "runs/dense" and cfg.epochs == 3 and cfg.schedule.at_epoch == 0
+
+
+def test_a_finished_run_from_other_weights_names_the_changed_file(tmp_path):
+    """The same command after the init_from file changed: refused naming the file's hash, not a
+    bare config hash (its .hydra/config.yaml has the same path)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from prunelab.errors import ConfigError
+    from prunelab.jobs import finished_results
+
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"config_hash": "0123456789abcdef", "init_from_sha256": "a" * 64}))
+    cfg = OmegaConf.create({"init_from": "dense.pt", "init_from_sha256": "b" * 64, "seed": 0})
+    with pytest.raises(ConfigError, match=r"init_from_sha256 \(aaaaaaaaaaaa\.\.\. vs "
+                                          r"bbbbbbbbbbbb\.\.\.: the file at init_from='dense.pt' "
+                                          r"changed\)"):
+        finished_results(cfg, tmp_path)
