@@ -166,3 +166,59 @@ def test_a_broken_compaction_names_the_layer():
     hidden.zero_safe = True  # pretend it did not
     with pytest.raises(CompactionError, match=r"differs from the masked one .* first at 2"):
         compact(net, (4,), groups=groups)
+
+
+class _Case(nn.Module):
+    """Small networks for the edge cases a review found (each once wrong)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 8, 1)
+        self.gn = nn.GroupNorm(8, 8, affine=False)
+        self.inorm = nn.InstanceNorm2d(8, affine=True, track_running_stats=True)
+        self.gn4 = nn.GroupNorm(4, 8)
+        self.h = nn.Conv2d(16, 4, 1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        k = self.kind
+        if k == "groupnorm_without_affine":
+            y = self.c(torch.relu(self.gn(self.a(x))))
+        elif k == "instance_norm_with_running_stats":
+            y = self.c(torch.relu(self.inorm(self.a(x))))
+        elif k == "in_place_add":
+            y = self.a(x)
+            y.add_(1.0)
+            y = self.c(y)
+        elif k == "gate_read_again":
+            g = torch.relu(self.a(x))
+            y = self.c(self.b(x) * g.mean((2, 3), keepdim=True)) + self.c(g)
+        elif k == "module_called_twice":
+            y = self.h(torch.cat([self.c(self.a(x)), self.c(self.b(x))], 1))
+            return self.fc(y.mean((2, 3)))
+        elif k == "untouched_groupnorm":
+            y = self.c(self.gn4(self.c(torch.relu(self.a(x)))))
+        return self.fc(self.h(torch.cat([y, self.b(x)], 1)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["groupnorm_without_affine", "instance_norm_with_running_stats",
+                                  "in_place_add", "gate_read_again", "module_called_twice",
+                                  "untouched_groupnorm"])
+def test_edge_cases_compact_to_the_masked_network_and_reload(kind, tmp_path):
+    torch.manual_seed(0)
+    net = _Case(kind).eval()
+    with torch.no_grad():
+        net.inorm.running_mean.uniform_(-1.0, -0.5)
+        for m in (net.a, net.b, net.c):
+            m.bias.uniform_(0.5, 1.0)
+    net.input_shape = (3, 8, 8)
+    prune_channels(net, 0.5)
+    small, _ = compact(net, (3, 8, 8))  # raises when the compact network differs
+    path = save_compact(small, tmp_path / "c.pt", model=None, input_shape=(3, 8, 8),
+                        num_classes=10, model_config={"_target_": f"{__name__}._Case",
+                                                      "kind": kind})
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(load_compact(path)(x), net(x), atol=1e-5)

@@ -29,7 +29,6 @@ from torch import nn
 from prunelab.graph import (
     CHANNEL_NORMS,
     CONVS,
-    NORMS,
     ChannelGroup,
     GraphError,
     channel_groups,
@@ -58,7 +57,7 @@ def _maps_zero_to_zero(m: nn.Module, index: torch.Tensor) -> torch.Tensor:
     """Per channel, whether a per-channel member gives zero for an all-zero channel (eval)."""
     bias = getattr(m, "bias", None)
     zero = _entries_zero(bias, index)
-    if isinstance(m, NORMS) and m.running_mean is not None:  # (0 - mean) / std * w + b
+    if getattr(m, "running_mean", None) is not None:  # eval: (0 - mean) / std * w + b
         w_zero = (_entries_zero(m.weight, index) if m.weight is not None
                   else torch.zeros(len(index), dtype=torch.bool))
         zero &= w_zero | _entries_zero(m.running_mean, index)
@@ -92,7 +91,7 @@ def dead_channels(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
     produced = torch.zeros(n, dtype=torch.bool)
     if group.producers and group.zero_safe:
         produced = torch.ones(n, dtype=torch.bool)
-        for name in group.producers:
+        for name in group.producers + group.followers:  # a gate read elsewhere must be zero too
             m = modules[name]
             produced &= _rows_zero(m.weight) & _entries_zero(m.bias, idx)
         for name, off in group.members:
@@ -131,6 +130,7 @@ class _Removals:
     def __init__(self) -> None:
         self.drop: dict[tuple[str, str, int], set[int]] = defaultdict(set)
         self.heads: dict[str, int] = defaultdict(int)
+        self.members: dict[str, int] = defaultdict(int)  # channels removed from a member
 
     def add(self, module: str, attr: str, dim: int, index: torch.Tensor) -> None:
         self.drop[(module, attr, dim)].update(int(i) for i in index)
@@ -151,6 +151,14 @@ class _Removals:
             modules[name].num_heads = int(modules[name].num_heads) - removed
         for name in {k[0] for k in self.drop}:
             sync_shape(modules[name])
+        for name, removed in self.members.items():  # a norm without tensors: its sizes alone
+            m = modules[name]
+            if getattr(m, "weight", None) is None and getattr(m, "running_mean", None) is None:
+                if isinstance(m, nn.GroupNorm):
+                    m.num_groups -= removed
+                    m.num_channels -= removed
+                elif hasattr(m, "num_features"):
+                    m.num_features -= removed
 
 
 def sync_shape(m: nn.Module) -> None:
@@ -169,7 +177,9 @@ def sync_shape(m: nn.Module) -> None:
         if ref is not None:
             m.num_features = ref.shape[0]
     elif isinstance(m, nn.GroupNorm) and m.weight is not None:
-        m.num_groups = m.num_channels = m.weight.shape[0]
+        if m.num_groups == m.num_channels:  # one channel per group: a member, sliced whole
+            m.num_groups = m.weight.shape[0]
+        m.num_channels = m.weight.shape[0]
 
 
 def _plan(model: nn.Module, groups: list[ChannelGroup]) -> tuple[_Removals, list[dict], int, int]:
@@ -195,6 +205,7 @@ def _plan(model: nn.Module, groups: list[ChannelGroup]) -> tuple[_Removals, list
         for name, off in g.members:
             for attr in _PER_CHANNEL:
                 plan.add(name, attr, 0, idx + off)
+            plan.members[name] += int(idx.numel())
         for name, per, off in g.consumers:
             cols = ((idx + off)[:, None] * per + torch.arange(per)[None, :]).flatten()
             plan.add(name, "weight", 1, cols)
@@ -262,11 +273,17 @@ def check_same_outputs(reference: nn.Module, small: nn.Module, input_shape: Sequ
     reference.eval()
     small.eval()
     handles = hooks(reference, "ref") + hooks(small, "small")
+    from torch.utils._pytree import tree_leaves
+
+    def flat(out: Any) -> torch.Tensor:  # a dict or tuple of outputs (segmentation, detection)
+        return torch.cat([t.detach().float().cpu().flatten() for t in tree_leaves(out)
+                          if torch.is_tensor(t)])
+
     try:
-        ref = reference(x.to(device)).float().cpu()
+        ref = flat(reference(x.to(device)))
         entered.clear()
         try:
-            out = small(x).float().cpu()
+            out = flat(small(x))
         except Exception as exc:  # noqa: BLE001 - a broken compact network: say where
             where = entered[-1] if entered else type(small).__name__
             raise CompactionError(f"compaction broke the network at {where}: "
@@ -327,7 +344,15 @@ def save_compact(net: nn.Module, path: str | Path, **meta: Any) -> Path:
 
     path = Path(path)
     meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in meta.items()}
-    save_torch_atomic({"state_dict": net.state_dict(), "compact": True, **meta}, path)
+    sizes = {}  # norms without tensors: their sizes are not in the state_dict
+    for name, m in net.named_modules():
+        if getattr(m, "weight", None) is None and getattr(m, "running_mean", None) is None:
+            if isinstance(m, nn.GroupNorm):
+                sizes[name] = {"num_groups": m.num_groups, "num_channels": m.num_channels}
+            elif isinstance(m, CHANNEL_NORMS):
+                sizes[name] = {"num_features": m.num_features}
+    save_torch_atomic({"state_dict": net.state_dict(), "compact": True, "sizes": sizes, **meta},
+                      path)
     return path
 
 
@@ -336,6 +361,7 @@ def resize_to(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Modul
     ``state_dict`` (in place), so that ``load_state_dict`` accepts a compacted state."""
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
+        resized = False
         for attr in ("weight", "bias", "running_mean", "running_var"):
             key = prefix + attr
             p = getattr(m, attr, None)
@@ -346,7 +372,9 @@ def resize_to(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Modul
                 setattr(m, attr, nn.Parameter(new, requires_grad=p.requires_grad))
             else:
                 setattr(m, attr, new)
-        sync_shape(m)
+            resized = True
+        if resized:
+            sync_shape(m)
         if getattr(type(m), "prunable_heads", False):
             m.num_heads = m.qkv.weight.shape[0] // (3 * int(m.head_dim))
     return model
@@ -382,5 +410,8 @@ def load_compact(path: str | Path) -> nn.Module:
                               f"model nor a model_config); load its state_dict into the network "
                               f"yourself (resize_to, then load_state_dict)")
     resize_to(model, ckpt["state_dict"])
+    for name, attrs in (ckpt.get("sizes") or {}).items():
+        for attr, value in attrs.items():
+            setattr(model.get_submodule(name), attr, int(value))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()

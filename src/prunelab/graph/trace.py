@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,15 @@ from prunelab.graph.groups import (
     flat_nodes,
     numel,
 )
+
+
+#: Operators that write into their first operand (``x += y``)
+INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+def _has_channel_tensors(mod: nn.Module) -> bool:
+    return isinstance(mod, (*CONVS, nn.Linear, *CHANNEL_NORMS, nn.GroupNorm)) or bool(
+        getattr(type(mod), "prunable_heads", False))
 
 
 def _is_heads_module(module: nn.Module) -> bool:
@@ -117,12 +127,19 @@ class _Builder:
 
     def keep(self, node: fx.Node, src: Any, zero: bool | None = None) -> None:
         sp = self.space.get(src) if isinstance(src, fx.Node) else None
-        s = self.shape(node)
-        if sp is None or s is None or len(s) != sp.ndim:
+        if sp is None:
             self.unknown(node)
             return
-        self.space[node] = Space(sp.segs, sp.dim, sp.ndim, sp.per,
-                                  sp.zero if zero is None else (sp.zero and zero))
+        self.set(node, Space(sp.segs, sp.dim, sp.ndim, sp.per,
+                             sp.zero if zero is None else (sp.zero and zero)))
+
+    def set(self, node: fx.Node, sp: Space) -> None:
+        """``node``'s space, when its shape has the channels where ``sp`` says (else unknown)."""
+        s = self.shape(node)
+        if s is None or len(s) != sp.ndim or s[sp.dim] != sp.size * sp.per:
+            self.unknown(node)
+            return
+        self.space[node] = sp
 
     def union(self, a: Space, b: Space, follow: bool = False) -> bool:
         if [n for _, n in a.segs] != [n for _, n in b.segs] or a.per != b.per:
@@ -149,6 +166,21 @@ class _Builder:
 
     # -- the walk -----------------------------------------------------------------------------
     def run(self) -> list[ChannelGroup]:
+        try:
+            return self._run()
+        except GraphError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a graph this walk does not understand
+            raise GraphError(f"the channel structure of {type(self.gm).__name__} could not be "
+                             f"read ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+                             ) from None
+
+    def _run(self) -> list[ChannelGroup]:
+        calls: dict[str, int] = {}
+        for node in self.gm.graph.nodes:
+            if node.op == "call_module":
+                calls[node.target] = calls.get(node.target, 0) + 1
+        self.reused = {t for t, n in calls.items() if n > 1}
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
                 self.new(node, fixed=True)
@@ -157,9 +189,14 @@ class _Builder:
             elif node.op == "output":
                 self.fix(node.args)
             elif node.op == "call_module":
-                self.module(node, self.modules[node.target])
+                mod = self.modules[node.target]
+                if node.target in self.reused and _has_channel_tensors(mod):
+                    self.unknown(node)  # one module's rows cannot belong to two groups
+                else:
+                    self.module(node, mod)
             else:
                 self.function(node)
+                self.in_place(node)
         seen, out = set(), []
         for i in range(len(self.groups.parent)):
             r = self.groups.find(i)
@@ -242,7 +279,8 @@ class _Builder:
                 dims = dims[0]
             self.moved(node, src, lambda d: list(dims).index(d) if d in dims else None)
         elif target in ("transpose", torch.transpose):
-            a, b = int(node.args[1]), int(node.args[2])
+            a = int(node.args[1] if len(node.args) > 1 else node.kwargs["dim0"])
+            b = int(node.args[2] if len(node.args) > 2 else node.kwargs["dim1"])
             self.moved(node, src, lambda d, a=a, b=b, n=len(self.shape(src) or ()):
                        b % n if d == a % n else a % n if d == b % n else d)
         elif target in ("view", "reshape", torch.reshape):
@@ -253,6 +291,18 @@ class _Builder:
             return
         else:
             self.unknown(node)
+
+    def in_place(self, node: fx.Node) -> None:
+        """An in-place op changes its first argument: later readers of it see the result."""
+        t = node.target
+        name = t if isinstance(t, str) else getattr(t, "__name__", "")
+        in_place = (name.endswith("_") and not name.startswith("_")) or t in INPLACE_OPERATORS
+        src = node.args[0] if node.args else None
+        if in_place and isinstance(src, fx.Node):
+            if node in self.space:
+                self.space[src] = self.space[node]
+            else:
+                self.fix(src)
 
     def arithmetic(self, node: fx.Node, target: Any) -> None:
         args = [a for a in node.args[:2]]
@@ -293,11 +343,12 @@ class _Builder:
         if target in ADDS and not zero:
             for gid, _ in a.segs:
                 self.groups.get(gid).zero_safe = False
-        self.space[node] = Space(self.space[args[0]].segs, a.dim, a.ndim, a.per, zero)
+        self.set(node, Space(self.space[args[0]].segs, a.dim, a.ndim, a.per, zero))
 
     def cat(self, node: fx.Node) -> None:
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get(
+            "dim", node.kwargs.get("axis", 0))
         parts = list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
         spaces = [self.space.get(t) if isinstance(t, fx.Node) else None for t in parts]
         out = self.shape(node)
@@ -307,13 +358,13 @@ class _Builder:
         dim = int(dim) % len(out)
         if all(s.dim == dim and s.per == 1 and s.ndim == len(out) for s in spaces):
             segs = tuple(seg for s in spaces for seg in s.segs)
-            self.space[node] = Space(segs, dim, len(out), 1, all(s.zero for s in spaces))
+            self.set(node, Space(segs, dim, len(out), 1, all(s.zero for s in spaces)))
             return
         first = spaces[0]
         if all(s.dim == first.dim != dim for s in spaces) and all(
                 self.union(first, s) for s in spaces[1:]):
-            self.space[node] = Space(first.segs, first.dim, first.ndim, first.per,
-                                      all(s.zero for s in spaces))
+            self.set(node, Space(first.segs, first.dim, first.ndim, first.per,
+                                      all(s.zero for s in spaces)))
             return
         self.unknown(node)
 
@@ -326,17 +377,18 @@ class _Builder:
         start, end = start % len(s_in), end % len(s_in)
         if start > sp.dim or end < sp.dim:  # the channel dimension is not flattened
             dim = sp.dim if sp.dim < start else sp.dim - (end - start)
-            self.space[node] = Space(sp.segs, dim, len(s_out), sp.per, sp.zero)
+            self.set(node, Space(sp.segs, dim, len(s_out), sp.per, sp.zero))
         elif start == sp.dim:  # channels outermost: each keeps its block of features
             per = sp.per * numel(s_in[sp.dim + 1:end + 1])
-            self.space[node] = Space(sp.segs, start, len(s_out), per, sp.zero)
+            self.set(node, Space(sp.segs, start, len(s_out), per, sp.zero))
         else:
             self.unknown(node)
 
     def reduce(self, node: fx.Node, src: Any) -> None:
         sp = self.space.get(src) if isinstance(src, fx.Node) else None
         s_in, s_out = self.shape(src), self.shape(node)
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get(
+            "dim", node.kwargs.get("axis"))
         if sp is None or s_in is None or s_out is None or dims is None:
             self.unknown(node)
             return
@@ -345,7 +397,7 @@ class _Builder:
             self.unknown(node)
             return
         shift = 0 if len(s_out) == len(s_in) else sum(1 for d in dims if d < sp.dim)
-        self.space[node] = Space(sp.segs, sp.dim - shift, len(s_out), sp.per, sp.zero)
+        self.set(node, Space(sp.segs, sp.dim - shift, len(s_out), sp.per, sp.zero))
 
     def moved(self, node: fx.Node, src: Any, where) -> None:
         sp = self.space.get(src) if isinstance(src, fx.Node) else None
@@ -356,7 +408,7 @@ class _Builder:
         if new is None:
             self.unknown(node)
             return
-        self.space[node] = Space(sp.segs, int(new), sp.ndim, 1, sp.zero)
+        self.set(node, Space(sp.segs, int(new), sp.ndim, 1, sp.zero))
 
     def reshape(self, node: fx.Node, src: Any) -> None:
         sp = self.space.get(src) if isinstance(src, fx.Node) else None
@@ -368,9 +420,9 @@ class _Builder:
         if tuple(s_out[:d + 1]) == tuple(s_in[:d + 1]):
             if len(s_out) == d + 1:  # the dims after the channel flattened into it
                 per = sp.per * numel(s_in[d + 1:])
-                self.space[node] = Space(sp.segs, d, len(s_out), per, sp.zero)
+                self.set(node, Space(sp.segs, d, len(s_out), per, sp.zero))
             elif sp.per == 1:
-                self.space[node] = Space(sp.segs, d, len(s_out), 1, sp.zero)
+                self.set(node, Space(sp.segs, d, len(s_out), 1, sp.zero))
             else:
                 self.unknown(node)
             return

@@ -98,6 +98,11 @@ class ChannelLayout:
     def _add_group(self, g: ChannelGroup, params: Mapping[str, nn.Parameter],
                    named: dict[str, nn.Parameter], modules: dict[str, nn.Module]) -> None:
         idx = torch.arange(g.size)
+        if not g.heads and (not g.zero_safe or any(
+                getattr(modules[m], "running_mean", None) is not None
+                and getattr(modules[m], "weight", None) is None for m, _ in g.members)):
+            return  # masks cannot zero these channels (a sigmoid on the way, a BatchNorm
+            # without affine parameters): compaction could not remove what they prune
         if g.heads:
             rows = {}
             for name in g.heads:

@@ -66,7 +66,7 @@ class LatencyModel:
         for gi, keep in keeps.items():
             drop = ~keep
             g = self.groups[gi]
-            for name in g.producers:
+            for name in g.producers + g.followers:
                 mods[name].weight[drop] = 0
                 if mods[name].bias is not None:
                     mods[name].bias[drop] = 0
