@@ -49,6 +49,19 @@ CATS = {torch.cat, torch.concat}
 REDUCTIONS = {"mean", "sum", "amax", torch.mean, torch.sum, torch.amax}
 
 
+#: Operators that write into their first operand (``x += y``)
+INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+def has_channel_tensors(mod: nn.Module) -> bool:
+    return isinstance(mod, (*CONVS, nn.Linear, *CHANNEL_NORMS, nn.GroupNorm)) or bool(
+        getattr(type(mod), "prunable_heads", False))
+
+
+def is_heads_module(module: nn.Module) -> bool:
+    return bool(getattr(type(module), "prunable_heads", False))
+
+
 class GraphError(UserError):
     """A network whose channel structure cannot be traced (one-line message)."""
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ from prunelab.graph.groups import (
     CHANNEL_NORMS,
     CONVS,
     DIVS,
+    INPLACE_OPERATORS,
     KEEP_ZERO_FUNCTIONS,
     KEEP_ZERO_METHODS,
     KEEP_ZERO_MODULES,
@@ -31,28 +31,17 @@ from prunelab.graph.groups import (
     Space,
     UnionFind,
     flat_nodes,
+    has_channel_tensors,
+    is_heads_module,
     numel,
 )
-
-
-#: Operators that write into their first operand (``x += y``)
-INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
-
-
-def _has_channel_tensors(mod: nn.Module) -> bool:
-    return isinstance(mod, (*CONVS, nn.Linear, *CHANNEL_NORMS, nn.GroupNorm)) or bool(
-        getattr(type(mod), "prunable_heads", False))
-
-
-def _is_heads_module(module: nn.Module) -> bool:
-    return bool(getattr(type(module), "prunable_heads", False))
 
 
 class _Tracer(fx.Tracer):
     """torch.fx's tracer with attention modules that declare their heads kept as leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return _is_heads_module(m) or super().is_leaf_module(m, module_qualified_name)
+        return is_heads_module(m) or super().is_leaf_module(m, module_qualified_name)
 
 
 def trace(model: nn.Module, input_shape: Sequence[int]) -> fx.GraphModule:
@@ -190,7 +179,7 @@ class _Builder:
                 self.fix(node.args)
             elif node.op == "call_module":
                 mod = self.modules[node.target]
-                if node.target in self.reused and _has_channel_tensors(mod):
+                if node.target in self.reused and has_channel_tensors(mod):
                     self.unknown(node)  # one module's rows cannot belong to two groups
                 else:
                     self.module(node, mod)
@@ -209,7 +198,7 @@ class _Builder:
         src = node.args[0] if node.args else None
         sp = self.space.get(src) if isinstance(src, fx.Node) else None
         name = node.target
-        if _is_heads_module(mod):
+        if is_heads_module(mod):
             self.consume(f"{name}.qkv", src, sp is not None and sp.dim == sp.ndim - 1)
             self.fix(node.args[1:])
             gid = self.new(node, dim=-1)
