@@ -153,6 +153,20 @@ def test_group_coverage_live_against_dependency_graph():
         assert ours >= theirs, (name, ours, theirs)
 
 
+def test_a_clamp_that_moves_zero_keeps_the_channels():
+    net = nn.Sequential(nn.Linear(4, 6), nn.Hardtanh(0.5, 1.0), nn.Linear(6, 3)).eval()
+    with torch.no_grad():
+        net[0].weight[:3] = 0
+        net[0].bias[:3] = 0
+    small, report = compact(net, (4,))
+    assert small[0].out_features == 6  # hardtanh(0) = 0.5 here: the channels carry a value
+    relu6 = nn.Sequential(nn.Linear(4, 6), nn.ReLU6(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():
+        relu6[0].weight[:3] = 0
+        relu6[0].bias[:3] = 0
+    assert compact(relu6, (4,))[0][0].out_features == 3
+
+
 def test_a_broken_compaction_names_the_layer():
     """compact() checks its output: a group structure that is wrong (here: a group told it may
     drop channels that a sigmoid turns into 0.5) raises a CompactionError naming the layer."""

@@ -53,6 +53,11 @@ REDUCTIONS = {"mean", "sum", "amax", torch.mean, torch.sum, torch.amax}
 INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 
 
+def keeps_zero(mod: nn.Module) -> bool:
+    """Whether one of KEEP_ZERO_MODULES maps 0 to 0 (a clamp only with 0 in its range)."""
+    return not isinstance(mod, nn.Hardtanh) or mod.min_val <= 0 <= mod.max_val
+
+
 def has_channel_tensors(mod: nn.Module) -> bool:
     return isinstance(mod, (*CONVS, nn.Linear, *CHANNEL_NORMS, nn.GroupNorm)) or bool(
         getattr(type(mod), "prunable_heads", False))

@@ -33,6 +33,7 @@ from prunelab.graph.groups import (
     flat_nodes,
     has_channel_tensors,
     is_heads_module,
+    keeps_zero,
     numel,
 )
 
@@ -142,10 +143,8 @@ class _Builder:
 
     def consume(self, name: str, src: Any, dim_ok: bool) -> None:
         sp = self.space.get(src) if isinstance(src, fx.Node) else None
-        if sp is None:
-            return
-        if not dim_ok:
-            self.fix(src)
+        if sp is None or not dim_ok:
+            self.fix(src)  # (nothing to fix without a space)
             return
         for gid, off in sp.offsets():
             g = self.groups.get(gid)
@@ -233,7 +232,7 @@ class _Builder:
             else:
                 self.unknown(node)
         elif isinstance(mod, KEEP_ZERO_MODULES):
-            self.keep(node, src)
+            self.keep(node, src, zero=keeps_zero(mod))
         elif isinstance(mod, NONZERO_MODULES):
             self.keep(node, src, zero=False)
         elif isinstance(mod, nn.Flatten):
