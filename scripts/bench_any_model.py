@@ -39,21 +39,13 @@ from torch import nn
 from prunelab.compress.compact import compact
 from prunelab.metrics.macs import count_macs
 from prunelab.metrics.timing import time_alternating
-from prunelab.pruning.masks import MaskSet
-from prunelab.pruning.methods.channels import ChannelLayout, fraction_keeps, unit_masks
-from prunelab.pruning.params import prunable_parameters
+from prunelab.pruning.methods.channels import prune_fraction
 
 
 def prunelab_prune(net: nn.Module, shape: tuple[int, ...], ratio: float) -> nn.Module:
     net = copy.deepcopy(net).eval()
     net.input_shape = shape
-    params = prunable_parameters(net)
-    layout = ChannelLayout.of(net, params)
-    masks = MaskSet(params, layout.coupled)
-    old = masks.as_dict()
-    keeps = fraction_keeps(layout, params, old, ratio)
-    masks.update(unit_masks(layout, keeps, old))
-    masks.apply_()
+    prune_fraction(net, ratio)
     return compact(net, shape)[0].eval()
 
 

@@ -16,9 +16,7 @@ from prunelab.compress.compact import (
 )
 from prunelab.graph import channel_groups
 from prunelab.metrics.macs import count_macs
-from prunelab.pruning.methods.channels import ChannelLayout, fraction_keeps, unit_masks
-from prunelab.pruning.masks import MaskSet
-from prunelab.pruning.params import prunable_parameters
+from prunelab.pruning.methods.channels import prune_fraction
 
 # the issue's matrix (about 1 s a model); vgg11_bn (128M parameters, a 0.5 GB save) in -m slow
 FAST = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
@@ -52,14 +50,7 @@ def build(name):
 
 def prune_channels(net, fraction=0.3):
     """Masks removing ``fraction`` of every prunable unit's channels (lowest L1 norm), applied."""
-    params = prunable_parameters(net)
-    layout = ChannelLayout.of(net, params)
-    masks = MaskSet(params, layout.coupled)
-    old = masks.as_dict()
-    keeps = fraction_keeps(layout, params, old, fraction)
-    masks.update(unit_masks(layout, keeps, old))
-    masks.apply_()
-    return layout, masks
+    return prune_fraction(net, fraction)
 
 
 def check_model(name, tmp_path, report_macs=False):

@@ -83,9 +83,8 @@ def dead_channels(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
             v_zero = (mod.qkv.weight.detach()[v_rows.flatten()].reshape(n, -1) == 0).all(1)
             if mod.qkv.bias is not None:
                 v_zero &= (mod.qkv.bias.detach()[v_rows.flatten()].reshape(n, d) == 0).all(1)
-            cols = head_columns(mod, idx).reshape(n, d)
             w = mod.proj.weight.detach()
-            p_zero = torch.stack([(w[:, c] == 0).all() for c in cols])
+            p_zero = (w[:, head_columns(mod, idx)].reshape(w.shape[0], n, d) == 0).all(2).all(0)
             dead &= (v_zero | p_zero).cpu()
         return dead
     produced = torch.zeros(n, dtype=torch.bool)

@@ -28,14 +28,13 @@ from prunelab.graph import (
     head_rows,
 )
 from prunelab.pruning.granularity import channel_keep, select_channels
-from prunelab.pruning.masks import Coupled
+from prunelab.pruning.masks import Coupled, MaskSet
 
 
 @dataclass
 class Unit:
     """Channels kept or removed together: channel ``c`` is rows ``rows[c]`` of each weight."""
 
-    label: str
     size: int
     rows: dict[str, torch.Tensor] = field(default_factory=dict)  # weight -> [size, width] rows
 
@@ -84,7 +83,7 @@ class ChannelLayout:
             if w in protected:
                 continue
             rows = torch.arange(params[w].shape[0])
-            layout.units.append(Unit(w, len(rows), {w: rows[:, None]}))
+            layout.units.append(Unit(len(rows), {w: rows[:, None]}))
             for c in coupled:
                 layout.coupled.setdefault(c, Coupled(named[c])).follow(w, rows, rows)
         return layout
@@ -92,7 +91,7 @@ class ChannelLayout:
     @classmethod
     def per_weight(cls, params: Mapping[str, torch.Tensor]) -> ChannelLayout:
         """One unit per weight, nothing coupled or protected (a method not bound to a model)."""
-        return cls(units=[Unit(w, p.shape[0], {w: torch.arange(p.shape[0])[:, None]})
+        return cls(units=[Unit(p.shape[0], {w: torch.arange(p.shape[0])[:, None]})
                           for w, p in params.items()])
 
     def _add_group(self, g: ChannelGroup, params: Mapping[str, nn.Parameter],
@@ -110,12 +109,12 @@ class ChannelLayout:
                 if w not in params or w in self.protected:
                     return
                 rows[w] = torch.stack([head_rows(modules[name], idx[h:h + 1]) for h in idx])
-            unit = Unit(",".join(g.heads), g.size, rows)
+            unit = Unit(g.size, rows)
         else:
             weights = [f"{p}.weight" for p in g.producers]
             if any(w not in params or w in self.protected for w in weights):
                 return  # a producer that is not pruned keeps the channels alive
-            unit = Unit(",".join(g.producers), g.size, {w: idx[:, None] for w in weights})
+            unit = Unit(g.size, {w: idx[:, None] for w in weights})
             for name in g.followers:
                 if f"{name}.weight" in params:
                     unit.rows[f"{name}.weight"] = idx[:, None]
@@ -178,21 +177,29 @@ def unit_masks(layout: ChannelLayout, keeps: Mapping[int, torch.Tensor],
     return out
 
 
-def fraction_keeps(layout: ChannelLayout, params: Mapping[str, torch.Tensor],
-                   old_masks: Mapping[str, torch.Tensor], fraction: float) -> dict[int, torch.Tensor]:
-    """Per unit, its channels but the ``fraction`` of them with the lowest L1 norm (over all
-    the unit's rows): "remove x % of the channels of every group", as in Torch-Pruning's
-    per-group ratio (the benchmark and the compaction matrix use it)."""
+def prune_fraction(model: nn.Module, fraction: float) -> tuple[ChannelLayout, MaskSet]:
+    """``model``'s prunable weights masked (in place) without ``fraction`` of every unit's
+    channels, those of lowest L1 norm over all the unit's rows: "remove x % of the channels of
+    every group", as Torch-Pruning's per-group ratio does (the benchmark and the compaction
+    matrix use it). Returns the layout and the applied masks."""
+    from prunelab.pruning.params import prunable_parameters
+
+    params = prunable_parameters(model)
+    layout = ChannelLayout.of(model, params)
+    masks = MaskSet(params, layout.coupled)
+    old = masks.as_dict()
     keeps = {}
     for i, unit in enumerate(layout.units):
         score = torch.zeros(unit.size)
         for w, rows in unit.rows.items():
             norms = params[w].detach().abs().reshape(params[w].shape[0], -1).sum(1).cpu()
             score += norms[rows].sum(1)
-        keep = unit_keep(unit, old_masks).cpu().clone()
+        keep = unit_keep(unit, old).cpu().clone()
         keep[torch.argsort(score)[:int(fraction * unit.size)]] = False
         keeps[i] = keep
-    return keeps
+    masks.update(unit_masks(layout, keeps, old))
+    masks.apply_()
+    return layout, masks
 
 
 def select_structured(params: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
