@@ -18,8 +18,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from prunelab.config import (as_user_error, check_manual_optimization, choice, target_name,
-                             validate_sparsity)
+from prunelab.config import (as_user_error, check_manual_optimization, choice,
+                             set_on_command_line, target_name, validate_sparsity)
 from prunelab.errors import ConfigError, UserError, one_line
 from prunelab.hardware import check_hardware, speedup_warnings, two_four_warnings
 
@@ -250,6 +250,28 @@ def resolve_steps_per_batch(cfg: DictConfig, net: Any, input_shape: tuple[int, .
     return AUTO_STEPS_PER_BATCH if small else 1
 
 
+def trained_weights(cfg: DictConfig) -> bool:
+    """Whether the run starts from trained weights (``init_from`` or ``model.weights``)."""
+    from prunelab.pretrained import init_value
+
+    return init_value(cfg) is not None or bool((cfg.model or {}).get("weights"))
+
+
+def check_dynamic(method: Any, cfg: DictConfig) -> None:
+    """A method whose masks move at constant sparsity (SET, RigL) is sparse from step 0: a
+    pruning schedule on the command line, or no training (``epochs=0``), is refused."""
+    if not method.dynamic:
+        return
+    given = set_on_command_line("schedule")
+    if given is not None:
+        raise ConfigError(f"{given}: pruner={method.name} is sparse from step 0 (its masks move "
+                          f"at the final sparsity); it takes no pruning schedule: remove "
+                          f"{given} from the command line")
+    if int(cfg.epochs) == 0:
+        raise ConfigError(f"epochs=0 with pruner={method.name}: its masks move during training; "
+                          f"with no training it is a random mask; allowed: epochs >= 1")
+
+
 def check_logger(cfg: DictConfig) -> None:
     if "MLFlow" in str((cfg.get("logger") or {}).get("_target_", "")):
         import importlib.util
@@ -287,7 +309,7 @@ def assemble(cfg: DictConfig, sparsity: float | None = None) -> RunParts:
     ``init_from`` is loaded into the network first (:mod:`prunelab.pretrained`); ``epochs=0``
     prunes once at epoch 0 (:mod:`prunelab.posttrain`)."""
     from prunelab.posttrain import at_epoch_zero
-    from prunelab.pretrained import init_value, load_init
+    from prunelab.pretrained import load_init
     from prunelab.pruning import PruningCallback, build_method
 
     if sparsity is None:
@@ -296,17 +318,25 @@ def assemble(cfg: DictConfig, sparsity: float | None = None) -> RunParts:
     try:
         warns = load_init(net, cfg)  # init_from: trained weights, before the masks bind
         method = build_method(cfg.pruner)
+        check_dynamic(method, cfg)
         schedule = run_schedule = instantiate(cfg.schedule)
         if int(cfg.epochs) == 0:  # post-training pruning: every event at once, at epoch 0
-            trained = init_value(cfg) is not None or bool((cfg.model or {}).get("weights"))
+            trained = trained_weights(cfg)
             run_schedule, notes = at_epoch_zero(schedule, sparsity, method, pretrained=trained)
             warns += notes
             check_single_device(cfg)
+        if "pretrained" in method.needs and not trained_weights(cfg):
+            raise ConfigError(f"pruner={method.name} prunes by how trained weights move during "
+                              f"fine-tuning: give init_from=<run dir|.ckpt|.pt> (or model.weights "
+                              f"for a torchvision/timm model)")
         callback = PruningCallback(method, run_schedule, sparsity)
         callback.bind(net)
+        if hasattr(method, "input_shape"):  # a data-free method scores an input of this shape
+            method.input_shape = tuple(datamodule.input_shape)
         method.check_run(net, run_schedule, sparsity)
         if callback.events and not method.at_init and int(cfg.epochs) > 0:
             schedule.validate(int(cfg.trainer.get("max_epochs") or cfg.epochs), sparsity)
+            callback.rewinder.check(callback.events)
         check_logger(cfg)
         check_devices(cfg)
         check_steps_per_batch(cfg, int(getattr(datamodule, "steps_per_batch", 1)))

@@ -1,30 +1,24 @@
 """Structured configs (Hydra ConfigStore) and OmegaConf resolvers.
 
-The pruner and schedule groups are typed: every ``conf/pruner/<name>.yaml`` extends its method's
-schema ``schema/pruner/<name>`` and every ``conf/schedule/*.yaml`` one of the
-``schema/schedule/base_*`` schemas, so a misspelt key (``pruner.scpoe=global``), a key of another
-method (``pruner.n=2`` on magnitude) or a wrong type fails at compose time, before anything runs.
+The pruner and schedule schemas live in :mod:`prunelab.schemas`; this module stores them and the
+lottery/measure/export schemas (``register_configs``), so a misspelt key
+(``pruner.scpoe=global``), a key of another method (``pruner.n=2`` on magnitude) or a wrong type
+fails at compose time, before anything runs.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-Scope = Enum("Scope", {"layer": "layer", "global": "global"})
-Steps = Enum("Steps", {"geometric": "geometric", "linear": "linear"})
-#: what a score-then-select method removes: elements or whole output channels
-Granularity = Enum("Granularity", {g: g for g in ("unstructured", "structured")})
+from prunelab.schemas import (PRUNER_SCHEMAS, GradualConf, IterativeConf,  # noqa: F401
+                              OneShotConf, Scope, Steps)
 
-
-# -- pruning methods: one schema per family; each conf/pruner/<name>.yaml extends
-# -- schema/pruner/<name> and names its class in _target_ ---------------------------------------
 
 def validate_sparsity(value: Any) -> float:
     """The run's ``sparsity``: a number in [0, 1) (checked here only; the callback and the
@@ -38,96 +32,6 @@ def validate_sparsity(value: Any) -> float:
     if not 0.0 <= float(value) < 1.0:
         raise ConfigError(f"sparsity={value} is outside the allowed range [0, 1)")
     return float(value)
-
-
-@dataclass
-class MethodConf:
-    """Keys of every method (``schema/pruner/base``)."""
-
-    _target_: str = MISSING
-    include: Optional[list[str]] = None  # parameter-name globs; null = Linear/Conv weights
-    exclude: list[str] = field(default_factory=list)
-    default_sparsity: float = 0.5  # the run's `sparsity` when the command sets none (not a
-    # constructor argument: build_method drops it)
-
-
-@dataclass
-class DenseConf(MethodConf):
-    default_sparsity: float = 0.0
-
-
-@dataclass
-class ScoreThenSelectConf(MethodConf):
-    """``schema/pruner/score_then_select``: a score, then the shared selection."""
-
-    scope: Scope = Scope["layer"]
-    granularity: Granularity = Granularity["unstructured"]
-    seed: int = "${seed}"  # type: ignore[assignment]  # interpolation, resolved to an int
-
-
-@dataclass
-class MagnitudeConf(ScoreThenSelectConf):
-    norm: int = 1  # structured: rank channels by the L1 (1) or L2 (2) norm of their weights
-
-
-@dataclass
-class GradientConf(ScoreThenSelectConf):
-    score_batches: int = 10  # batches for gradient scores gathered outside training
-
-
-@dataclass
-class NMConf(MethodConf):
-    n: int = 2  # keep n ...
-    m: int = 4  # ... of every m consecutive input weights
-    skip_incompatible: bool = False  # skip layers whose input dim is not a multiple of m
-    default_sparsity: float = "${nm_sparsity:${.n},${.m}}"  # type: ignore[assignment]
-
-
-@dataclass
-class SensitivityConf(MethodConf):
-    profile: Optional[str] = None  # sensitivity profile YAML (required)
-    default_sparsity: float = "${profile_sparsity:${.profile}}"  # type: ignore[assignment]
-
-
-@dataclass
-class LatencyAwareConf(MethodConf):
-    latency_budget_ms: Optional[float] = None  # the compacted model's latency budget
-    latency_batch_size: int = 1  # ... measured at this batch size
-    latency_threads: Optional[int] = None  # ... with this many threads
-
-
-#: ``schema/pruner/<name>`` -> its schema: the built-in methods, and the two bases a method of
-#: one's own extends (``base``: any method; ``score_then_select``: scope, granularity, seed).
-PRUNER_SCHEMAS = {
-    "base": MethodConf, "score_then_select": ScoreThenSelectConf, "none": DenseConf,
-    "magnitude": MagnitudeConf, "global_magnitude": MagnitudeConf, "structured": MagnitudeConf,
-    "random": ScoreThenSelectConf, "taylor": GradientConf, "snip": GradientConf, "nm": NMConf,
-    "sensitivity": SensitivityConf, "latency_aware": LatencyAwareConf,
-}
-
-
-@dataclass
-class OneShotConf:
-    _target_: str = "prunelab.pruning.OneShot"
-    at_epoch: int = "${epochs_frac:0.5}"  # type: ignore[assignment]
-
-
-@dataclass
-class IterativeConf:
-    _target_: str = "prunelab.pruning.Iterative"
-    start_epoch: int = "${epochs_frac:0.1}"  # type: ignore[assignment]
-    end_epoch: int = "${epochs_frac:0.7}"  # type: ignore[assignment]
-    rounds: int = 3
-    steps: Steps = Steps["geometric"]
-
-
-@dataclass
-class GradualConf:
-    _target_: str = "prunelab.pruning.Gradual"
-    start_epoch: int = "${epochs_frac:0.1}"  # type: ignore[assignment]
-    end_epoch: int = "${epochs_frac:0.6}"  # type: ignore[assignment]
-    frequency: int = 1
-    initial_sparsity: float = 0.0
 
 
 def _epochs_frac(frac: Any, *, _root_) -> int:
@@ -374,6 +278,22 @@ def choice(group: str, default: str) -> str:
         return str(HydraConfig.get().runtime.choices.get(group) or default)
     except ValueError:  # not running under Hydra
         return default
+
+
+def set_on_command_line(group: str) -> str | None:
+    """The command-line override that sets ``group`` or one of its keys in this run (e.g.
+    ``schedule=iterative``, ``schedule.rounds=5``), or None (also outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        task = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not running under Hydra
+        return None
+    for override in task:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key == group or key.startswith(f"{group}."):
+            return override
+    return None
 
 
 def target_name(node: Any) -> str:

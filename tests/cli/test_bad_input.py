@@ -16,8 +16,9 @@ CASES = {
     "sparsity_negative": (["sparsity=-0.1"], "sparsity=-0.1 is outside the allowed range [0, 1)"),
     "sparsity_nan": (["sparsity=abc"], "sparsity='abc' is not a number; allowed: a number in [0, 1)"),
     "unknown_pruner": (["pruner=magnitud"],
-                       "unknown pruner='magnitud'; known: global_magnitude, latency_aware, magnitude, nm, none, "
-                       "random, sensitivity, snip, structured, taylor"),
+                       "unknown pruner='magnitud'; known: global_magnitude, grasp, lamp, latency_aware, "
+                       "magnitude, movement, nm, none, random, rigl, sensitivity, set, snip, structured, "
+                       "synflow, taylor"),
     "unknown_model": (["model=resnet21"], "unknown model='resnet21'; known: conv2, conv4, conv6"),
     "unknown_data": (["data=imagenet"], "unknown data='imagenet'; known: cifar10, cifar100"),
     "unknown_schedule": (["schedule=cubic"], "unknown schedule='cubic'; known: gradual, iterative, "
@@ -72,6 +73,27 @@ CASES = {
     "trainer_epochs_cut_schedule": (["schedule=oneshot", "schedule.at_epoch=3",
                                      "trainer.max_epochs=2"], "prunes at epoch 3 but the run has "
                                                               "epochs=2"),
+    "rigl_with_a_schedule": (["pruner=rigl", "schedule=iterative"],
+                             "schedule=iterative: pruner=rigl is sparse from step 0 (its masks "
+                             "move at the final sparsity); it takes no pruning schedule"),
+    "set_schedule_key": (["pruner=set", "schedule.start_epoch=0"],
+                         "schedule.start_epoch=0: pruner=set is sparse from step 0"),
+    "rigl_without_training": (["pruner=rigl", "epochs=0"],
+                              "epochs=0 with pruner=rigl: its masks move during training"),
+    "rigl_delta_t": (["pruner=rigl", "pruner.delta_t=0"],
+                     "pruner.delta_t=0 must be an integer > 0"),
+    "set_drop_fraction": (["pruner=set", "pruner.drop_fraction=1"],
+                          "pruner.drop_fraction=1.0 must be in (0, 1)"),
+    "movement_without_trained_weights": (["pruner=movement"],
+                                         "pruner=movement prunes by how trained weights move "
+                                         "during fine-tuning: give init_from=<run dir|.ckpt|.pt>"),
+    "rewind_epoch_after_first_round": (["schedule=iterative", "schedule.rewind=weights",
+                                        "schedule.rewind_epoch=5"],
+                                       "schedule.rewind_epoch=5 must be before the first pruning "
+                                       "round (epoch 1)"),
+    "erk_structured": (["pruner=structured", "pruner.distribution=erk"],
+                       "pruner.distribution=erk sets each weight tensor's sparsity, which needs "
+                       "pruner.granularity=unstructured (this is structured)"),
 }
 
 #: A sweep job's directory name: Hydra's override syntax (= and ,) inside a path value.

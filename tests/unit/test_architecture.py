@@ -11,7 +11,7 @@ COMMANDS = {"prunelab.train", "prunelab.lottery", "prunelab.sensitivity", "prune
             "prunelab.export", "prunelab.report"}
 #: The layers of ARCHITECTURE.md, lowest first: a module imports only its own layer and those below.
 LAYERS = (
-    ("errors", "files", "seeds", "losses", "config", "graph", "metrics", "data", "models",
+    ("errors", "files", "seeds", "losses", "schemas", "config", "graph", "metrics", "data", "models",
      "formatting", "datasets", "conf"),
     ("pruning", "compress", "module", "robust", "plots", "runs"),
     ("assemble", "tickets", "deploy", "analysis", "results", "hardware", "distill", "pretrained",

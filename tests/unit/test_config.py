@@ -74,7 +74,8 @@ def test_every_pruner_file_builds_its_class(name, tmp_path):
     method = build_method(cfg.pruner)
     assert type(method) is _class_of(target) and isinstance(method, PruningMethod)
     assert method.name == name and method.describe()["pruner"] == name
-    assert method.needs <= {"gradients", "calibration", "latency", "profile"}
+    assert method.needs <= {"gradients", "calibration", "latency", "profile", "network",
+                            "pretrained"}
     method.check_sparsity(cfg.sparsity)  # each method's default sparsity is valid for it
 
 
@@ -176,8 +177,9 @@ def test_schedule_epochs_follow_run_length():
 
 def test_check_overrides_lists_known_names():
     with pytest.raises(ConfigError, match="unknown pruner='magnitud'; known: global_magnitude, "
-                                          "latency_aware, magnitude, nm, none, random, sensitivity, snip, "
-                                          "structured, taylor"):
+                                          "grasp, lamp, latency_aware, magnitude, movement, nm, "
+                                          "none, random, rigl, sensitivity, set, snip, "
+                                          "structured, synflow, taylor"):
         check_overrides(["pruner=magnitud"])
     with pytest.raises(ConfigError, match="unknown model='resnet21'"):
         check_overrides(["model=mlp,resnet21"])

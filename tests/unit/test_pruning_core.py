@@ -40,7 +40,7 @@ def test_random_score_is_seeded():
 
 
 def test_unknown_score_lists_known():
-    with pytest.raises(KeyError, match="known: magnitude, random"):
+    with pytest.raises(KeyError, match="known: lamp, magnitude, random"):
         get_score("magnitud")
 
 

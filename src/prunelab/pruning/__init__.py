@@ -1,6 +1,7 @@
 """Pruning: masks, scores, selection, schedules, the method classes and the Lightning callback."""
 
-from prunelab.pruning.callback import FinalSparsityCheckpoint, PruningCallback, target_network
+from prunelab.pruning.callback import PruningCallback, target_network
+from prunelab.pruning.checkpoint import FinalSparsityCheckpoint
 from prunelab.pruning.masks import MaskSet
 from prunelab.pruning.methods import (
     IMP,

@@ -11,28 +11,30 @@ weight is refused).
   against ``trainer.max_epochs``.
 - ``on_train_epoch_start``: if the schedule has an event at this epoch, recompute the masks at the
   event's cumulative target and zero the pruned weights.
-- ``on_train_batch_end``: re-apply the masks after every optimizer step (one fused multiply), so
-  momentum, weight decay or Adam's moments never regrow a pruned weight.
+- after every optimizer step (a step post-hook): re-apply the masks (one fused multiply), so
+  momentum, weight decay or Adam's moments never regrow a pruned weight; a ``dynamic`` method
+  (SET, RigL) first moves its masks when ``due``: the regrown weights start at zero and the
+  optimizer's moments of the moved weights are reset.
+- ``network`` methods (GraSP, SynFlow) score the network itself before an event
+  (``network_scores``); a data-free one never creates the loader.
 - ``state_dict``/``load_state_dict``: masks, the events already applied and the rewind snapshot
   travel in Lightning checkpoints and come back on resume.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
-from weakref import proxy
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from prunelab.config import validate_sparsity
 from prunelab.data.loader import iter_batches
 from prunelab.pruning.masks import MaskSet
-from prunelab.pruning.methods.base import PruningMethod
+from prunelab.pruning.methods.base import NetworkContext, PruningMethod
 from prunelab.pruning.params import PruningConfigError
+from prunelab.pruning.progress import total_optimizer_steps
+from prunelab.pruning.rewinding import RoundRewinder
 from prunelab.pruning.schedules import Schedule
 
 
@@ -76,6 +78,10 @@ class PruningCallback(pl.Callback):
         self._snapshot_at: int | None = None  # optimizer steps done when rewind_state was taken
         self._trainer: pl.Trainer | None = None  # set while training (the step hook needs it)
         self._fast_dev_run = False  # Lightning's smoke test: the final target at epoch 0
+        self._total_steps = 0  # optimizer steps of the whole run (dynamic methods' schedule)
+        # schedule.rewind: learning rate or weights set back after each round (iterative)
+        self.rewinder = RoundRewinder(getattr(schedule, "rewind", "none"),
+                                      getattr(schedule, "rewind_epoch", 0))
 
     # -- schedule position ----------------------------------------------------------------------
     @property
@@ -115,6 +121,7 @@ class PruningCallback(pl.Callback):
         self._fast_dev_run = bool(getattr(trainer, "fast_dev_run", False))
         if stage == "fit" and self.events and not self.pruner.at_init and not self._fast_dev_run:
             self.schedule.validate(trainer.max_epochs, self.sparsity)
+            self.rewinder.check(self.events)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.masks is not None
@@ -134,12 +141,39 @@ class PruningCallback(pl.Callback):
             raise PruningConfigError("data.steps_per_batch > 1 needs optimizers with step hooks "
                                      "(torch.optim.Optimizer subclasses); allowed otherwise: 1")
         self._counted = opts[0] if opts else None
+        if self.pruner.dynamic and len(opts) != 1:
+            raise PruningConfigError(f"pruner={self.pruner.name} moves its masks after optimizer "
+                                     f"steps: it needs exactly one torch.optim.Optimizer "
+                                     f"(this run has {len(trainer.optimizers)} optimizers)")
+        self._total_steps = total_optimizer_steps(trainer)
         self._step_hooks = [o.register_step_post_hook(self._after_optimizer_step) for o in opts]
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
-        self.masks.apply_()
         if optimizer is self._counted:  # Lightning counts this step once the hook returns
-            self._snapshot_if_due(self._trainer.global_step + 1)
+            step = self._trainer.global_step + 1
+            if (self.pruner.dynamic and self.events_done
+                    and self.pruner.due(step, self._total_steps)):
+                self._move_masks(optimizer, step)
+            self.masks.apply_()
+            self._snapshot_if_due(step)
+        else:
+            self.masks.apply_()
+
+    @torch.no_grad()
+    def _move_masks(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """A dynamic method's update: new masks at the same sparsity; the regrown weights set to
+        zero and the optimizer state of every moved weight (dropped or regrown) reset."""
+        params = self.masks.params
+        old = self.masks.as_dict()
+        new = self.pruner.update(params, old, step, self._total_steps)
+        self.masks.update(new, allow_regrow=True)
+        for n, p in params.items():
+            moved = old[n] != self.masks[n]
+            grown = moved & self.masks[n]
+            p[grown] = 0.0
+            for value in optimizer.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.shape == p.shape:
+                    value[moved] = 0
 
     def _snapshot_if_due(self, steps: int, retake: bool = False) -> None:
         """Snapshot the weights once ``steps`` optimizer steps are done; ``retake``: again if
@@ -171,25 +205,32 @@ class PruningCallback(pl.Callback):
         epoch = trainer.current_epoch
         events = self.events
         target = events.get(epoch)
+        self.rewinder.snapshot(trainer, target_network(pl_module), epoch)
         if target is not None and epoch not in self.events_done:
             stats = None
-            if self.pruner.needs_gradients:
+            if "network" in self.pruner.needs:
+                stats = self._network_stats(trainer, pl_module, target)
+            elif self.pruner.needs_gradients:
                 if self._wg is None:  # nothing gathered (event at epoch 0, at_init, or a resume)
                     self._wg = self._gather_from_batches(trainer, pl_module)
                 stats = self._reduced_stats(trainer)
             self.prune_to(target, event=len(self.events_done), stats=stats)
             self.events_done.append(epoch)
+            self.rewinder.after_round(trainer, target_network(pl_module), self.masks, epoch,
+                                      events, self._total_steps // max(trainer.max_epochs, 1))
             if trainer.world_size > 1:
                 self.check_ranks(trainer)
-            self._wg = None
+            if self.pruner.accumulate == "epoch":
+                self._wg = None
         # the rewind point at an epoch boundary (or 0) comes after this epoch's pruning event
         if self._trainer is not None:
             self._snapshot_if_due(int(trainer.global_step), retake=True)
-        # gradient scores: accumulate |w * grad| during the epoch before the next event only
-        nxt = epoch + 1
-        self._accumulating = ("gradients" in self.pruner.needs and nxt in events
-                              and nxt not in self.events_done)
-        if self._accumulating:
+        # gradient scores: accumulated during the epoch before the next event only ("epoch"), or
+        # over every step from the start while events remain ("run": movement pruning)
+        later = [e for e in events if e > epoch and e not in self.events_done]
+        self._accumulating = "gradients" in self.pruner.needs and (
+            epoch + 1 in later if self.pruner.accumulate == "epoch" else bool(later))
+        if self._accumulating and (self.pruner.accumulate == "epoch" or self._wg is None):
             self._wg = {n: torch.zeros_like(p, dtype=torch.float32)
                         for n, p in self.masks.params.items()}
 
@@ -199,7 +240,54 @@ class PruningCallback(pl.Callback):
         with torch.no_grad():
             for n, p in self.masks.params.items():
                 if p.grad is not None:
-                    self._wg[n].add_((p.detach() * p.grad).abs().float())
+                    self._wg[n].add_(self.pruner.step_statistic(p.detach(), p.grad).float())
+
+    @staticmethod
+    def _batches(trainer: pl.Trainer, pl_module: pl.LightningModule):
+        """Training batches on the module's device (the loader is made at the first ``next``)."""
+        loader = (trainer.datamodule.train_dataloader() if trainer.datamodule is not None
+                  else trainer.train_dataloader)
+        for batch in iter_batches(loader):
+            yield pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+
+    @staticmethod
+    def _loss_fn(pl_module: pl.LightningModule):
+        """The module's task loss of a batch (cross-entropy of ``net(x)`` without one)."""
+        loss_fn = getattr(pl_module, "loss", None)
+        if callable(loss_fn):
+            return loss_fn
+        from prunelab.losses import classification_loss
+
+        net = target_network(pl_module)
+
+        def loss_fn(batch):
+            x, y = batch
+            return classification_loss(net(x), y)
+        return loss_fn
+
+    def _network_stats(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                       target: float) -> dict[str, dict]:
+        """A ``network`` method's scores (summed across DDP ranks), its buffers and weights
+        as they were, as ``{name: {"score": tensor}}``."""
+        net = target_network(pl_module)
+        buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
+        was_training = net.training
+        ctx = NetworkContext(net=net, params=self.masks.params, masks=self.masks.as_dict(),
+                             batches=lambda: self._batches(trainer, pl_module),
+                             loss=self._loss_fn(pl_module),
+                             input_shape=getattr(trainer.datamodule, "input_shape", None),
+                             target=target)
+        scores = self.pruner.network_scores(ctx)
+        with torch.no_grad():
+            for k, v in net.named_buffers():
+                v.copy_(buffers[k])
+        net.train(was_training)
+        out = {}
+        for n, t in scores.items():
+            if trainer.world_size > 1:
+                t = trainer.strategy.reduce(t, reduce_op="sum")
+            out[n] = {"score": t}
+        return out
 
     def _gather_from_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule
                              ) -> dict[str, torch.Tensor]:
@@ -208,24 +296,15 @@ class PruningCallback(pl.Callback):
         net = target_network(pl_module)
         params = self.masks.params
         names = list(params)
-        loader = (trainer.datamodule.train_dataloader() if trainer.datamodule is not None
-                  else trainer.train_dataloader)
         buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
         was_training = net.training
         net.train()
         acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
-        loss_fn = getattr(pl_module, "loss", None)
-        if not callable(loss_fn):
-            from prunelab.losses import classification_loss
-
-            def loss_fn(batch):
-                x, y = batch
-                return classification_loss(net(x), y)
+        loss_fn = self._loss_fn(pl_module)
         seen = 0
-        for batch in iter_batches(loader):
+        for batch in self._batches(trainer, pl_module):
             if seen >= self.pruner.score_batches:
                 break
-            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
             loss = loss_fn(batch)
             grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
             with torch.no_grad():
@@ -308,6 +387,8 @@ class PruningCallback(pl.Callback):
             "rewind_state": self.rewind_state,
             "wg": None if self._wg is None else {k: v.detach().cpu() for k, v in self._wg.items()},
             "accumulating": self._accumulating,
+            "method": self.pruner.state_dict(),
+            "rewinder": self.rewinder.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -326,77 +407,5 @@ class PruningCallback(pl.Callback):
             params = self.masks.params
             self._wg = {k: v.to(params[k].device) for k, v in wg.items()}
         self._accumulating = bool(state.get("accumulating", False))
-
-
-class FinalSparsityCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose top-k ("best") only considers epochs at the final sparsity, and
-    whose ``last.ckpt`` (``save_last=True``) is written at the end of every epoch from the first.
-
-    A dense epoch before pruning would otherwise win "best" on validation accuracy. Lightning
-    writes ``last`` only beside a top-k save, so a run killed before its final sparsity had no
-    checkpoint to resume from, and later ``last`` could be epochs old.
-    """
-
-    def __init__(self, *args: Any, started: float | None = None, **kwargs: Any) -> None:
-        # saved after every epoch-end hook (the LR scheduler's step, the pruning logs): a resume
-        # from the end of epoch e starts epoch e + 1 exactly as an uninterrupted run does (a
-        # save at validation end made Lightning re-run the whole epoch)
-        kwargs.setdefault("save_on_train_epoch_end", True)
-        super().__init__(*args, **kwargs)
-        self._started = time.perf_counter() if started is None else started
-        self.elapsed_before = 0.0  # wall time of the attempts before a resume (checkpointed)
-        self._fit_started = False
-
-    def elapsed(self) -> float:
-        """Wall time of the run so far, across resumes (seconds)."""
-        return self.elapsed_before + time.perf_counter() - self._started
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "elapsed_s": self.elapsed()}
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_fit_start(trainer, pl_module)
-        self._fit_started = True
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        # a resume (restored before fit starts) continues the earlier attempts' clock; a restore
-        # after it (trainer.test loading the best checkpoint) is of this attempt's own time
-        if not self._fit_started:
-            self.elapsed_before = float(state_dict.get("elapsed_s", 0.0))
-
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        """Written to a temporary file and renamed: a kill or a full disk during the save
-        leaves the previous checkpoint whole, never a truncated one."""
-        tmp = f"{filepath}.tmp"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(tmp, filepath)
-        trainer.strategy.barrier("prunelab_checkpoint_rename")
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.after_save_checkpoint(proxy(self))
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        self._save_last_every_epoch(trainer, at_train_epoch_end=False)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        self._save_last_every_epoch(trainer, at_train_epoch_end=True)
-
-    def _save_last_every_epoch(self, trainer: pl.Trainer, at_train_epoch_end: bool) -> None:
-        """``last`` now, in the hook Lightning saves in, unless this step was saved already."""
-        if (not self.save_last
-                or self._should_save_on_train_epoch_end(trainer) != at_train_epoch_end
-                or self._should_skip_saving_checkpoint(trainer)):
-            return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
-        flag = monitor_candidates.get("prune/at_target")
-        if flag is not None and float(flag) < 0.5:
-            return
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        self.pruner.load_state_dict(state.get("method") or {})
+        self.rewinder.load_state_dict(state.get("rewinder"))

@@ -64,13 +64,22 @@ class Iterative(Schedule):
     """``rounds`` prune rounds spread evenly from ``start_epoch`` to ``end_epoch``, fine-tuning in
     between. ``steps=geometric`` (default) removes the same *fraction of the remaining* weights each
     round (target_i = 1 - (1 - s)^(i/n), as in iterative magnitude pruning, Han et al. 2015);
-    ``steps=linear`` adds the same fraction of all weights each round (target_i = s * i / n)."""
+    ``steps=linear`` adds the same fraction of all weights each round (target_i = s * i / n).
+    ``rewind``: ``none`` (fine-tune on), ``lr`` or ``weights`` after each round (Renda et al.
+    2020; :mod:`prunelab.pruning.rewinding`), weights to epoch ``rewind_epoch``."""
 
     name = "iterative"
     STEPS = ("geometric", "linear")
 
     def __init__(self, start_epoch: int = 1, end_epoch: int = 5, rounds: int = 3,
-                 steps: str = "geometric"):
+                 steps: str = "geometric", rewind: str = "none", rewind_epoch: int = 0):
+        from prunelab.pruning.rewinding import REWINDS
+
+        rewind = getattr(rewind, "value", rewind)
+        if rewind not in REWINDS:
+            raise ScheduleError(f"schedule.rewind={rewind!r} is not one of {', '.join(REWINDS)}")
+        self.rewind = rewind  # after each round (prunelab.pruning.rewinding)
+        self.rewind_epoch = _check_int("schedule.rewind_epoch", rewind_epoch)
         self.start_epoch = _check_int("schedule.start_epoch", start_epoch)
         self.end_epoch = _check_int("schedule.end_epoch", end_epoch)
         self.rounds = _check_int("schedule.rounds", rounds, 1)

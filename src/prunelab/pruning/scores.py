@@ -75,3 +75,20 @@ def accumulated_wg(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
 
 register_score("taylor")(accumulated_wg)
 register_score("snip")(accumulated_wg)
+
+
+@register_score("lamp")
+def lamp(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
+    """Layer-adaptive magnitude-based pruning score (Lee et al. 2021, LAMP): with a tensor's
+    weights sorted by magnitude (ascending, ties by position), weight u scores
+    ``w_u^2 / sum_{v >= u} w_v^2``, its squared magnitude over the sum of the squares of itself
+    and every larger weight. The largest weight of each tensor scores 1, so one global threshold
+    never empties a layer; already pruned (zero) weights score 0."""
+    w2 = param.detach().float().reshape(-1) ** 2
+    order = torch.sort(w2, stable=True).indices
+    sorted_w2 = w2[order]
+    suffix = torch.flip(torch.cumsum(torch.flip(sorted_w2, [0]), 0), [0])
+    out = torch.empty_like(w2)
+    out[order] = sorted_w2 / suffix.clamp_min(torch.finfo(torch.float32).tiny)
+    return out.view_as(param)
+

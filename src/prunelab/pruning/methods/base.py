@@ -6,9 +6,15 @@ A method is one class with its own constructor arguments (its config schema), a 
 - ``needs``: what the method needs besides the weights: ``gradients`` (|w * dL/dw| gathered
   during the training epoch before each pruning event), ``calibration`` (a pass over training
   batches outside training, e.g. at initialization), ``latency`` (a latency table measured on
-  this machine), ``profile`` (a sensitivity profile file).
+  this machine), ``profile`` (a sensitivity profile file), ``network`` (scores computed from
+  the network as a function, :meth:`PruningMethod.network_scores`: GraSP's Hessian-gradient
+  product, SynFlow's data-free synaptic flow), ``pretrained`` (trained weights to start from:
+  ``init_from`` or a library model's ``model.weights``; movement pruning).
 - ``may_regrow``: whether its masks may gain kept elements; otherwise the callback refuses a
   mask that revives a pruned weight.
+- ``dynamic``: masks move during training at constant sparsity: the callback calls
+  ``update(params, masks, step, total)`` after every optimizer step ``due(step, total)`` says
+  (:mod:`prunelab.pruning.methods.dynamic`).
 - ``is_dense`` (prunes nothing), ``at_init`` (prunes once, before training, to the final target),
   ``granularity`` and ``scope`` (what results.json reports).
 
@@ -17,13 +23,15 @@ A method is built from its config by :func:`build_method` (``pruner._target_`` n
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from prunelab.errors import UserError
+from prunelab.pruning.distribution import DISTRIBUTIONS, layer_sparsities
 from prunelab.pruning.masks import MaskSet
 from prunelab.pruning.methods.channels import ChannelLayout, select_structured
 from prunelab.pruning.params import PruningConfigError, prunable_parameters
@@ -32,7 +40,7 @@ from prunelab.pruning.selection import SCOPES, select_masks
 from prunelab.seeds import event_seed
 
 #: What a method may declare in ``needs``.
-NEEDS = frozenset({"gradients", "calibration", "latency", "profile"})
+NEEDS = frozenset({"gradients", "calibration", "latency", "profile", "network", "pretrained"})
 #: Config keys that belong to the run, not to the method: dropped before the class is built.
 RUN_KEYS = ("default_sparsity",)
 
@@ -42,6 +50,23 @@ def mask_generator(seed: int, event: int) -> torch.Generator:
     level ``event``: seeded ``seed * 1_000_003 + event``, the formula every published random mask
     was drawn with (kept so that the same seed gives the same masks)."""
     return torch.Generator().manual_seed(event_seed(seed, event))
+
+
+@dataclass
+class NetworkContext:
+    """What :meth:`PruningMethod.network_scores` may use: the network (scores must leave its
+    weights and buffers as they were), its prunable parameters and current masks, training
+    batches on the network's device (``batches()`` makes the loader only when called: a data-free
+    method never touches the data), the task loss of a batch, and the input shape."""
+
+    net: nn.Module
+    params: Mapping[str, nn.Parameter]
+    masks: Mapping[str, torch.Tensor]
+    batches: Callable[[], Iterator[Any]]
+    loss: Callable[[Any], torch.Tensor]
+    input_shape: tuple[int, ...] | None = None
+    #: the cumulative sparsity this event prunes to (SynFlow's rounds rise towards it)
+    target: float | None = None
 
 
 def _value(x: Any) -> Any:
@@ -62,6 +87,10 @@ class PruningMethod:
     may_regrow: ClassVar[bool] = False
     is_dense: ClassVar[bool] = False
     at_init: ClassVar[bool] = False
+    dynamic: ClassVar[bool] = False
+    #: ``gradients``: accumulated over the epoch before each event (``epoch``) or over every
+    #: step from the start of training (``run``), each step adding :meth:`step_statistic`
+    accumulate: ClassVar[str] = "epoch"
     granularity: str = "unstructured"
     scope: str = "layer"
     #: batches of a calibration pass (methods that need gradients, when none were gathered)
@@ -117,6 +146,26 @@ class PruningMethod:
         index; ``stats``: per parameter, what the callback gathered, e.g. ``{"wg": tensor}``)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement compute_masks")
 
+    @staticmethod
+    def step_statistic(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """What one optimizer step adds to a ``gradients`` method's statistic: |w * dL/dw|."""
+        return (weight * grad).abs()
+
+    def network_scores(self, ctx: NetworkContext) -> dict[str, torch.Tensor]:
+        """Methods that need ``network``: every parameter's element scores (larger = keep)
+        before a pruning event, from the network itself. The callback sums them across DDP
+        ranks and hands them to :meth:`compute_masks` as ``stats[name]["score"]``."""
+        raise NotImplementedError(f"{type(self).__name__} needs 'network' but does not "
+                                  f"implement network_scores")
+
+    # -- state across a resume (in the callback's checkpoint) --------------------------------------
+    def state_dict(self) -> dict:
+        """What the method counts during a run (a dynamic method's updates), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` on resume."""
+
     # -- results ----------------------------------------------------------------------------------
     def report(self) -> dict | None:
         """The method's own result for results.json (None when it has none)."""
@@ -146,6 +195,9 @@ class ScoreThenSelect(PruningMethod):
             layer and the last channel of a layer are never pruned).
         include, exclude: which parameters (see :class:`PruningMethod`).
         seed: seeds the generator handed to stochastic scores (same seed, same masks).
+        distribution: ``None`` (the scope decides), or ``uniform`` / ``erk``: each tensor's
+            sparsity from the global target (:mod:`prunelab.pruning.distribution`;
+            unstructured only). The scope reported is then the distribution's name.
     """
 
     score: ClassVar[str | ScoreFn] = "magnitude"
@@ -156,15 +208,25 @@ class ScoreThenSelect(PruningMethod):
 
     def __init__(self, scope: str = "layer", granularity: str = "unstructured",
                  include: Sequence[str] | None = None, exclude: Sequence[str] = (),
-                 seed: int = 0):
+                 seed: int = 0, distribution: str | None = None):
         super().__init__(include, exclude)
         scope, granularity = _value(scope), _value(granularity)
+        distribution = _value(distribution)
         if scope not in SCOPES:
             raise PruningConfigError(f"pruner.scope={scope!r} is not one of {', '.join(SCOPES)}")
         if granularity not in self.granularities:
             raise PruningConfigError(f"pruner.granularity={granularity!r} is not one of "
                                      f"{', '.join(self.granularities)}")
-        self.scope = scope
+        if distribution is not None and distribution not in DISTRIBUTIONS:
+            raise PruningConfigError(f"pruner.distribution={distribution!r} is not one of "
+                                     f"{', '.join(DISTRIBUTIONS)}, null")
+        if distribution is not None and granularity != "unstructured":
+            raise PruningConfigError(
+                f"pruner.distribution={distribution} sets each weight tensor's sparsity, which "
+                f"needs pruner.granularity=unstructured (this is {granularity}); allowed with "
+                f"{granularity}: pruner.distribution=null")
+        self.scope = scope if distribution is None else distribution
+        self.distribution = distribution
         self.granularity = granularity
         self.seed = int(seed)
         self.score_fn: ScoreFn = self._score_function()
@@ -216,6 +278,10 @@ class ScoreThenSelect(PruningMethod):
             layout = self._layout or ChannelLayout.per_weight(params)
             return select_structured(params, scores, old_masks, target, self.scope, layout,
                                      self.channel_norm)
+        if self.distribution is not None:  # each tensor to its share of the global budget
+            shapes = {n: tuple(p.shape) for n, p in params.items()}
+            return select_masks(scores, old_masks,
+                                layer_sparsities(shapes, target, self.distribution), "layer")
         return select_masks(scores, old_masks, target, self.scope)
 
     @torch.no_grad()
@@ -258,5 +324,5 @@ def build_method(node: Any, **overrides: Any) -> PruningMethod:
     return method
 
 
-__all__ = ["NEEDS", "RUN_KEYS", "PruningMethod", "ScoreThenSelect", "build_method",
-           "mask_generator"]
+__all__ = ["NEEDS", "RUN_KEYS", "NetworkContext", "PruningMethod", "ScoreThenSelect",
+           "build_method", "mask_generator"]

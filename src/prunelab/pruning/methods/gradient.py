@@ -19,8 +19,8 @@ class GradientScored(ScoreThenSelect):
 
     def __init__(self, scope: str = "layer", granularity: str = "unstructured",
                  score_batches: int = 10, include: Sequence[str] | None = None,
-                 exclude: Sequence[str] = (), seed: int = 0):
-        super().__init__(scope, granularity, include, exclude, seed)
+                 exclude: Sequence[str] = (), seed: int = 0, distribution: str | None = None):
+        super().__init__(scope, granularity, include, exclude, seed, distribution=distribution)
         if (isinstance(score_batches, bool) or not isinstance(score_batches, int)
                 or score_batches < 1):
             raise PruningConfigError(f"pruner.score_batches={score_batches!r} must be an "
@@ -50,5 +50,6 @@ class SNIP(GradientScored):
 
     def __init__(self, scope: str = "global", granularity: str = "unstructured",
                  score_batches: int = 10, include: Sequence[str] | None = None,
-                 exclude: Sequence[str] = (), seed: int = 0):
-        super().__init__(scope, granularity, score_batches, include, exclude, seed)
+                 exclude: Sequence[str] = (), seed: int = 0, distribution: str | None = None):
+        super().__init__(scope, granularity, score_batches, include, exclude, seed,
+                         distribution=distribution)

@@ -1,5 +1,5 @@
-"""Data-free score-then-select methods: weight magnitude (per layer or global) and its random
-control."""
+"""Data-free score-then-select methods: weight magnitude (per layer or global), LAMP's
+layer-adaptive magnitude score, and the random control."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ class Magnitude(ScoreThenSelect):
 
     def __init__(self, scope: str = "layer", granularity: str = "unstructured", norm: int = 1,
                  include: Sequence[str] | None = None, exclude: Sequence[str] = (),
-                 seed: int = 0):
-        super().__init__(scope, granularity, include, exclude, seed)
+                 seed: int = 0, distribution: str | None = None):
+        super().__init__(scope, granularity, include, exclude, seed, distribution=distribution)
         if norm not in NORMS:
             raise PruningConfigError(f"pruner.norm={norm!r} is not one of 1, 2")
         self.norm = int(norm)
@@ -40,8 +40,9 @@ class GlobalMagnitude(Magnitude):
 
     def __init__(self, scope: str = "global", granularity: str = "unstructured", norm: int = 1,
                  include: Sequence[str] | None = None, exclude: Sequence[str] = (),
-                 seed: int = 0):
-        super().__init__(scope, granularity, norm, include, exclude, seed)
+                 seed: int = 0, distribution: str | None = None):
+        super().__init__(scope, granularity, norm, include, exclude, seed,
+                         distribution=distribution)
 
 
 class Random(ScoreThenSelect):
@@ -50,3 +51,19 @@ class Random(ScoreThenSelect):
 
     name = "random"
     score = "random"
+
+
+class LAMP(ScoreThenSelect):
+    """Layer-adaptive magnitude-based pruning (Lee et al. 2021): the LAMP score (each weight's
+    squared magnitude over the sum of the squares of the weights not smaller in its tensor) with
+    one global threshold, so each layer's sparsity follows from the scores."""
+
+    name = "lamp"
+    score = "lamp"
+    granularities = ("unstructured",)
+
+    def __init__(self, scope: str = "global", granularity: str = "unstructured",
+                 include: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                 seed: int = 0, distribution: str | None = None):
+        super().__init__(scope, granularity, include, exclude, seed, distribution=distribution)
+

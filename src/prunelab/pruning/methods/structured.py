@@ -20,5 +20,6 @@ class Structured(Magnitude):
 
     def __init__(self, scope: str = "layer", granularity: str = "structured", norm: int = 1,
                  include: Sequence[str] | None = None, exclude: Sequence[str] = (),
-                 seed: int = 0):
-        super().__init__(scope, granularity, norm, include, exclude, seed)
+                 seed: int = 0, distribution: str | None = None):
+        super().__init__(scope, granularity, norm, include, exclude, seed,
+                         distribution=distribution)

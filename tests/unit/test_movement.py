@@ -1,0 +1,75 @@
+"""Movement pruning: the score is -sum over every step of W * dL/dW, hard = top-v per tensor,
+soft = one global threshold; its schedule must start after some fine-tuning."""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from prunelab.module import ClassifierModule
+from prunelab.pruning import Gradual, OneShot, PruningCallback
+from prunelab.pruning.methods import Movement
+from prunelab.pruning.params import PruningConfigError
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(10, 20)
+        self.fc2 = nn.Linear(20, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class Movements(pl.Callback):
+    """An independent tally of -W * dL/dW before every optimizer step, frozen at each event."""
+
+    def __init__(self, cb):
+        self.cb, self.sum, self.at_event = cb, None, {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        params = self.cb.masks.params
+        if self.sum is None:
+            self.sum = {n: torch.zeros_like(p) for n, p in params.items()}
+        for n, p in params.items():
+            self.sum[n] -= p.detach() * p.grad
+
+    def on_train_epoch_start(self, trainer, pl_module):  # runs before the pruning callback's
+        if self.sum is not None:
+            self.at_event[trainer.current_epoch] = {n: s.clone() for n, s in self.sum.items()}
+
+
+@pytest.mark.parametrize("variant", ["hard", "soft"])
+def test_masks_keep_the_weights_that_moved_away_from_zero(tmp_path, variant):
+    pl.seed_everything(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(160, 10, generator=g)
+    data = DataLoader(TensorDataset(x, (x[:, :3].argmax(1))), batch_size=16)
+    cb = PruningCallback(Movement(variant=variant), OneShot(2), sparsity=0.6)
+    tally = Movements(cb)
+    module = ClassifierModule(Net(), 3, optimizer=lambda params: torch.optim.SGD(params, lr=0.05))
+    pl.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False,
+               enable_progress_bar=False, enable_model_summary=False,
+               default_root_dir=str(tmp_path), callbacks=[tally, cb],
+               num_sanity_val_steps=0).fit(module, data)
+    scores = tally.at_event[2]
+    keep = {n: cb.masks[n] for n in cb.masks}
+    if variant == "hard":  # each tensor: its own top 40 %
+        for n, s in scores.items():
+            assert int((~keep[n]).sum()) == round(0.6 * s.numel())
+            assert s[keep[n]].min() >= s[~keep[n]].max() - 1e-6
+    else:  # one threshold over all tensors
+        kept = torch.cat([scores[n][keep[n]] for n in scores])
+        gone = torch.cat([scores[n][~keep[n]] for n in scores])
+        assert gone.numel() == round(0.6 * (kept.numel() + gone.numel()))
+        assert kept.min() >= gone.max() - 1e-6
+    assert cb.pruner.describe()["method_report"] == {"variant": variant}
+
+
+def test_a_first_event_before_any_step_and_an_unknown_variant_are_refused():
+    with pytest.raises(PruningConfigError, match="its first pruning epoch is 0, before any step"):
+        Movement().check_run(None, Gradual(0, 2), 0.5)
+    with pytest.raises(PruningConfigError, match="pruner.variant='medium' is not one of hard, soft"):
+        Movement(variant="medium")
