@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ from prunelab.config import (as_user_error, check_manual_optimization, choice,
                              set_on_command_line, target_name, validate_sparsity)
 from prunelab.errors import ConfigError, UserError, one_line
 from prunelab.hardware import check_hardware, speedup_warnings, two_four_warnings
+from prunelab.robust import AdversarialBatches
+from prunelab.robust import check_settings as check_attack_settings
 
 #: What a sweep (Optuna) may optimize: results.json keys, maximized.
 OBJECTIVES = ("best_val_acc", "test_acc")
@@ -42,6 +43,7 @@ class RunParts:
     optimizer: Any = None
     regularizer: Any = None
     distiller: Any = None
+    batch_transform: Any = None  # train.adversarial (robust.AdversarialBatches)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -122,15 +124,10 @@ def check_top_level(cfg: DictConfig) -> float:
     if _check_int("seed", cfg.get("seed"), 0) >= 2**32:  # numpy's and Lightning's seed range
         raise ConfigError(f"seed={cfg.seed} must be an integer in [0, 2**32)")
     check_manual_optimization(cfg.get("trainer") or {}, (cfg.get("data") or {}).get("batch_size"))
-    ev = cfg.get("eval") or {}
-    attack = ev.get("adversarial")
-    if attack not in (None, "fgsm", "pgd"):
-        raise ConfigError(f"eval.adversarial={attack!r}; allowed: fgsm, pgd, null")
-    if attack is not None:
-        eps = ev.get("epsilon")
-        if isinstance(eps, bool) or not isinstance(eps, Real) or eps <= 0:
-            raise ConfigError(f"eval.epsilon={eps!r} must be a number > 0 (pixel units)")
-        _check_int("eval.steps", ev.get("steps"), 1)
+    check_attack_settings(cfg)  # eval.* and train.* (adversarial training): robust.py
+    from prunelab.control import check_control
+
+    check_control(cfg, sparsity)
     objective = cfg.get("objective")
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective={objective!r}: a sweep needs a metric to optimize; allowed: "
@@ -367,11 +364,13 @@ def assemble(cfg: DictConfig, sparsity: float | None = None) -> RunParts:
                     callback=callback, sparsity=sparsity, model_name=model_name,
                     data_name=choice("data", getattr(datamodule, "name", None)
                                      or target_name(cfg.data)),
-                    optimizer=optimizer, regularizer=regularizer, distiller=distiller, warnings=warns)
+                    optimizer=optimizer, regularizer=regularizer, distiller=distiller, warnings=warns,
+                    batch_transform=AdversarialBatches.from_config(cfg, datamodule))
 
 
 def build_module(cfg: DictConfig, net: Any, num_classes: int, *, optimizer: Any = None,
-                 regularizer: Any = None, distiller: Any = None, config: Any = None) -> Any:
+                 regularizer: Any = None, distiller: Any = None, config: Any = None,
+                 batch_transform: Any = None) -> Any:
     """The LightningModule that trains ``net`` with the config's optimizer and LR scheduler.
     ``optimizer``: one already built over ``net``'s parameters (assemble's, which checked the
     settings), used as is instead of a second one."""
@@ -383,7 +382,8 @@ def build_module(cfg: DictConfig, net: Any, num_classes: int, *, optimizer: Any 
                             optimizer=factory, lr_scheduler=lr_sched,
                             scheduler_interval=cfg.module.scheduler_interval,
                             gradient_clip_val=cfg.module.gradient_clip_val,
-                            regularizer=regularizer, config=config, distiller=distiller)
+                            regularizer=regularizer, config=config, distiller=distiller,
+                            batch_transform=batch_transform)
 
 
 def build_trainer(cfg: DictConfig, out_dir: str | Path, callbacks: list[Any]) -> Any:

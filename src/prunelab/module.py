@@ -53,6 +53,9 @@ class ClassifierModule(pl.LightningModule):
             (logged as ``train/penalty``).
         distiller: an optional :class:`prunelab.distill.Distiller`; the training loss becomes
             the knowledge-distillation loss against its frozen teacher.
+        batch_transform: an optional callable ``(module, x, y) -> x`` applied to every training
+            batch before its step (``train.adversarial``: :class:`prunelab.robust.AdversarialBatches`
+            replaces part of it by adversarial examples; the loss is the mixed batch's).
         config: the run's resolved config, saved as hyperparameters (the network object is not).
 
     ``ClassifierModule.load_from_checkpoint(path)`` works on a prunelab checkpoint: with no
@@ -67,7 +70,8 @@ class ClassifierModule(pl.LightningModule):
                  lr_scheduler: Callable[..., Any] | None = None,
                  scheduler_interval: str = "epoch", gradient_clip_val: float | None = None,
                  regularizer: Callable[[], torch.Tensor] | None = None,
-                 config: Mapping | None = None, distiller: Any = None):
+                 config: Mapping | None = None, distiller: Any = None,
+                 batch_transform: Callable[..., torch.Tensor] | None = None):
         super().__init__()
         if scheduler_interval not in SCHEDULER_INTERVALS:
             raise ValueError(f"scheduler_interval={scheduler_interval!r}; allowed: "
@@ -76,7 +80,7 @@ class ClassifierModule(pl.LightningModule):
             net, num_classes, optimizer, lr_scheduler = _from_config(
                 config, net, num_classes, optimizer, lr_scheduler)
         self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler", "regularizer",
-                                          "distiller"])
+                                          "distiller", "batch_transform"])
         self.automatic_optimization = False
         self.net = net
         self.optimizer_factory = optimizer
@@ -84,6 +88,7 @@ class ClassifierModule(pl.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.gradient_clip_val = gradient_clip_val
         self.regularizer = regularizer
+        self.batch_transform = batch_transform
         # kept outside nn.Module's registry: the teacher is neither trained nor checkpointed
         self.__dict__["distiller"] = distiller
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -152,6 +157,8 @@ class ClassifierModule(pl.LightningModule):
 
     def _train_step(self, batch, opt) -> torch.Tensor:
         x, y = batch
+        if self.batch_transform is not None:  # before zero_grad: the transform's own gradients
+            x = self.batch_transform(self, x, y)  # are the input's (robust.py), never .grad
         opt.zero_grad()
         logits = self.net(x)
         loss = classification_loss(logits, y)

@@ -37,6 +37,8 @@ def _method(r: dict[str, Any]) -> str:
     name = str(r["pruner"])
     if r.get("granularity") not in (None, "unstructured") and r["pruner"] != "structured":
         name += f" ({r['granularity']})"
+    if r.get("adv_train") not in (None, "no"):  # train.adversarial: its own line
+        name += f" + adv. training ({str(r['adv_train']).split(' ')[0]})"
     return name
 
 

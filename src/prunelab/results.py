@@ -21,10 +21,17 @@ from prunelab.formatting import nbytes as _fmt_bytes
 #: Config keys that do not change what a run computes (left out of ``config_hash``).
 #: ``init_strict`` only decides whether a run starts (a finished run loaded what it loaded).
 NON_RESULT_KEYS = ("logger", "resume", "measure", "checkpoint", "hydra", "objective",
-                   "init_strict")
+                   "init_strict", "control", "control_budget", "control_max_factor")
+#: The "Rethinking" control's run directory inside a pruned run's (prunelab.control).
+CONTROL_DIR = "control_scratch"
 #: Top-level keys added after runs were written, left out at these defaults: a run that does not
 #: use them keeps the identity it had before they existed (``config_hash``, ``resume=``).
-ADDED_DEFAULTS = {"init_from": None, "calibration_batches": 20}
+ADDED_DEFAULTS = {"init_from": None, "calibration_batches": 20,
+                  "train": {"adversarial": None, "epsilon": 0.1, "steps": 7, "alpha": None,
+                            "fraction": 0.5, "start_epoch": 0}}
+#: The same for keys added inside a group (``pruner.distribution``, ``schedule.rewind``).
+ADDED_SUBKEY_DEFAULTS = {"pruner": {"distribution": None},
+                         "schedule": {"rewind": "none", "rewind_epoch": 0}}
 #: Set by the run itself (``pretrained.init_identity``), absent from ``.hydra/config.yaml``:
 #: compared only when both configs have it.
 DERIVED_KEYS = ("init_from_sha256",)
@@ -51,6 +58,10 @@ def result_config(config: Mapping[str, Any], seedless: bool = False) -> dict[str
     """The result-relevant part of a resolved config (what :func:`config_hash` hashes)."""
     cfg = {k: v for k, v in config.items() if k not in (*NON_RESULT_KEYS, *RETIRED_KEYS)
            and not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])}
+    for key, defaults in ADDED_SUBKEY_DEFAULTS.items():
+        if isinstance(cfg.get(key), Mapping):
+            cfg[key] = {k: v for k, v in cfg[key].items()
+                        if not (k in defaults and v == defaults[k])}
     drop = {key: list(sub) for key, sub in NON_RESULT_SUBKEYS.items()}
     if seedless:
         for key, sub in SEED_KEYS.items():
@@ -146,6 +157,7 @@ def run_results(cfg: Any, resolved: Mapping[str, Any], parts: Any, trainer: Any,
     """The ``results.json`` of a finished ``train`` run (``parts``: its assemble.RunParts;
     ``post_training``: what an ``epochs=0`` run measured before and after pruning)."""
     from prunelab.config import choice
+    from prunelab.robust import training_settings
 
     best_score = ckpt.best_model_score
     distiller = parts.distiller
@@ -167,6 +179,7 @@ def run_results(cfg: Any, resolved: Mapping[str, Any], parts: Any, trainer: Any,
         "best_val_acc": None if best_score is None else float(best_score),
         "best_checkpoint": ckpt.best_model_path or None,
         "adversarial": adversarial,
+        "adversarial_training": training_settings(cfg),  # train.adversarial (null: none)
         "ddp": parts.callback.rank_check or None,
         "hardware": choice("hardware", str(cfg.hardware.get("target", "cpu"))),
         "threads": torch.get_num_threads(),
@@ -225,6 +238,11 @@ def summary_rows(res: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("under attack", f"{adv['attack']} eps={adv['epsilon']:g}: "
                                       f"{adv['acc']:.4f} (clean {adv['clean_acc']:.4f} on the "
                                       f"same {adv['samples']} images)"))
+    at = res.get("adversarial_training")
+    if at:
+        rows.append(("adv. training", f"{at['attack']} eps={at['epsilon']:g} on "
+                                       f"{at['fraction']:g} of each batch from epoch "
+                                       f"{at['start_epoch']}"))
     rows.append(("wall time", f"{res['wall_time_s']:.1f} s"))
     rows.append(("results", str(res["results_path"])))
     return rows

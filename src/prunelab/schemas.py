@@ -114,6 +114,11 @@ class MovementConf(MethodConf):
     seed: int = "${seed}"  # type: ignore[assignment]
 
 
+@dataclass
+class FixedMaskConf(MethodConf):
+    masks: Optional[str] = None  # a torch file of {parameter name: bool tensor}
+
+
 #: ``schema/pruner/<name>`` -> its schema: the built-in methods, and the two bases a method of
 #: one's own extends (``base``: any method; ``score_then_select``: scope, granularity, seed).
 PRUNER_SCHEMAS = {
@@ -123,6 +128,7 @@ PRUNER_SCHEMAS = {
     "sensitivity": SensitivityConf, "latency_aware": LatencyAwareConf,
     "lamp": ScoreThenSelectConf, "grasp": GraSPConf, "synflow": SynFlowConf,
     "set": DynamicConf, "rigl": DynamicConf, "movement": MovementConf,
+    "fixed_mask": FixedMaskConf,
 }
 
 

@@ -55,7 +55,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     cfg = init_identity(cfg)  # init_from's content (sha256) is part of the run's identity
     done = finished_results(cfg, out)
     if done is not None:
-        return done
+        return with_control(cfg, out, done)
     resume = resume_point(cfg, out)  # a killed run continues from its last checkpoint
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     threads = job_threads(cfg)
@@ -66,7 +66,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     module = build_module(cfg, net, int(dm.num_classes), optimizer=parts.optimizer,
                           regularizer=parts.regularizer,
-                          distiller=parts.distiller, config=resolved)
+                          distiller=parts.distiller, config=resolved,
+                          batch_transform=parts.batch_transform)
     ckpt = FinalSparsityCheckpoint(dirpath=str(out / "checkpoints"), filename="best",
                                    monitor=cfg.checkpoint.monitor, mode=cfg.checkpoint.mode,
                                    save_last=cfg.checkpoint.save_last, save_top_k=1,
@@ -106,6 +107,23 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     write_json_atomic(out / "results.json", results)
     (out / "error.json").unlink(missing_ok=True)  # a rerun sweep job that failed before
     print_summary(results)
+    return with_control(cfg, out, results)
+
+
+def with_control(cfg: DictConfig, out: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """``control=scratch``: the control run (``prunelab.control``) once, its summary added to
+    this run's results.json."""
+    from prunelab.control import control_kind, run_scratch
+    from prunelab.files import write_json_atomic
+
+    if control_kind(cfg) is None or "control" in results or results.get("rank") is not None:
+        return results
+    results = {**results, "control": run_scratch(cfg, out, results, run)}
+    write_json_atomic(out / "results.json", results)
+    c = results["control"]
+    print(f"prunelab: control=scratch ({c['architecture']}, {c['epochs']} epochs, fresh init): "
+          f"test acc {c['test_acc']:.4f} vs pruned {results['test_acc']:.4f} "
+          f"({out / c['dir']})")
     return results
 
 

@@ -16,7 +16,7 @@ CASES = {
     "sparsity_negative": (["sparsity=-0.1"], "sparsity=-0.1 is outside the allowed range [0, 1)"),
     "sparsity_nan": (["sparsity=abc"], "sparsity='abc' is not a number; allowed: a number in [0, 1)"),
     "unknown_pruner": (["pruner=magnitud"],
-                       "unknown pruner='magnitud'; known: global_magnitude, grasp, lamp, latency_aware, "
+                       "unknown pruner='magnitud'; known: fixed_mask, global_magnitude, grasp, lamp, latency_aware, "
                        "magnitude, movement, nm, none, random, rigl, sensitivity, set, snip, structured, "
                        "synflow, taylor"),
     "unknown_model": (["model=resnet21"], "unknown model='resnet21'; known: conv2, conv4, conv6"),
@@ -57,9 +57,22 @@ CASES = {
                                      "pruner=latency_aware needs hardware.latency_budget_ms="),
     "latency_aware_gradual": (["pruner=latency_aware", "hardware.latency_budget_ms=1"],
                               "pruner=latency_aware prunes once: use schedule=oneshot"),
-    "unknown_attack": (["eval.adversarial=cw"], "eval.adversarial='cw'; allowed: fgsm, pgd, null"),
+    "unknown_attack": (["eval.adversarial=cw"],
+                       "eval.adversarial='cw'; allowed: fgsm, pgd, autoattack, null"),
     "negative_epsilon": (["eval.adversarial=fgsm", "eval.epsilon=-1"],
-                         "eval.epsilon=-1 must be a number > 0"),
+                         "eval.epsilon=-1 is outside (0, 1] (pixel units"),
+    "eval_epsilon_above_one": (["eval.adversarial=pgd", "eval.epsilon=2"],
+                               "eval.epsilon=2 is outside (0, 1] (pixel units"),
+    "train_unknown_attack": (["train.adversarial=cw"],
+                             "train.adversarial='cw'; allowed: fgsm, pgd, null"),
+    "train_epsilon_above_one": (["train.adversarial=pgd", "train.epsilon=1.5"],
+                                "train.epsilon=1.5 is outside (0, 1] (pixel units"),
+    "train_fraction_zero": (["train.adversarial=fgsm", "train.fraction=0"],
+                            "train.fraction=0 is outside (0, 1] (the share of each training batch"),
+    "train_steps_zero": (["train.adversarial=pgd", "train.steps=0"],
+                         "train.steps=0 must be an integer >= 1"),
+    "train_start_after_end": (["train.adversarial=pgd", "train.start_epoch=4"],
+                              "train.start_epoch=4 is not before the run's end (epochs=4)"),
     "mlflow_missing": (["logger=mlflow"], "logger=mlflow needs the mlflow package"),
     "ddp_more_devices_than_cores": (["trainer=ddp", "trainer.devices=64"],
                                     "devices=64 but this machine has"),
@@ -91,6 +104,9 @@ CASES = {
                                         "schedule.rewind_epoch=5"],
                                        "schedule.rewind_epoch=5 must be before the first pruning "
                                        "round (epoch 1)"),
+    "scratch_without_a_mask": (["pruner=none", "sparsity=0", "control=scratch"],
+                               "control=scratch trains this run's final pruned architecture from "
+                               "a fresh initialization, but this run has no final mask"),
     "erk_structured": (["pruner=structured", "pruner.distribution=erk"],
                        "pruner.distribution=erk sets each weight tensor's sparsity, which needs "
                        "pruner.granularity=unstructured (this is structured)"),

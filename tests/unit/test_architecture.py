@@ -11,11 +11,11 @@ COMMANDS = {"prunelab.train", "prunelab.lottery", "prunelab.sensitivity", "prune
             "prunelab.export", "prunelab.report"}
 #: The layers of ARCHITECTURE.md, lowest first: a module imports only its own layer and those below.
 LAYERS = (
-    ("errors", "files", "seeds", "losses", "schemas", "config", "graph", "metrics", "data", "models",
-     "formatting", "datasets", "conf"),
+    ("errors", "files", "seeds", "losses", "schemas", "config", "graph", "metrics", "data",
+     "models", "formatting", "datasets", "conf"),
     ("pruning", "compress", "module", "robust", "plots", "runs"),
     ("assemble", "tickets", "deploy", "analysis", "results", "hardware", "distill", "pretrained",
-     "posttrain"),
+     "posttrain", "control"),
     ("cli", "jobs"),
     ("train", "lottery", "sensitivity", "measure", "export", "report", "hydra_callbacks"),
 )

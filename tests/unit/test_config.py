@@ -66,8 +66,10 @@ def test_every_pruner_file_builds_its_class(name, tmp_path):
     it whose registry name is <name> (what results.json reports as "pruner")."""
     profile = tmp_path / "profile.yaml"
     profile.write_text("target_sparsity: 0.6\nlayers: {a.weight: 0.7}\n")
+    torch.save({}, tmp_path / "masks.pt")
     extra = {"sensitivity": [f"pruner.profile={profile}"],
-             "latency_aware": ["hardware.latency_budget_ms=1.0"]}.get(name, [])
+             "latency_aware": ["hardware.latency_budget_ms=1.0"],
+             "fixed_mask": [f"pruner.masks={tmp_path / 'masks.pt'}"]}.get(name, [])
     cfg = compose_train(f"pruner={name}", *extra)
     target = cfg.pruner._target_
     assert target.startswith("prunelab.pruning.methods.")
@@ -96,8 +98,11 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
     for opt in options:
         if (group, opt) in (("data", "imagefolder"), ("data", "custom"), ("model", "custom")):
             continue  # a folder of images / the user's module: test_imagefolder.py, test_any_model
+        torch.save({}, tmp_path / "masks.pt")
         extra = {("pruner", "sensitivity"): [f"pruner.profile={profile}"],
-                 ("pruner", "latency_aware"): ["hardware.latency_budget_ms=1.0"]}.get((group, opt), [])
+                 ("pruner", "latency_aware"): ["hardware.latency_budget_ms=1.0"],
+                 ("pruner", "fixed_mask"): [f"pruner.masks={tmp_path / 'masks.pt'}"],
+                 }.get((group, opt), [])
         cfg = compose_train(f"{group}={opt}", *extra)
         OmegaConf.resolve(cfg)
         if group == "data" or group == "experiment":
@@ -176,7 +181,7 @@ def test_schedule_epochs_follow_run_length():
 
 
 def test_check_overrides_lists_known_names():
-    with pytest.raises(ConfigError, match="unknown pruner='magnitud'; known: global_magnitude, "
+    with pytest.raises(ConfigError, match="unknown pruner='magnitud'; known: fixed_mask, global_magnitude, "
                                           "grasp, lamp, latency_aware, magnitude, movement, nm, "
                                           "none, random, rigl, sensitivity, set, snip, "
                                           "structured, synflow, taylor"):

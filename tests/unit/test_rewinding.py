@@ -130,3 +130,18 @@ def test_rewinding_to_an_epoch_after_the_first_round_is_refused():
                         0.5).rewinder.check({2: 0.3, 4: 0.5})
     with pytest.raises(Exception, match="schedule.rewind='back' is not one of none, lr, weights"):
         Iterative(rewind="back")
+
+
+def test_runs_written_before_the_new_keys_keep_their_identity():
+    """pruner.distribution and schedule.rewind/rewind_epoch at their defaults leave a run's
+    config hash as it was before they existed (a rerun sweep still skips its finished jobs)."""
+    from prunelab.results import config_hash
+
+    old = {"seed": 0, "pruner": {"_target_": "x.Magnitude", "scope": "layer"},
+           "schedule": {"_target_": "x.Iterative", "rounds": 3}}
+    new = {"seed": 0, "pruner": {"_target_": "x.Magnitude", "scope": "layer", "distribution": None},
+           "schedule": {"_target_": "x.Iterative", "rounds": 3, "rewind": "none",
+                        "rewind_epoch": 0}, "control": "scratch"}
+    assert config_hash(old) == config_hash(new)
+    new["schedule"]["rewind"] = "lr"
+    assert config_hash(old) != config_hash(new)

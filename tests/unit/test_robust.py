@@ -50,5 +50,7 @@ def test_bad_attack_settings():
     net, x, y = setup()
     with pytest.raises(ValueError, match="eval.adversarial='cw'; allowed: fgsm, pgd"):
         adversarial_accuracy(net, [(x, y)], NormalizedData(), "cw", 0.1)
-    with pytest.raises(ValueError, match="eval.epsilon=0 must be a number > 0"):
+    with pytest.raises(ValueError, match=r"eval.epsilon=0 is outside \(0, 1\] \(pixel units"):
         adversarial_accuracy(net, [(x, y)], NormalizedData(), "fgsm", 0)
+    with pytest.raises(ValueError, match=r"eval.epsilon=1.5 is outside \(0, 1\]"):
+        adversarial_accuracy(net, [(x, y)], NormalizedData(), "pgd", 1.5)

@@ -19,6 +19,7 @@ from typing import Any
 
 from prunelab.errors import UserError
 from prunelab.formatting import Column, fixed, markdown_table, percent
+from prunelab.results import CONTROL_DIR
 
 
 class ReportError(UserError):
@@ -58,6 +59,8 @@ def collect(directory: str | Path) -> list[dict[str, Any]]:
     (the bad ones are failures: :func:`collect_failures`)."""
     rows = []
     for path in sorted(Path(directory).rglob("results.json")):
+        if CONTROL_DIR in path.parts[:-1]:
+            continue  # a run's scratch control: reported in its run's row (scratch_acc)
         res, _ = read_results(path)
         if res is None or res.get("kind") == "lottery_level":
             continue  # a level of a lottery run: see collect_lottery
@@ -89,12 +92,13 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         # runs that differ in anything but the seed (regularizer, epochs, ...) stay apart
-        groups[tuple(r.get(k) for k in GROUP_KEYS) + (r.get("group_hash"),)].append(r)
+        groups[tuple(r.get(k) for k in GROUP_KEYS) + (adversarial_training(r),
+                                                      r.get("group_hash"))].append(r)
     out = []
     for key, rs in groups.items():
         accs = [r["test_acc"] for r in rs]
         row = dict(zip(GROUP_KEYS, key))
-        row["group_hash"] = key[-1]
+        row["adv_train"], row["group_hash"] = key[-2:]  # with/without adversarial training apart
         lat = [r.get("latency_ms") or {} for r in rs]
         adv = [r.get("adversarial") or {} for r in rs]
         row.update({
@@ -117,7 +121,12 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             # a latency that stayed disturbed by other work (metrics.timing): named in the report
             "latency_noisy": any(v.get("noisy") for r in rs
                                  for v in (r.get("latency_detail") or {}).values()),
+            # accuracy under eval.adversarial's attack, beside the clean test accuracy
+            "adv_attack": next((f"{x['attack']} eps={x['epsilon']:g}" for x in adv if x), None),
             "adv_acc": _mean([x.get("acc") for x in adv]),
+            "adv_clean_acc": _mean([x.get("clean_acc") for x in adv]),  # same images, clean
+            # control=scratch (Liu et al. 2019): the same architecture trained from scratch
+            "scratch_acc": _mean([(r.get("control") or {}).get("test_acc") for r in rs]),
             "wall_time_s": statistics.mean(r["wall_time_s"] for r in rs),
             "per_layer": {n: statistics.mean(r["sparsity"]["per_layer"].get(n, 0.0) for r in rs)
                           for n in (rs[0]["sparsity"].get("per_layer") or {})},
@@ -125,7 +134,23 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(row)
     out.sort(key=lambda r: tuple(str(r[k]) for k in ("data", "model", "target_sparsity"))
              + (-r["test_acc_mean"],))
+    _beside(out)
     return out
+
+
+def _beside(rows: list[dict[str, Any]]) -> None:
+    """Dense and random accuracy of the same data and model (random: at the same target) beside
+    every row, when the sweep has them (``dense_acc``, ``random_acc``)."""
+    dense = defaultdict(list)
+    rand = defaultdict(list)
+    for r in rows:
+        if r["pruner"] == "none":
+            dense[(r["data"], r["model"])].append(r["test_acc_mean"])
+        elif r["pruner"] == "random":
+            rand[(r["data"], r["model"], r["target_sparsity"])].append(r["test_acc_mean"])
+    for r in rows:
+        r["dense_acc"] = _mean(dense.get((r["data"], r["model"]), []))
+        r["random_acc"] = _mean(rand.get((r["data"], r["model"], r["target_sparsity"]), []))
 
 
 def collect_failures(directory: str | Path) -> list[dict[str, str]]:
@@ -159,17 +184,35 @@ COLUMNS: list[Column] = [
     ("target_sparsity", "target", fixed(4, floats_only=True)),
     ("sparsity", "sparsity", fixed(4, floats_only=True)),
     ("channel_sparsity", "channels", fixed(4, floats_only=True)),
+    ("adv_train", "adv. training", None),
     ("test_acc_mean", "test acc", percent), ("test_acc_std", "std", percent),
+    ("adv_attack", "attack", None), ("adv_acc", "adv acc", percent),
+    ("scratch_acc", "scratch acc", percent),  # control=scratch; shown when a run has one
+    ("dense_acc", "dense acc", percent), ("random_acc", "random acc", percent),
     ("seeds", "seeds", None), ("params_kept", "params kept", fixed(4, floats_only=True)),
     ("macs_compact_ratio", "MACs kept (compact)", fixed(4, floats_only=True)),
     ("macs_nonzero_ratio", "MACs kept (non-zero)", fixed(4, floats_only=True)),
     ("size_kb", "size KB", fixed(1)),
     ("latency_b1_ms", "ms @1", fixed(3)), ("latency_b64_ms", "ms @64", fixed(3)),
-    ("adv_acc", "adv acc", percent), ("wall_time_s", "wall s", fixed(1))]
+    ("wall_time_s", "wall s", fixed(1))]
+#: Columns shown only when some row has a value (the others are always shown).
+OPTIONAL_COLUMNS = ("scratch_acc", "adv_attack", "adv_acc", "adv_train", "dense_acc",
+                    "random_acc")
+
+
+def adversarial_training(res: dict[str, Any]) -> str:
+    """A run's ``train.adversarial`` in words (``no``: trained on clean batches only)."""
+    at = res.get("adversarial_training")
+    if not at:
+        return "no"
+    return (f"{at['attack']} eps={at['epsilon']:g} frac={at['fraction']:g} from epoch "
+            f"{at['start_epoch']}")
 
 
 def markdown(summary: Sequence[dict[str, Any]], failures: Sequence[dict[str, str]] = ()) -> str:
-    md = markdown_table(summary, COLUMNS)
+    shown = [c for c in COLUMNS if c[0] not in OPTIONAL_COLUMNS
+             or any(r.get(c[0]) not in (None, "no") for r in summary)]
+    md = markdown_table(summary, shown)
     noisy = [r for r in summary if r.get("latency_noisy")]
     if noisy:
         md += ("\n**Latency measured while other work shared the cores** (marked `\"noisy\": "

@@ -16,6 +16,7 @@ from prunelab.pruning.methods.base import (
 )
 from prunelab.pruning.methods.dense import Dense
 from prunelab.pruning.methods.dynamic import SET, DynamicSparse, RigL
+from prunelab.pruning.methods.fixed import FixedMask
 from prunelab.pruning.methods.gradient import SNIP, GradientScored, Taylor
 from prunelab.pruning.methods.imp import IMP
 from prunelab.pruning.methods.latency_aware import LatencyAware, LatencyBudgetError
@@ -29,6 +30,6 @@ __all__ = [
     "NEEDS", "NetworkContext", "PruningMethod", "ScoreThenSelect", "build_method", "mask_generator", "Dense",
     "GradientScored", "SNIP", "Taylor", "IMP", "LatencyAware", "LatencyBudgetError",
     "GlobalMagnitude", "Magnitude", "Random", "NM", "Sensitivity", "Structured",
-    "DynamicSparse", "RigL", "SET", "LAMP", "Movement",
+    "DynamicSparse", "RigL", "SET", "LAMP", "Movement", "FixedMask",
     "GraSP", "SynFlow", "synflow_check",
 ]
