@@ -4,23 +4,28 @@
 # sweep directory. Recipe: experiment=extreme_mnist (global magnitude, cubic ramp over epochs
 # 0..12 at a constant Adam LR of 1e-3, then x0.1 at epochs 15 and 18; batch 64; the 5,000-image
 # validation split picks the checkpoint among the epochs at the final sparsity).
+# hardware.threads=1 as in the measured runs (two threads stall when other jobs share the cores).
 # Wall time on the 2-core CI machine (one torch thread, other jobs beside it): about 1 minute per
 # LeNet-300-100 run, about 9 minutes per LeNet-5 run.
 set -euo pipefail
 OUT=${OUT:-outputs/extreme}
 SEEDS=${SEEDS:-0,1,2}
-COMMON=(measure.latency=false trainer.enable_progress_bar=false)
+COMMON=(measure.latency=false trainer.enable_progress_bar=false hardware.threads=1)
 
-# LeNet-300-100 at 98 % (issue: error <= 1.80 %)
+# LeNet-300-100 at 98 % (issue: error <= 1.80 %; measured 1.90 +- 0.03 %). AdamW with decoupled
+# weight decay 0.05; plain Adam (the experiment's default) gave 1.93 +- 0.04 %, a tie.
 python -m prunelab.train -m experiment=extreme_mnist sparsity=0.98 seed="$SEEDS" \
+  optimizer=adamw optimizer.weight_decay=0.05 \
   "${COMMON[@]}" hydra.sweep.dir="$OUT/lenet300_98"
 
-# LeNet-300-100 at 99 % (issue: error <= 2.30 %): the ramp ends at 14, LR steps at 16 and 18
+# LeNet-300-100 at 99 % (issue: error <= 2.30 %; measured 2.83 +- 0.09 %): the ramp ends at 16,
+# LR steps at 17 and 19
 python -m prunelab.train -m experiment=extreme_mnist sparsity=0.99 seed="$SEEDS" \
-  schedule.end_epoch=14 "lr_scheduler.milestones=[16,18]" \
+  schedule.end_epoch=16 "lr_scheduler.milestones=[17,19]" \
   "${COMMON[@]}" hydra.sweep.dir="$OUT/lenet300_99"
 
-# LeNet-5 (Caffe) at 99 % (issue: error <= 1.00 %), batch 128 as experiment=lenet5_mnist
+# LeNet-5 (Caffe) at 99 % (issue: error <= 1.00 %; measured 1.08 +- 0.06 %), batch 128 as
+# experiment=lenet5_mnist
 python -m prunelab.train -m experiment=extreme_mnist model=lenet5 data.batch_size=128 \
   sparsity=0.99 seed="$SEEDS" "${COMMON[@]}" hydra.sweep.dir="$OUT/lenet5_99"
 

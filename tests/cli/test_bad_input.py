@@ -103,7 +103,7 @@ CASES = {
     "rewind_epoch_after_first_round": (["schedule=iterative", "schedule.rewind=weights",
                                         "schedule.rewind_epoch=5"],
                                        "schedule.rewind_epoch=5 must be before the first pruning "
-                                       "round (epoch 1)"),
+                                       "round (epoch 0)"),
     "scratch_without_a_mask": (["pruner=none", "sparsity=0", "control=scratch"],
                                "control=scratch trains this run's final pruned architecture from "
                                "a fresh initialization, but this run has no final mask"),
