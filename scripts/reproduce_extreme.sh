@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproductions of issue #16 (extreme sparsity on MNIST: at most 20 epochs, no teacher, 3 seeds),
-# one Hydra multirun per row; each sweep ends with summary.md (mean and std over seeds) in its
+# one Hydra multirun per row; each sweep ends with report.md (mean and std over seeds) in its
 # sweep directory. Recipe: experiment=extreme_mnist (global magnitude, cubic ramp over epochs
 # 0..12 at a constant Adam LR of 1e-3, then x0.1 at epochs 15 and 18; batch 64; the 5,000-image
 # validation split picks the checkpoint among the epochs at the final sparsity).

@@ -158,3 +158,4 @@ class GradualConf:
     end_epoch: int = "${epochs_frac:0.6}"  # type: ignore[assignment]
     frequency: int = 1
     initial_sparsity: float = 0.0
+    every_steps: Optional[int] = None  # an event every N optimizer steps (null: per epoch)

@@ -29,18 +29,13 @@ import pytorch_lightning as pl
 import torch
 
 from prunelab.config import validate_sparsity
-from prunelab.data.loader import iter_batches
 from prunelab.pruning.masks import MaskSet
-from prunelab.pruning.methods.base import NetworkContext, PruningMethod
+from prunelab.pruning.gather import gather_from_batches, network_stats, target_network
+from prunelab.pruning.methods.base import PruningMethod
 from prunelab.pruning.params import PruningConfigError
 from prunelab.pruning.progress import total_optimizer_steps
 from prunelab.pruning.rewinding import RoundRewinder
 from prunelab.pruning.schedules import Schedule
-
-
-def target_network(pl_module: pl.LightningModule) -> torch.nn.Module:
-    """The network a LightningModule wraps (``.net``), or the module itself."""
-    return getattr(pl_module, "net", pl_module)
 
 
 class PruningCallback(pl.Callback):
@@ -82,6 +77,14 @@ class PruningCallback(pl.Callback):
         # schedule.rewind: learning rate or weights set back after each round (iterative)
         self.rewinder = RoundRewinder(getattr(schedule, "rewind", "none"),
                                       getattr(schedule, "rewind_epoch", 0))
+        # schedule.every_steps: events at optimizer steps ({steps done: target}, set at train start)
+        self.step_events: dict[int, float] = {}
+        self.steps_done: list[int] = []
+        if self.by_steps and pruner.needs & {"gradients", "calibration", "network"}:
+            raise PruningConfigError(
+                f"schedule.every_steps prunes between optimizer steps, but pruner={pruner.name} "
+                f"gathers scores over batches before each event; allowed with it: "
+                f"schedule.every_steps=null (one event per epoch)")
 
     # -- schedule position ----------------------------------------------------------------------
     @property
@@ -92,13 +95,31 @@ class PruningCallback(pl.Callback):
             return {0: self.sparsity}
         return self.schedule.events(self.sparsity)
 
+    @property
+    def by_steps(self) -> bool:
+        """Whether the events are at optimizer steps (``schedule.every_steps``)."""
+        return (getattr(self.schedule, "every_steps", None) is not None and bool(self.events)
+                and not self.pruner.at_init and not self._fast_dev_run)
+
     def at_target(self) -> bool:
         """Whether every scheduled pruning event has been applied."""
+        if self.by_steps:
+            return bool(self.step_events) and all(t in self.steps_done for t in self.step_events)
         return all(e in self.events_done for e in self.events)
 
     def current_target(self) -> float:
-        done = [self.events[e] for e in self.events_done if e in self.events]
+        if self.by_steps:
+            done = [self.step_events[t] for t in self.steps_done if t in self.step_events]
+        else:
+            done = [self.events[e] for e in self.events_done if e in self.events]
         return max(done) if done else 0.0
+
+    def _step_events_due(self, steps: int, only: bool = False) -> None:
+        """Apply the step events due after ``steps`` optimizer steps (``only``: that one)."""
+        for t in sorted(self.step_events):
+            if (t == steps or (not only and t <= steps)) and t not in self.steps_done:
+                self.prune_to(self.step_events[t], event=len(self.steps_done))
+                self.steps_done.append(t)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def bind(self, net: torch.nn.Module) -> MaskSet:
@@ -146,6 +167,9 @@ class PruningCallback(pl.Callback):
                                      f"steps: it needs exactly one torch.optim.Optimizer "
                                      f"(this run has {len(trainer.optimizers)} optimizers)")
         self._total_steps = total_optimizer_steps(trainer)
+        if self.by_steps:
+            self.step_events = self.schedule.step_events(
+                self.sparsity, self._total_steps // max(int(trainer.max_epochs or 1), 1))
         self._step_hooks = [o.register_step_post_hook(self._after_optimizer_step) for o in opts]
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
@@ -154,6 +178,8 @@ class PruningCallback(pl.Callback):
             if (self.pruner.dynamic and self.events_done
                     and self.pruner.due(step, self._total_steps)):
                 self._move_masks(optimizer, step)
+            if self.step_events:
+                self._step_events_due(step, only=True)
             self.masks.apply_()
             self._snapshot_if_due(step)
         else:
@@ -203,16 +229,18 @@ class PruningCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        events = self.events
+        events = {} if self.by_steps else self.events
         target = events.get(epoch)
+        if self.by_steps:  # the events at step 0 (or missed by a resume) come now
+            self._step_events_due(int(trainer.global_step))
         self.rewinder.snapshot(trainer, target_network(pl_module), epoch)
         if target is not None and epoch not in self.events_done:
             stats = None
             if "network" in self.pruner.needs:
-                stats = self._network_stats(trainer, pl_module, target)
+                stats = network_stats(self.pruner, self.masks, trainer, pl_module, target)
             elif self.pruner.needs_gradients:
                 if self._wg is None:  # nothing gathered (event at epoch 0, at_init, or a resume)
-                    self._wg = self._gather_from_batches(trainer, pl_module)
+                    self._wg = gather_from_batches(self.pruner, self.masks, trainer, pl_module)
                 stats = self._reduced_stats(trainer)
             self.prune_to(target, event=len(self.events_done), stats=stats)
             self.events_done.append(epoch)
@@ -241,84 +269,6 @@ class PruningCallback(pl.Callback):
             for n, p in self.masks.params.items():
                 if p.grad is not None:
                     self._wg[n].add_(self.pruner.step_statistic(p.detach(), p.grad).float())
-
-    @staticmethod
-    def _batches(trainer: pl.Trainer, pl_module: pl.LightningModule):
-        """Training batches on the module's device (the loader is made at the first ``next``)."""
-        loader = (trainer.datamodule.train_dataloader() if trainer.datamodule is not None
-                  else trainer.train_dataloader)
-        for batch in iter_batches(loader):
-            yield pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-
-    @staticmethod
-    def _loss_fn(pl_module: pl.LightningModule):
-        """The module's task loss of a batch (cross-entropy of ``net(x)`` without one)."""
-        loss_fn = getattr(pl_module, "loss", None)
-        if callable(loss_fn):
-            return loss_fn
-        from prunelab.losses import classification_loss
-
-        net = target_network(pl_module)
-
-        def loss_fn(batch):
-            x, y = batch
-            return classification_loss(net(x), y)
-        return loss_fn
-
-    def _network_stats(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                       target: float) -> dict[str, dict]:
-        """A ``network`` method's scores (summed across DDP ranks), its buffers and weights
-        as they were, as ``{name: {"score": tensor}}``."""
-        net = target_network(pl_module)
-        buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
-        was_training = net.training
-        ctx = NetworkContext(net=net, params=self.masks.params, masks=self.masks.as_dict(),
-                             batches=lambda: self._batches(trainer, pl_module),
-                             loss=self._loss_fn(pl_module),
-                             input_shape=getattr(trainer.datamodule, "input_shape", None),
-                             target=target)
-        scores = self.pruner.network_scores(ctx)
-        with torch.no_grad():
-            for k, v in net.named_buffers():
-                v.copy_(buffers[k])
-        net.train(was_training)
-        out = {}
-        for n, t in scores.items():
-            if trainer.world_size > 1:
-                t = trainer.strategy.reduce(t, reduce_op="sum")
-            out[n] = {"score": t}
-        return out
-
-    def _gather_from_batches(self, trainer: pl.Trainer, pl_module: pl.LightningModule
-                             ) -> dict[str, torch.Tensor]:
-        """|w * dL/dw| summed over ``pruner.score_batches`` training batches, without an optimizer
-        step and without changing BatchNorm statistics (SNIP's procedure)."""
-        net = target_network(pl_module)
-        params = self.masks.params
-        names = list(params)
-        buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
-        was_training = net.training
-        net.train()
-        acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
-        loss_fn = self._loss_fn(pl_module)
-        seen = 0
-        for batch in self._batches(trainer, pl_module):
-            if seen >= self.pruner.score_batches:
-                break
-            loss = loss_fn(batch)
-            grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
-            with torch.no_grad():
-                for n, g in zip(names, grads):
-                    if g is not None:
-                        acc[n].add_((params[n].detach() * g).abs().float())
-            seen += 1
-        with torch.no_grad():
-            for k, v in net.named_buffers():
-                v.copy_(buffers[k])
-        net.train(was_training)
-        if seen == 0:
-            raise RuntimeError("gradient scores need at least one training batch")
-        return acc
 
     def _reduced_stats(self, trainer: pl.Trainer) -> dict[str, dict]:
         """Per-parameter stats for the score functions; summed across ranks under DDP so that
@@ -387,6 +337,7 @@ class PruningCallback(pl.Callback):
             "rewind_state": self.rewind_state,
             "wg": None if self._wg is None else {k: v.detach().cpu() for k, v in self._wg.items()},
             "accumulating": self._accumulating,
+            "steps_done": list(self.steps_done),
             "method": self.pruner.state_dict(),
             "rewinder": self.rewinder.state_dict(),
         }
@@ -408,4 +359,5 @@ class PruningCallback(pl.Callback):
             self._wg = {k: v.to(params[k].device) for k, v in wg.items()}
         self._accumulating = bool(state.get("accumulating", False))
         self.pruner.load_state_dict(state.get("method") or {})
+        self.steps_done = list(state.get("steps_done", []))
         self.rewinder.load_state_dict(state.get("rewinder"))

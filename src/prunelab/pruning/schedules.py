@@ -125,7 +125,13 @@ class Gradual(Schedule):
     name = "gradual"
 
     def __init__(self, start_epoch: int = 1, end_epoch: int = 6, frequency: int = 1,
-                 initial_sparsity: float = 0.0):
+                 initial_sparsity: float = 0.0, every_steps: int | None = None):
+        # every_steps: the same ramp with an event every that many optimizer steps (Zhu & Gupta
+        # prune every 100-1,000 steps); null: one event per `frequency` epochs at epoch starts
+        if every_steps is not None:
+            self.every_steps = _check_int("schedule.every_steps", every_steps, 1)
+        else:
+            self.every_steps = None
         self.start_epoch = _check_int("schedule.start_epoch", start_epoch)
         self.end_epoch = _check_int("schedule.end_epoch", end_epoch)
         self.frequency = _check_int("schedule.frequency", frequency, 1)
@@ -139,6 +145,17 @@ class Gradual(Schedule):
         if not (isinstance(initial_sparsity, (int, float)) and 0.0 <= initial_sparsity < 1.0):
             raise ScheduleError(f"schedule.initial_sparsity={initial_sparsity!r} must be in [0, 1)")
         self.initial_sparsity = float(initial_sparsity)
+
+    def step_events(self, final: float, steps_per_epoch: int) -> dict[int, float]:
+        """``every_steps``: ``{optimizer steps done: cumulative target}`` on the cubic ramp from
+        the start of ``start_epoch`` to the start of ``end_epoch`` (the last event exactly there,
+        at ``final``)."""
+        t0, t1 = self.start_epoch * steps_per_epoch, self.end_epoch * steps_per_epoch
+        if t1 <= t0:
+            return {t1: final}
+        si = min(self.initial_sparsity, final)
+        points = list(range(t0, t1, self.every_steps)) + [t1]
+        return {t: final + (si - final) * (1.0 - (t - t0) / (t1 - t0)) ** 3 for t in points}
 
     def events(self, final: float) -> dict[int, float]:
         n = (self.end_epoch - self.start_epoch) // self.frequency
