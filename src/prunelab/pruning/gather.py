@@ -12,7 +12,7 @@ import torch
 
 from prunelab.data.loader import iter_batches
 from prunelab.pruning.masks import MaskSet
-from prunelab.pruning.methods.base import NetworkContext, PruningMethod
+from prunelab.pruning.methods.base import NetworkContext, PruningMethod, kept_state
 
 
 def target_network(pl_module: pl.LightningModule) -> torch.nn.Module:
@@ -43,23 +43,6 @@ def task_loss(pl_module: pl.LightningModule):
     return loss_fn
 
 
-class _KeptState:
-    """The network's buffers (BatchNorm statistics) and train/eval mode, restored on exit."""
-
-    def __init__(self, net: torch.nn.Module):
-        self.net = net
-
-    def __enter__(self) -> None:
-        self.buffers = {k: v.detach().clone() for k, v in self.net.named_buffers()}
-        self.training = self.net.training
-
-    def __exit__(self, *exc: Any) -> None:
-        with torch.no_grad():
-            for k, v in self.net.named_buffers():
-                v.copy_(self.buffers[k])
-        self.net.train(self.training)
-
-
 def network_stats(pruner: PruningMethod, masks: MaskSet, trainer: pl.Trainer,
                   pl_module: pl.LightningModule, target: float) -> dict[str, dict]:
     """A ``network`` method's scores (summed across DDP ranks) as ``{name: {"score": t}}``."""
@@ -69,7 +52,7 @@ def network_stats(pruner: PruningMethod, masks: MaskSet, trainer: pl.Trainer,
                          loss=task_loss(pl_module),
                          input_shape=getattr(trainer.datamodule, "input_shape", None),
                          target=target)
-    with _KeptState(net):
+    with kept_state(net):
         scores = pruner.network_scores(ctx)
     out = {}
     for n, t in scores.items():
@@ -89,7 +72,7 @@ def gather_from_batches(pruner: PruningMethod, masks: MaskSet, trainer: pl.Train
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     loss_fn = task_loss(pl_module)
     seen = 0
-    with _KeptState(net):
+    with kept_state(net):
         net.train()
         for batch in train_batches(trainer, pl_module):
             if seen >= pruner.score_batches:

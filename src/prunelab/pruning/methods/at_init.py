@@ -20,14 +20,13 @@ import copy
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from prunelab.losses import classification_loss
-from prunelab.pruning.methods.base import NetworkContext, ScoreThenSelect
+from prunelab.pruning.methods.base import NetworkContext, ScoreThenSelect, kept_state
 from prunelab.pruning.params import PruningConfigError, default_prunable
 from prunelab.pruning.scores import ScoreContext
 
@@ -40,22 +39,6 @@ def network_score(param: torch.Tensor, ctx: ScoreContext) -> torch.Tensor:
         raise RuntimeError(f"no network score for {ctx.name!r} (is the PruningCallback driving "
                            f"this pruner? it calls network_scores before the pruning event)")
     return score
-
-
-@contextmanager
-def _state_kept(net: nn.Module):
-    """The network's buffers (BatchNorm statistics) and train/eval mode as they were after the
-    block (the callback restores them too; this keeps a direct call just as clean)."""
-    buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
-    was_training = net.training
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for k, v in net.named_buffers():
-                if k in buffers:
-                    v.copy_(buffers[k])
-        net.train(was_training)
 
 
 # -- GraSP ----------------------------------------------------------------------------------------
@@ -150,7 +133,7 @@ class GraSP(ScoreThenSelect):
         if not batches:
             raise PruningConfigError("pruner=grasp found no training batch to score the "
                                      "network with")
-        with _state_kept(ctx.net):
+        with kept_state(ctx.net):
             ctx.net.train()
             return grasp_scores(ctx.net, ctx.params, batches, self.temperature)
 

@@ -24,6 +24,7 @@ A method is built from its config by :func:`build_method` (``pruner._target_`` n
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -67,6 +68,22 @@ class NetworkContext:
     input_shape: tuple[int, ...] | None = None
     #: the cumulative sparsity this event prunes to (SynFlow's rounds rise towards it)
     target: float | None = None
+
+
+@contextmanager
+def kept_state(net: nn.Module) -> Iterator[None]:
+    """The network's buffers (BatchNorm statistics) and train/eval mode as they were after the
+    block: scoring passes over data leave no trace in the network."""
+    buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
+    was_training = net.training
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for k, v in net.named_buffers():
+                if k in buffers:
+                    v.copy_(buffers[k])
+        net.train(was_training)
 
 
 def _value(x: Any) -> Any:
@@ -325,4 +342,4 @@ def build_method(node: Any, **overrides: Any) -> PruningMethod:
 
 
 __all__ = ["NEEDS", "RUN_KEYS", "NetworkContext", "PruningMethod", "ScoreThenSelect",
-           "build_method", "mask_generator"]
+           "build_method", "kept_state", "mask_generator"]
