@@ -128,6 +128,9 @@ def check_top_level(cfg: DictConfig) -> float:
     from prunelab.control import check_control
 
     check_control(cfg, sparsity)
+    if cfg.get("control") == "scratch" and _several_devices(cfg)[0]:
+        raise ConfigError(f"control=scratch runs its control after the pruned run in the same "
+                          f"process; allowed: single-device training ({_several_devices(cfg)[1]})")
     objective = cfg.get("objective")
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective={objective!r}: a sweep needs a metric to optimize; allowed: "
@@ -269,6 +272,13 @@ def check_dynamic(method: Any, cfg: DictConfig) -> None:
                           f"with no training it is a random mask; allowed: epochs >= 1")
 
 
+def check_fine_tuning(method: Any, cfg: DictConfig) -> None:
+    """A method scored by how weights move during training (movement) needs training."""
+    if method.accumulate == "run" and int(cfg.epochs) == 0:
+        raise ConfigError(f"epochs=0 with pruner={method.name}: its scores are how the weights "
+                          f"move during fine-tuning; allowed: epochs >= 1")
+
+
 def check_logger(cfg: DictConfig) -> None:
     if "MLFlow" in str((cfg.get("logger") or {}).get("_target_", "")):
         import importlib.util
@@ -316,6 +326,7 @@ def assemble(cfg: DictConfig, sparsity: float | None = None) -> RunParts:
         warns = load_init(net, cfg)  # init_from: trained weights, before the masks bind
         method = build_method(cfg.pruner)
         check_dynamic(method, cfg)
+        check_fine_tuning(method, cfg)
         schedule = run_schedule = instantiate(cfg.schedule)
         if int(cfg.epochs) == 0:  # post-training pruning: every event at once, at epoch 0
             trained = trained_weights(cfg)

@@ -69,7 +69,9 @@ def check_control(cfg: DictConfig, sparsity: float) -> None:
 def fresh_architecture(path: str, input_shape: Any = None, num_classes: Any = None) -> nn.Module:
     """The compact architecture saved at ``path`` with fresh weights (``model=custom``): the
     model is built again from its config (fresh initialization from the current seed), its
-    layers shrunk to the saved shapes and initialized again (``reset_parameters``)."""
+    layers shrunk to the saved shapes and initialized again: ``reset_parameters`` (PyTorch's
+    default), then a zoo model's own ``init`` scheme over the whole network (xavier, kaiming,
+    ...). A library model's shrunk layers keep PyTorch's default initialization."""
     from prunelab.compress.compact import resize_to
     from prunelab.models import build_from_config
 
@@ -88,8 +90,16 @@ def fresh_architecture(path: str, input_shape: Any = None, num_classes: Any = No
         prefix = f"{name}." if name else ""
         shrunk = any(k.startswith(prefix) and k[len(prefix):].count(".") == 0
                      and tuple(after[k].shape) != before.get(k) for k in after)
-        if shrunk and hasattr(m, "reset_parameters"):
+        if shrunk:
+            if not hasattr(m, "reset_parameters"):
+                raise ConfigError(f"control=scratch cannot initialize the shrunk module {name!r} "
+                                  f"({type(m).__name__} has no reset_parameters)")
             m.reset_parameters()
+    scheme = node.get("init")
+    if isinstance(scheme, str) and scheme != "default":  # the zoo model's own scheme, as built
+        from prunelab.models.base import init_weights
+
+        init_weights(model, scheme)
     return model
 
 
@@ -129,6 +139,11 @@ def run_scratch(cfg: DictConfig, out: Path,
         ccfg.control = None
         ccfg.resume = None
         ccfg.init_from = None
+        ccfg.pop("init_from_sha256", None)
+        if isinstance(ccfg.get("model"), DictConfig) and "weights" in ccfg.model:
+            ccfg.model.weights = None  # fresh: no pretrained weights either
+        if isinstance(ccfg.get("schedule"), DictConfig) and "rewind" in ccfg.schedule:
+            ccfg.schedule.rewind = "none"  # the control prunes nothing on a schedule
         if structured:
             shape = tuple(int(d) for d in loaded.datamodule.input_shape)
             small, _ = compact(loaded.net, shape)

@@ -116,7 +116,16 @@ def with_control(cfg: DictConfig, out: Path, results: dict[str, Any]) -> dict[st
     from prunelab.control import control_kind, run_scratch
     from prunelab.files import write_json_atomic
 
-    if control_kind(cfg) is None or "control" in results or results.get("rank") is not None:
+    if control_kind(cfg) is None or results.get("rank") is not None:
+        return results
+    budget = cfg.get("control_budget", "epochs")
+    if "control" in results:
+        if results["control"].get("budget") != budget:
+            from prunelab.errors import ConfigError
+
+            raise ConfigError(f"control_budget={budget}: {out} already has its control=scratch "
+                              f"with control_budget={results['control'].get('budget')} in "
+                              f"{results['control'].get('dir')}/; use that budget or a new run")
         return results
     results = {**results, "control": run_scratch(cfg, out, results, run)}
     write_json_atomic(out / "results.json", results)

@@ -104,3 +104,34 @@ def test_the_sweep_report_puts_dense_and_random_beside_every_row():
     assert "| 97.00 | 70.00 |" in lamp
     # a sweep without dense or random runs has no such columns
     assert "dense acc" not in markdown(summarize([_row("lamp", 0.98, 0.95)]))
+
+
+def test_fresh_architecture_uses_the_zoo_models_own_init_scheme(tmp_path):
+    node = {"_target_": "prunelab.models.MLP", "hidden": [64, 32], "init": "xavier_normal"}
+    torch.manual_seed(0)
+    net = build_from_config(node, (1, 28, 28), 10)
+    with torch.no_grad():
+        net.features[0].weight[:8] = 0  # eight dead hidden units
+        net.features[0].bias[:8] = 0
+    small, _ = compact(net.eval(), (1, 28, 28))
+    path = save_compact(small, tmp_path / "a.pt", input_shape=(1, 28, 28), num_classes=10,
+                        model_config=node)
+    torch.manual_seed(3)
+    fresh = fresh_architecture(str(path))
+    w = fresh.features[0].weight
+    assert w.shape == (56, 784)
+    xavier = (2.0 / (784 + 56)) ** 0.5  # N(0, 2/(fan_in+fan_out)), not PyTorch's default
+    assert abs(float(w.std()) - xavier) < 0.1 * xavier
+    assert float(fresh.features[0].bias.abs().sum()) == 0.0  # the scheme zeroes biases
+
+
+def test_a_finished_control_of_another_budget_is_refused_in_one_line(tmp_path):
+    from prunelab.train import with_control
+
+    cfg = OmegaConf.create({"control": "scratch", "control_budget": "compute"})
+    done = {"test_acc": 0.9, "control": {"budget": "epochs", "dir": "control_scratch"}}
+    with pytest.raises(ConfigError, match=r"control_budget=compute: .* already has its "
+                                          r"control=scratch with control_budget=epochs"):
+        with_control(cfg, tmp_path, done)
+    cfg.control_budget = "epochs"
+    assert with_control(cfg, tmp_path, done) is done  # the same budget: nothing to do

@@ -70,6 +70,7 @@ def test_masks_keep_the_weights_that_moved_away_from_zero(tmp_path, variant):
 
 def test_a_first_event_before_any_step_and_an_unknown_variant_are_refused():
     with pytest.raises(PruningConfigError, match="its first pruning epoch is 0, before any step"):
-        Movement().check_run(None, Gradual(0, 2), 0.5)
+        Movement().check_run(None, OneShot(0), 0.5)
+    Movement().check_run(None, Gradual(0, 2), 0.5)  # its epoch-0 event is at 0 %: allowed
     with pytest.raises(PruningConfigError, match="pruner.variant='medium' is not one of hard, soft"):
         Movement(variant="medium")

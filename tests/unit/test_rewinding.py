@@ -145,3 +145,10 @@ def test_runs_written_before_the_new_keys_keep_their_identity():
     assert config_hash(old) == config_hash(new)
     new["schedule"]["rewind"] = "lr"
     assert config_hash(old) != config_hash(new)
+
+
+def test_a_method_that_prunes_before_training_has_nothing_to_rewind():
+    from prunelab.pruning import SNIP
+
+    cb = PruningCallback(SNIP(), Iterative(2, 4, 2, rewind="weights", rewind_epoch=1), 0.5)
+    assert not cb.rewinder.active

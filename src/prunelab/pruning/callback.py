@@ -75,8 +75,9 @@ class PruningCallback(pl.Callback):
         self._fast_dev_run = False  # Lightning's smoke test: the final target at epoch 0
         self._total_steps = 0  # optimizer steps of the whole run (dynamic methods' schedule)
         # schedule.rewind: learning rate or weights set back after each round (iterative)
-        self.rewinder = RoundRewinder(getattr(schedule, "rewind", "none"),
-                                      getattr(schedule, "rewind_epoch", 0))
+        self.rewinder = RoundRewinder(  # one event before training (at_init): nothing to rewind
+            "none" if pruner.at_init else getattr(schedule, "rewind", "none"),
+            getattr(schedule, "rewind_epoch", 0))
         # schedule.every_steps: events at optimizer steps ({steps done: target}, set at train start)
         self.step_events: dict[int, float] = {}
         self.steps_done: list[int] = []
@@ -140,6 +141,8 @@ class PruningCallback(pl.Callback):
         self.bind(target_network(pl_module))
         # trainer.fast_dev_run runs one batch of one epoch: prune to the final target at once
         self._fast_dev_run = bool(getattr(trainer, "fast_dev_run", False))
+        if self._fast_dev_run:  # the final target at once: no rounds to rewind between
+            self.rewinder.mode = "none"
         if stage == "fit" and self.events and not self.pruner.at_init and not self._fast_dev_run:
             self.schedule.validate(trainer.max_epochs, self.sparsity)
             self.rewinder.check(self.events)
@@ -316,6 +319,8 @@ class PruningCallback(pl.Callback):
             self.masks.apply_()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1 and (self.pruner.dynamic or self.by_steps):
+            self.check_ranks(trainer)  # masks moved (or pruned) between steps: still equal?
         stats = self.masks.stats()
         # the same value on every rank (masks are checked equal): sync_dist only silences
         # Lightning's distributed-logging advice

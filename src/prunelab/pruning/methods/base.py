@@ -75,7 +75,7 @@ def kept_state(net: nn.Module) -> Iterator[None]:
     """The network's buffers (BatchNorm statistics) and train/eval mode as they were after the
     block: scoring passes over data leave no trace in the network."""
     buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
-    was_training = net.training
+    modes = {m: m.training for m in net.modules()}  # each module's own (a frozen BatchNorm)
     try:
         yield
     finally:
@@ -83,7 +83,8 @@ def kept_state(net: nn.Module) -> Iterator[None]:
             for k, v in net.named_buffers():
                 if k in buffers:
                     v.copy_(buffers[k])
-        net.train(was_training)
+        for m, training in modes.items():
+            m.training = training
 
 
 def _value(x: Any) -> Any:

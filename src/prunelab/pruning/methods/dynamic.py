@@ -31,8 +31,10 @@ import torch
 from prunelab.pruning.distribution import DISTRIBUTIONS, kept_counts
 from prunelab.pruning.methods.base import PruningMethod, _value, mask_generator
 from prunelab.pruning.params import PruningConfigError
+from prunelab.seeds import derive_seed
 
 DECAYS = ("cosine", "constant")
+GROW_SALT = 0x5E7  # derive_seed(seed, GROW_SALT, step): random regrowth at an update
 
 
 class DynamicSparse(PruningMethod):
@@ -125,7 +127,7 @@ class DynamicSparse(PruningMethod):
         smallest magnitude (ties by position) and regrows ``k`` of the others not just dropped,
         ``k = round(fraction * kept)``."""
         fraction = self.fraction_at(step, total)
-        gen = mask_generator(self.seed, 1_000_000 + step)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, GROW_SALT, step))
         out = {}
         for n, p in params.items():
             old = masks[n].reshape(-1)

@@ -3,8 +3,9 @@ Fine-Tuning") for fine-tuning from trained weights.
 
 A weight's score is how much it moves *away from zero* during fine-tuning: the first-order
 S = -sum_t (dL/dW)_t * W_t over every optimizer step from the start of training (the paper's
-scores learned with a straight-through estimator accumulate exactly this, up to the learning
-rate). Weights moving towards zero score low and are pruned, whatever their magnitude; that is
+scores, learned with a straight-through estimator, accumulate this times the learning rate
+under plain SGD; the paper trains them with Adam, and its pruned weights keep their values and
+may return, where prunelab's masks are monotone and pruned weights are zero). Weights moving towards zero score low and are pruned, whatever their magnitude; that is
 what distinguishes it from magnitude pruning, which favours large pretrained weights.
 
 - ``variant=hard``: each weight matrix keeps its top-v scores (the paper's hard movement
@@ -67,10 +68,11 @@ class Movement(ScoreThenSelect):
 
     def check_run(self, model: Any, schedule: Any, sparsity: float) -> None:
         events = schedule.events(sparsity) if sparsity > 0 else {}
-        if events and min(events) < 1:
+        pruning = [e for e, t in events.items() if t > 0]  # an event at 0 % prunes nothing
+        if pruning and min(pruning) < 1:
             raise PruningConfigError(
                 f"pruner=movement scores weights by how they move during fine-tuning: its first "
-                f"pruning epoch is {min(events)}, before any step; allowed: a schedule whose "
+                f"pruning epoch is {min(pruning)}, before any step; allowed: a schedule whose "
                 f"first event is at epoch >= 1 (e.g. schedule.start_epoch=1)")
 
     def report(self) -> dict:
