@@ -339,8 +339,6 @@ def assemble(cfg: DictConfig, sparsity: float | None = None) -> RunParts:
                               f"for a torchvision/timm model)")
         callback = PruningCallback(method, run_schedule, sparsity)
         callback.bind(net)
-        if hasattr(method, "input_shape"):  # a data-free method scores an input of this shape
-            method.input_shape = tuple(datamodule.input_shape)
         method.check_run(net, run_schedule, sparsity)
         if callback.events and not method.at_init and int(cfg.epochs) > 0:
             schedule.validate(int(cfg.trainer.get("max_epochs") or cfg.epochs), sparsity)

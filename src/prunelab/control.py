@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
@@ -72,30 +71,16 @@ def fresh_architecture(path: str, input_shape: Any = None, num_classes: Any = No
     layers shrunk to the saved shapes and initialized again: ``reset_parameters`` (PyTorch's
     default), then a zoo model's own ``init`` scheme over the whole network (xavier, kaiming,
     ...). A library model's shrunk layers keep PyTorch's default initialization."""
-    from prunelab.compress.compact import resize_to
-    from prunelab.models import build_from_config
+    from prunelab.compress.compact import compact_architecture
 
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    node = dict(saved["model_config"])
-    if "weights" in node:
-        node["weights"] = None  # fresh: no pretrained weights
-    model = build_from_config(node, tuple(saved["input_shape"]), int(saved["num_classes"]))
-    before = {n: tuple(p.shape) for n, p in model.state_dict().items()}
-    resize_to(model, saved["state_dict"])
-    for name, attrs in (saved.get("sizes") or {}).items():
-        for attr, value in attrs.items():
-            setattr(model.get_submodule(name), attr, int(value))
-    after = model.state_dict()
-    for name, m in model.named_modules():
-        prefix = f"{name}." if name else ""
-        shrunk = any(k.startswith(prefix) and k[len(prefix):].count(".") == 0
-                     and tuple(after[k].shape) != before.get(k) for k in after)
-        if shrunk:
-            if not hasattr(m, "reset_parameters"):
-                raise ConfigError(f"control=scratch cannot initialize the shrunk module {name!r} "
-                                  f"({type(m).__name__} has no reset_parameters)")
-            m.reset_parameters()
-    scheme = node.get("init")
+    model, saved, shrunk = compact_architecture(path)
+    for name in shrunk:
+        m = model.get_submodule(name)
+        if not hasattr(m, "reset_parameters"):
+            raise ConfigError(f"control=scratch cannot initialize the shrunk module {name!r} "
+                              f"({type(m).__name__} has no reset_parameters)")
+        m.reset_parameters()
+    scheme = (saved.get("model_config") or saved.get("model_kwargs") or {}).get("init")
     if isinstance(scheme, str) and scheme != "default":  # the zoo model's own scheme, as built
         from prunelab.models.base import init_weights
 

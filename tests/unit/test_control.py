@@ -15,15 +15,21 @@ from prunelab.pruning.params import PruningConfigError
 LENET5 = {"_target_": "prunelab.models.LeNet5"}
 
 
-def test_fresh_architecture_has_the_compact_shapes_and_new_weights(tmp_path):
+def _compact_saved(node, dead, tmp_path):
+    """A zoo model whose first layer has ``dead`` dead outputs, compacted and saved."""
     torch.manual_seed(0)
-    net = build_from_config(LENET5, (1, 28, 28), 10)
-    with torch.no_grad():  # two dead filters in the first convolution
-        net.features[0].weight[:2] = 0
-        net.features[0].bias[:2] = 0
-    small, report = compact(net.eval(), (1, 28, 28))
+    net = build_from_config(node, (1, 28, 28), 10)
+    with torch.no_grad():
+        net.features[0].weight[:dead] = 0
+        net.features[0].bias[:dead] = 0
+    small, _ = compact(net.eval(), (1, 28, 28))
     path = save_compact(small, tmp_path / "a.pt", input_shape=(1, 28, 28), num_classes=10,
-                        model_config=LENET5)
+                        model_config=node)
+    return net, small, path
+
+
+def test_fresh_architecture_has_the_compact_shapes_and_new_weights(tmp_path):
+    net, small, path = _compact_saved(LENET5, 2, tmp_path)  # two dead filters
     torch.manual_seed(1)
     fresh = fresh_architecture(str(path))
     got, want = fresh.state_dict(), small.state_dict()
@@ -108,14 +114,7 @@ def test_the_sweep_report_puts_dense_and_random_beside_every_row():
 
 def test_fresh_architecture_uses_the_zoo_models_own_init_scheme(tmp_path):
     node = {"_target_": "prunelab.models.MLP", "hidden": [64, 32], "init": "xavier_normal"}
-    torch.manual_seed(0)
-    net = build_from_config(node, (1, 28, 28), 10)
-    with torch.no_grad():
-        net.features[0].weight[:8] = 0  # eight dead hidden units
-        net.features[0].bias[:8] = 0
-    small, _ = compact(net.eval(), (1, 28, 28))
-    path = save_compact(small, tmp_path / "a.pt", input_shape=(1, 28, 28), num_classes=10,
-                        model_config=node)
+    _, _, path = _compact_saved(node, 8, tmp_path)  # eight dead hidden units
     torch.manual_seed(3)
     fresh = fresh_architecture(str(path))
     w = fresh.features[0].weight

@@ -1,17 +1,14 @@
 """Compaction: a structured-pruned network becomes a physically smaller ``nn.Module``.
 
-Zeros in a dense tensor buy nothing on a CPU; removing the channels they belong to does. The
-channel groups come from :mod:`prunelab.graph`; a group's channel goes when it is dead
-(:func:`prunelab.graph` explains when: zero wherever it is read). Removing it deletes, in the
-original coordinates and all at once, the producers' and followers' rows, the per-channel
-members' entries (BatchNorm, depthwise convolutions), the consumers' matching input columns
-(``H*W`` columns each after a flatten) and, for a heads group, the heads' query/key/value rows
-and output-projection columns; so the compact network computes the same function. Fixed groups
-are left whole.
+Zeros in a dense tensor buy nothing on a CPU; removing their channels does. A channel of a
+group (:mod:`prunelab.graph`) goes when it is dead (zero wherever it is read): in the original
+coordinates and all at once, the producers' and followers' rows, the per-channel members'
+entries (BatchNorm, depthwise convolutions), the consumers' input columns (``H*W`` each after a
+flatten) and a heads group's query/key/value rows and output-projection columns; so the compact
+network computes the same function. Fixed groups are left whole.
 
-:func:`compact` checks its own output against the masked network on a random batch and raises
-a :class:`CompactionError` naming the first layer where they differ, instead of returning a
-broken network.
+:func:`compact` checks its output against the masked network on a random batch: a
+:class:`CompactionError` names the first layer that differs instead of a broken network.
 """
 
 from __future__ import annotations
@@ -355,9 +352,10 @@ def save_compact(net: nn.Module, path: str | Path, **meta: Any) -> Path:
     return path
 
 
-def resize_to(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+def resize_to(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
     """Shrink ``model``'s layers (Conv, Linear, norms, attention heads) to the shapes in
-    ``state_dict`` (in place), so that ``load_state_dict`` accepts a compacted state."""
+    ``state_dict`` (in place; ``load_state_dict`` then accepts it); the modules shrunk."""
+    shrunk = []
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
         resized = False
@@ -374,16 +372,24 @@ def resize_to(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Modul
             resized = True
         if resized:
             sync_shape(m)
+            shrunk.append(name)
         if getattr(type(m), "prunable_heads", False):
             m.num_heads = m.qkv.weight.shape[0] // (3 * int(m.head_dim))
-    return model
+    return shrunk
 
 
 def load_compact(path: str | Path) -> nn.Module:
-    """Rebuild a model saved by :func:`save_compact` (through the model registry, or from its
-    ``model_config``: a torchvision, timm or custom model; weights are not fetched, the saved
-    ones replace them), in eval mode. A file that is not such a checkpoint is a one-line
-    :class:`CompactionError`."""
+    """A model saved by :func:`save_compact` with its weights, in eval mode (a file that is not
+    such a checkpoint: a one-line :class:`CompactionError`)."""
+    model, ckpt, _ = compact_architecture(path)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def compact_architecture(path: str | Path) -> tuple[nn.Module, dict[str, Any], list[str]]:
+    """The architecture saved by :func:`save_compact`: the model rebuilt (registry, or its
+    ``model_config``: torchvision, timm, custom; weights not fetched) and shrunk to the saved
+    shapes, the checkpoint, and the modules shrunk (uninitialized until a state is loaded)."""
     from prunelab.models import build_from_config, build_model
 
     try:
@@ -399,18 +405,16 @@ def load_compact(path: str | Path) -> nn.Module:
     if ckpt.get("model"):
         model = build_model(ckpt["model"], input_shape=shape, num_classes=classes,
                             **(ckpt.get("model_kwargs") or {}))
-    elif isinstance(ckpt.get("model_config"), dict):
-        node = dict(ckpt["model_config"])
-        if "weights" in node:
-            node["weights"] = None  # the saved state replaces them: nothing to read from a cache
-        model = build_from_config(node, shape, classes)
+    elif isinstance(ckpt.get("model_config"), dict):  # weights: none read from a cache
+        model = build_from_config({**ckpt["model_config"], "weights": None}
+                                  if "weights" in ckpt["model_config"] else ckpt["model_config"],
+                                  shape, classes)
     else:
         raise CompactionError(f"{str(path)!r} names no model to rebuild (neither a registered "
                               f"model nor a model_config); load its state_dict into the network "
                               f"yourself (resize_to, then load_state_dict)")
-    resize_to(model, ckpt["state_dict"])
+    shrunk = resize_to(model, ckpt["state_dict"])
     for name, attrs in (ckpt.get("sizes") or {}).items():
         for attr, value in attrs.items():
             setattr(model.get_submodule(name), attr, int(value))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
+    return model, ckpt, shrunk

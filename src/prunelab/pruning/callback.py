@@ -74,6 +74,7 @@ class PruningCallback(pl.Callback):
         self._trainer: pl.Trainer | None = None  # set while training (the step hook needs it)
         self._fast_dev_run = False  # Lightning's smoke test: the final target at epoch 0
         self._total_steps = 0  # optimizer steps of the whole run (dynamic methods' schedule)
+        self._steps_per_epoch = 0  # ... per epoch (step events, rewinding a step-wise LR)
         # schedule.rewind: learning rate or weights set back after each round (iterative)
         self.rewinder = RoundRewinder(  # one event before training (at_init): nothing to rewind
             "none" if pruner.at_init else getattr(schedule, "rewind", "none"),
@@ -170,9 +171,9 @@ class PruningCallback(pl.Callback):
                                      f"steps: it needs exactly one torch.optim.Optimizer "
                                      f"(this run has {len(trainer.optimizers)} optimizers)")
         self._total_steps = total_optimizer_steps(trainer)
+        self._steps_per_epoch = self._total_steps // max(int(trainer.max_epochs or 1), 1)
         if self.by_steps:
-            self.step_events = self.schedule.step_events(
-                self.sparsity, self._total_steps // max(int(trainer.max_epochs or 1), 1))
+            self.step_events = self.schedule.step_events(self.sparsity, self._steps_per_epoch)
         self._step_hooks = [o.register_step_post_hook(self._after_optimizer_step) for o in opts]
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
@@ -248,7 +249,7 @@ class PruningCallback(pl.Callback):
             self.prune_to(target, event=len(self.events_done), stats=stats)
             self.events_done.append(epoch)
             self.rewinder.after_round(trainer, target_network(pl_module), self.masks, epoch,
-                                      events, self._total_steps // max(trainer.max_epochs, 1))
+                                      events, self._steps_per_epoch)
             if trainer.world_size > 1:
                 self.check_ranks(trainer)
             if self.pruner.accumulate == "epoch":

@@ -27,6 +27,7 @@ from torch import nn
 
 from prunelab.losses import classification_loss
 from prunelab.pruning.methods.base import NetworkContext, ScoreThenSelect, kept_state
+from prunelab.pruning.methods.gradient import score_batches_setting
 from prunelab.pruning.params import PruningConfigError, default_prunable
 from prunelab.pruning.scores import ScoreContext
 
@@ -86,7 +87,17 @@ def grasp_scores(net: nn.Module, params: Mapping[str, torch.Tensor], batches: Se
     return {n: (w.detach() * h).float() for n, w, h in zip(names, weights, hg)}
 
 
-class GraSP(ScoreThenSelect):
+class NetworkScored(ScoreThenSelect):
+    """What GraSP and SynFlow share: scores from :meth:`network_scores` before one pruning event
+    at initialization, unstructured."""
+
+    score = network_score
+    needs = frozenset({"network"})
+    at_init = True
+    granularities = ("unstructured",)
+
+
+class GraSP(NetworkScored):
     """GraSP (Wang, Zhang & Grosse 2020): keep the weights whose removal would reduce the
     gradient flow most, keep-score ``theta * H g`` (:func:`grasp_scores`: the reference prunes the
     largest ``-theta * H g``), at initialization, once, to the final target; the schedule is not
@@ -107,25 +118,17 @@ class GraSP(ScoreThenSelect):
     """
 
     name = "grasp"
-    score = network_score
-    needs = frozenset({"network"})
-    at_init = True
-    granularities = ("unstructured",)
 
     def __init__(self, scope: str = "global", granularity: str = "unstructured",
                  score_batches: int = 1, temperature: float = 200.0,
                  include: Sequence[str] | None = None, exclude: Sequence[str] = (),
                  seed: int = 0, distribution: str | None = None):
         super().__init__(scope, granularity, include, exclude, seed, distribution=distribution)
-        if (isinstance(score_batches, bool) or not isinstance(score_batches, int)
-                or score_batches < 1):
-            raise PruningConfigError(f"pruner.score_batches={score_batches!r} must be an "
-                                     f"integer >= 1")
         if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                 or not math.isfinite(temperature) or temperature <= 0):
             raise PruningConfigError(f"pruner.temperature={temperature!r} must be a number > 0 "
                                      f"(the logits are divided by it; the paper's is 200)")
-        self.score_batches = score_batches
+        self.score_batches = score_batches_setting(score_batches)
         self.temperature = float(temperature)
 
     def network_scores(self, ctx: NetworkContext) -> dict[str, torch.Tensor]:
@@ -237,7 +240,7 @@ def synflow_check(net: nn.Module, input_shape: Sequence[int] | None,
     _Flow(net, default_prunable(net) if names is None else names, input_shape).scores(check=True)
 
 
-class SynFlow(ScoreThenSelect):
+class SynFlow(NetworkScored):
     """SynFlow (Tanaka, Kunin, Yamins & Ganguli 2020): data-free iterative synaptic-flow pruning
     at initialization, once, to the final target; the schedule is not used and the data loader is
     never made.
@@ -261,10 +264,6 @@ class SynFlow(ScoreThenSelect):
     """
 
     name = "synflow"
-    score = network_score
-    needs = frozenset({"network"})
-    at_init = True
-    granularities = ("unstructured",)
     #: the data's input shape, when known before training (``check_run`` then makes one pass)
     input_shape: tuple[int, ...] | None = None
 
@@ -277,8 +276,9 @@ class SynFlow(ScoreThenSelect):
         self.rounds = rounds
 
     def check_run(self, model: nn.Module, schedule: Any, sparsity: float) -> None:
-        if self.input_shape is not None:
-            synflow_check(model, self.input_shape, self.resolve(model))
+        shape = self.input_shape or getattr(model, "input_shape", None)  # built models know it
+        if shape is not None:
+            synflow_check(model, shape, self.resolve(model))
 
     def _prune_copy(self, flow: _Flow, params: Mapping[str, torch.Tensor],
                     masks: Mapping[str, torch.Tensor], sparsity: float, check: bool

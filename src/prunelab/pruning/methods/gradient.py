@@ -8,6 +8,13 @@ from prunelab.pruning.methods.base import ScoreThenSelect
 from prunelab.pruning.params import PruningConfigError
 
 
+def score_batches_setting(value: object) -> int:
+    """``pruner.score_batches``: an integer >= 1 (a one-line PruningConfigError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PruningConfigError(f"pruner.score_batches={value!r} must be an integer >= 1")
+    return value
+
+
 class GradientScored(ScoreThenSelect):
     """A score from accumulated |w * dL/dw| (``stats["wg"]``, gathered by the callback).
 
@@ -21,11 +28,7 @@ class GradientScored(ScoreThenSelect):
                  score_batches: int = 10, include: Sequence[str] | None = None,
                  exclude: Sequence[str] = (), seed: int = 0, distribution: str | None = None):
         super().__init__(scope, granularity, include, exclude, seed, distribution=distribution)
-        if (isinstance(score_batches, bool) or not isinstance(score_batches, int)
-                or score_batches < 1):
-            raise PruningConfigError(f"pruner.score_batches={score_batches!r} must be an "
-                                     f"integer >= 1")
-        self.score_batches = score_batches
+        self.score_batches = score_batches_setting(score_batches)
 
 
 class Taylor(GradientScored):
