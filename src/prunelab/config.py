@@ -186,7 +186,7 @@ class ExportConf:
 
     run: Optional[str] = None
     checkpoint: str = "best"
-    format: str = "onnx"
+    format: str = "onnx"  # onnx | executorch
     compact: bool = False
     quantize: str = "none"  # none | int8
     batch_sizes: list[int] = field(default_factory=lambda: [1, 64])

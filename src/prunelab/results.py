@@ -32,7 +32,8 @@ ADDED_DEFAULTS = {"init_from": None, "calibration_batches": 20,
 #: The same for keys added inside a group (``pruner.distribution``, ``schedule.rewind``).
 ADDED_SUBKEY_DEFAULTS = {"pruner": {"distribution": None},
                          "schedule": {"rewind": "none", "rewind_epoch": 0,
-                                      "every_steps": None}}
+                                      "every_steps": None},
+                         "data": {"shift": 0}}
 #: Set by the run itself (``pretrained.init_identity``), absent from ``.hydra/config.yaml``:
 #: compared only when both configs have it.
 DERIVED_KEYS = ("init_from_sha256",)

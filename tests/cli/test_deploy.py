@@ -397,7 +397,7 @@ def test_export_compact_of_a_run_without_a_dead_channel_is_one_line(runs):
     (["atol=-1"], "atol=-1.0 must be a number >= 0"),
     (["runs=0"], "runs=0 must be a number >= 1"),
     (["quantize=int4"], "quantize='int4'; allowed: none, int8"),
-    (["format=tflite"], "format='tflite'; allowed: onnx"),
+    (["format=tflite"], "format='tflite'; allowed: onnx, executorch"),
 ])
 def test_export_bad_input(runs, args, message):
     before = sorted(p.name for p in (runs / "unstructured").iterdir())

@@ -187,6 +187,7 @@ def test_a_failing_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
     assert "**1 job(s) without results:**" in md and "sparsity=1.5 is outside" in md
 
 
+@pytest.mark.slow  # long (a minute on 2 cores): pytest -m slow
 def test_a_killed_job_does_not_stop_the_sweep_and_is_reported(tmp_path):
     """One job's process is SIGKILLed (as by the OOM killer) under the joblib launcher: the other
     job finishes, the killed one has an error.json and the report lists it."""
@@ -323,6 +324,7 @@ def test_ddp_inside_a_sweep_starts_the_job_not_the_sweep_on_every_rank(tmp_path)
     assert (p.stdout + p.stderr).count("Launching 1 jobs locally") == 1
 
 
+@pytest.mark.slow  # long (a minute on 2 cores): pytest -m slow
 def test_rerunning_a_sweep_skips_finished_jobs_and_retries_the_rest(tmp_path):
     sweep = tmp_path / "sw"
     args = ["-m", *FAST, "measure.latency=false", "pruner=magnitude", "sparsity=0.5,0.6",

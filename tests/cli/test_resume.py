@@ -141,6 +141,7 @@ def test_killed_runs_resume_to_the_uninterrupted_run(reference):
         assert res["wall_time_s"] > elapsed[k]  # the killed attempt's time is counted
 
 
+@pytest.mark.slow  # long (a minute on 2 cores): pytest -m slow
 def test_resume_with_another_config_names_the_keys_and_writes_nothing(reference, tmp_path):
     reference, _ = reference
     before = file_hashes(reference)

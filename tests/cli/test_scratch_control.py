@@ -3,12 +3,14 @@ initialization beside it; a rerun skips both runs."""
 
 import json
 
+import pytest
 import torch
 from helpers import FAST, run_cli
 
 from prunelab.runs import load_run
 
 
+@pytest.mark.slow  # long (a minute on 2 cores): pytest -m slow
 def test_scratch_control_trains_the_final_mask_from_fresh_weights_beside_the_run(tmp_path):
     run_dir = tmp_path / "run"
     args = [*FAST, "pruner=magnitude", "sparsity=0.8", "control=scratch",

@@ -305,6 +305,31 @@ def test_random_crop_flip_deterministic_and_pure_flip():
     assert torch.equal(RandomCropFlip(padding=0, flip_p=0.0)(x), x)
 
 
+def test_mnist_shift_translates_on_black_background(mnist_raw):
+    dm = _with_raw(MNISTDataModule(shift=2, subset=256, seed=3), mnist_raw)
+    assert MNISTDataModule().train_transform() is None  # shift=0: no augmentation
+    dm.setup("fit")
+    x = dm.data_train[0][:64]
+    black = -0.1307 / 0.3081
+    assert x.min().item() == pytest.approx(black, abs=1e-6)
+    out = dm.train_transform()(x)
+    n_shifted = 0
+    for i in range(len(x)):
+        padded = torch.nn.functional.pad(x[i], (2, 2, 2, 2), value=black)
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if torch.equal(padded[:, dy:dy + 28, dx:dx + 28], out[i])]
+        # a shifted copy on black (never mirrored: digits are not symmetric)
+        assert hits, f"sample {i} is not a translate of its image"
+        n_shifted += (2, 2) not in hits
+    assert n_shifted >= 48
+    assert out.min().item() == pytest.approx(black, abs=1e-6)  # no grey border from padding
+    plain = _with_raw(MNISTDataModule(shift=1, normalize=False), mnist_raw).train_transform()
+    assert plain.fill == 0.0 and plain.padding == 1
+    for bad in (-1, 15, 1.5, True):
+        with pytest.raises(ValueError, match=r"data.shift=.* must be an integer pixel count in 0..14"):
+            MNISTDataModule(shift=bad)
+
+
 # ------------------------------------------------------------------------- on-disk fixture sets
 def test_cifar10_from_fixture(cifar10_root):
     root, (x_train, y_train, x_test, y_test) = cifar10_root

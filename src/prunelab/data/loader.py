@@ -54,8 +54,9 @@ class RandomCropFlip:
     batch is padded once and all crops are gathered with one advanced-indexing operation, on
     whatever device the batch lives on.
 
-    Note that the padding value is ``0`` in the space of the given tensor; for normalized inputs
-    that is the per-channel data-set mean rather than black.
+    The padding value is ``fill`` in the space of the given tensor (default ``0``: for normalized
+    inputs that is the per-channel data-set mean rather than black; MNIST passes its normalized
+    background so a shifted digit sits on its own black).
 
     Randomness comes from a CPU :class:`torch.Generator` (crop offsets and flip decisions are
     drawn on the CPU, then moved to the batch's device), so results do not depend on the device.
@@ -67,15 +68,18 @@ class RandomCropFlip:
         padding: zero padding added on every side before cropping back to the input size.
         flip_p: probability of flipping each sample horizontally.
         seed: initial seed of the generator (used when nobody calls :meth:`manual_seed`).
+        fill: value of the padded border.
     """
 
-    def __init__(self, padding: int = 4, flip_p: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, padding: int = 4, flip_p: float = 0.5, seed: int = 0,
+                 fill: float = 0.0) -> None:
         if padding < 0:
             raise ValueError(f"padding must be >= 0, got {padding}")
         if not 0.0 <= flip_p <= 1.0:
             raise ValueError(f"flip_p must be in [0, 1], got {flip_p}")
         self.padding = int(padding)
         self.flip_p = float(flip_p)
+        self.fill = float(fill)
         self.generator = torch.Generator().manual_seed(int(seed) & _MASK64)
 
     def manual_seed(self, seed: int) -> None:
@@ -95,7 +99,7 @@ class RandomCropFlip:
         device = x.device
         off_y, off_x, flip = off_y.to(device), off_x.to(device), flip.to(device)
 
-        padded = torch.nn.functional.pad(x, (p, p, p, p)) if p else x
+        padded = torch.nn.functional.pad(x, (p, p, p, p), value=self.fill) if p else x
         rows = off_y[:, None] + torch.arange(h, device=device)  # (N, H)
         cols = off_x[:, None] + torch.arange(w, device=device)  # (N, W)
         cols = torch.where(flip[:, None], cols.flip(1), cols)  # mirrored window = flipped crop
@@ -104,7 +108,8 @@ class RandomCropFlip:
         return padded[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(padding={self.padding}, flip_p={self.flip_p})"
+        return (f"{type(self).__name__}(padding={self.padding}, flip_p={self.flip_p}, "
+                f"fill={self.fill:g})")
 
 
 class TensorBatchLoader:

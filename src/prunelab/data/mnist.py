@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor
 
 from prunelab.data.base import DataError, TensorDataModule
 from prunelab.data.idx import bundled_dir, load_checksums, read_idx
+from prunelab.data.loader import RandomCropFlip
 
 #: Directory of the MNIST IDX files shipped inside the package (package data
 #: ``prunelab/datasets/mnist``, found with importlib.resources).
@@ -35,15 +37,27 @@ class _IDXDataModule(TensorDataModule):
         "t10k-labels-idx1-ubyte",
     )
 
-    def __init__(self, download: bool = True, download_timeout: float = 20.0,
+    def __init__(self, download: bool = True, download_timeout: float = 20.0, shift: int = 0,
                  **common: Any) -> None:
-        """``download``: fetch the files through torchvision when missing; ``common``: the
-        arguments of :class:`TensorDataModule`."""
+        """``download``: fetch the files through torchvision when missing; ``shift``: random
+        translation of the training images by up to this many pixels in each direction (0: none);
+        ``common``: the arguments of :class:`TensorDataModule`."""
         super().__init__(**common)
+        if isinstance(shift, bool) or not isinstance(shift, int) or not 0 <= shift <= 14:
+            raise ValueError(f"data.shift={shift!r} must be an integer pixel count in 0..14")
+        self.shift = shift
         self.input_shape = tuple(type(self).input_shape)
         self.num_classes = type(self).num_classes
         self.download = bool(download)
         self.download_timeout = float(download_timeout)
+
+    def train_transform(self) -> Callable[[Tensor], Tensor] | None:
+        """Random translation by up to ``shift`` pixels (a crop of the image padded with its
+        black background; no flip: digits are not mirror-symmetric), if ``shift`` > 0."""
+        if not self.shift:
+            return None
+        black = -self.mean[0] / self.std[0] if self.normalize and self.mean else 0.0
+        return RandomCropFlip(padding=self.shift, flip_p=0.0, seed=self.seed, fill=black)
 
     def candidate_dirs(self) -> list[Path]:
         """Directories searched for the four IDX files, in order."""

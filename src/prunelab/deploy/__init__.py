@@ -26,12 +26,14 @@ and int8 variants are CPU kernels and are not built there.
 
 ``python -m prunelab.export run=<run dir> format=onnx [compact=true] [quantize=int8]`` writes an
 ONNX file, checks it with onnxruntime against PyTorch and prints its size and latency beside the
-dense model's.
+dense model's; ``format=executorch`` writes ExecuTorch programs lowered to XNNPACK instead
+(:mod:`~prunelab.deploy.executorch`).
 
 Modules: :mod:`~prunelab.deploy.options` (the two commands' options and their checks),
 :mod:`~prunelab.deploy.loading` (a run's network, data and compact network),
 :mod:`~prunelab.deploy.variants`, :mod:`~prunelab.deploy.memory_format`,
 :mod:`~prunelab.deploy.onnx` (export, onnxruntime sessions and timing),
+:mod:`~prunelab.deploy.executorch` (ExecuTorch programs, their checks and timing),
 :mod:`~prunelab.deploy.tables` (what is printed), :mod:`~prunelab.deploy.measuring` and
 :mod:`~prunelab.deploy.exporting` (the two commands' work).
 """

@@ -1,4 +1,5 @@
-"""``export``: a run as an ONNX file, checked with onnxruntime against PyTorch and timed."""
+"""``export``: a run as an ONNX file (checked with onnxruntime against PyTorch) or as ExecuTorch
+programs (:mod:`prunelab.deploy.executorch`), timed beside the dense PyTorch model."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from prunelab.metrics.timing import time_alternating
 
 
 def export_run(conf: Any) -> dict[str, Any]:
-    """Write an ONNX file of the run (``compact``: without its dead channels, the compact
+    """``format=executorch``: :func:`~prunelab.deploy.executorch.export_executorch`. ``onnx``:
+    write an ONNX file of the run (``compact``: without its dead channels, the compact
     network also as ``model_compact.pt``; ``quantize=int8``: onnxruntime's int8, as ``measure``
     makes it: :func:`~prunelab.compress.quantize.quantize_int8`, static and calibrated on 8
     training batches for conv nets, dynamic otherwise),
@@ -30,6 +32,20 @@ def export_run(conf: Any) -> dict[str, Any]:
     out = Path(conf.out) if conf.out else run.run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     stem = "model" + ("_compact" if conf.compact else "") + ("_int8" if conf.quantize == "int8" else "")
+    if conf.compact:
+        from prunelab.compress.compact import save_compact
+
+        save_compact(net, out / "model_compact.pt", **model_meta(run))
+    if conf.format == "executorch":
+        from prunelab.deploy.executorch import export_executorch, print_executorch
+
+        result = {"run": str(run.run_dir), "format": "executorch", "compact": conf.compact,
+                  "quantize": conf.quantize,
+                  **export_executorch(conf, run, net, out, stem),
+                  "dense_bytes": save_dense_state_dict(run.net, out / "model_dense.pt")}
+        write_json_atomic(out / f"{stem}_pte.json", result)
+        print_executorch(result, out)
+        return result
     fp32 = out / f"{stem.replace('_int8', '')}.onnx"
     export_onnx(net, run.input_shape, str(fp32))
     path = fp32
@@ -42,10 +58,6 @@ def export_run(conf: Any) -> dict[str, Any]:
         q, mode = quantize_int8(net, run.input_shape, calib)
         path = out / f"{stem}.onnx"
         atomic_write(path, lambda p: p.write_bytes(q.onnx_bytes))
-    if conf.compact:
-        from prunelab.compress.compact import save_compact
-
-        save_compact(net, out / "model_compact.pt", **model_meta(run))
     # PyTorch first: onnxruntime's idle worker threads would otherwise share the cores
     lat_dense = time_alternating({"dense": run.net}, run.input_shape, conf.batch_sizes, conf.runs,
                                  10, 1, conf.threads)["dense"]

@@ -20,7 +20,7 @@ SPARSE_LAYERS = ("measured", "all")
 #: measure's ``memory_format`` for the float variants of conv nets on the CPU: the faster of the
 #: two (timed), or one of them
 MEMORY_FORMATS = ("measured", "contiguous", "channels_last")
-EXPORT_FORMATS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "executorch")
 EXPORT_QUANTIZE = ("none", "int8")
 #: Deployment targets whose variants run on a CUDA GPU.
 GPU_TARGETS = ("gpu", "gpu_2to4")
@@ -144,7 +144,10 @@ def check_export_options(conf: Any) -> None:
     check_choice("quantize", conf.quantize, EXPORT_QUANTIZE)
     _check_common(conf)
     _at_least(conf, "atol", 0)
-    need_onnxruntime("format=onnx")
+    if conf.format == "executorch":
+        need_executorch("format=executorch")
+    else:
+        need_onnxruntime("format=onnx")
 
 
 def onnxruntime_available() -> bool:
@@ -157,3 +160,11 @@ def need_onnxruntime(what: str) -> None:
     """A DeployError naming ``what`` when onnx or onnxruntime is not installed."""
     if not onnxruntime_available():
         raise DeployError(f"{what} needs onnx and onnxruntime: pip install 'prunelab[deploy]'")
+
+
+def need_executorch(what: str) -> None:
+    """A DeployError naming ``what`` when ExecuTorch is not installed."""
+    from prunelab.compress.executorch_model import INSTALL, executorch_available
+
+    if not executorch_available():
+        raise DeployError(f"{what} needs ExecuTorch: {INSTALL}")

@@ -1,0 +1,156 @@
+"""``export format=executorch``: a run as ExecuTorch programs lowered to XNNPACK (one ``.pte`` per
+batch size: a program's shapes are static), checked against PyTorch and timed in ExecuTorch's
+runtime beside the dense PyTorch model (:mod:`prunelab.compress.executorch_model`)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab.deploy.loading import DeployRun
+from prunelab.deploy.options import DeployError
+from prunelab.files import atomic_write
+
+
+def calibration_batches(run: DeployRun, n: int) -> list[torch.Tensor]:
+    """The first ``n`` training batches of the run's data (int8 calibration)."""
+    from prunelab.data.loader import iter_batches
+
+    run.dm.setup("fit")
+    return [x for _, (x, _) in zip(range(n), iter_batches(run.dm.train_dataloader()))]
+
+
+def float_zeros(net: nn.Module) -> int:
+    """Zeros in the weights of the network's convolutions and Linear layers."""
+    return sum(int((m.weight == 0).sum()) for m in net.modules()
+               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)))
+
+
+def executorch_programs(net: nn.Module, input_shape: Any, batch_sizes: Any,
+                        calibration: list[torch.Tensor] | None = None) -> tuple[dict, dict]:
+    """``net`` (int8 when ``calibration`` batches are given) lowered once per batch size:
+    ``({batch: Lowered}, info)``; info has the ops XNNPACK did not take (per op, the most any
+    program left) and, for int8, the weights' zeros before and after. A weight pruned to zero that
+    is not an int8 zero is a DeployError."""
+    from prunelab.compress.executorch_model import int8_weight_zeros, lower, quantize_pt2e
+
+    info: dict[str, Any] = {}
+    graph: nn.Module = net
+    if calibration is not None:
+        graph = quantize_pt2e(net, input_shape, calibration)
+        info.update(float_zeros=float_zeros(net), int8_zeros=int8_weight_zeros(graph))
+        if info["int8_zeros"] < info["float_zeros"]:
+            raise DeployError(f"int8 has {info['int8_zeros']} zero weights, fewer than the "
+                              f"{info['float_zeros']} pruned ones")
+    programs = {int(b): lower(graph, input_shape, int(b)) for b in batch_sizes}
+    left: dict[str, int] = {}
+    for p in programs.values():
+        for op, count in p.not_delegated.items():
+            left[op] = max(left.get(op, 0), count)
+    info["not_delegated"] = left
+    if left:
+        print("prunelab: warning: XNNPACK does not take "
+              + ", ".join(f"{op} (x{n})" for op, n in left.items())
+              + "; these run as ExecuTorch's portable operators", file=sys.stderr)
+    return programs, info
+
+
+def check_programs(net: nn.Module, programs: dict, input_shape: Any, atol: float | None
+                   ) -> float:
+    """The largest |ExecuTorch - PyTorch| over one random batch per program; above ``atol`` (float
+    programs; ``None``: not checked) a DeployError."""
+    from prunelab.compress.executorch_model import ExecuTorchModule
+
+    diff = 0.0
+    for b, p in programs.items():
+        x = torch.randn(b, *input_shape, generator=torch.Generator().manual_seed(b))
+        with torch.inference_mode():
+            ref = net.eval()(x)
+        diff = max(diff, float((ExecuTorchModule(p.buffer, b)(x) - ref).abs().max()))
+    if atol is not None and diff > atol:
+        raise DeployError(f"the ExecuTorch program differs from PyTorch by {diff:.2e} > "
+                          f"atol={atol}")
+    return diff
+
+
+def time_programs(programs: dict[str, dict], input_shape: Any, runs: int, warmup: int,
+                  rounds: int) -> dict[str, dict[str, float]]:
+    """Median latency (ms) of ExecuTorch programs (``{name: {batch: Lowered}}``), per batch size,
+    the names timed in turn (A B A B ...)."""
+    from prunelab.compress.executorch_model import load_method
+    from prunelab.metrics.timing import time_in_turn
+
+    out: dict[str, dict[str, float]] = {k: {} for k in programs}
+    sizes = sorted({b for per in programs.values() for b in per})
+    for b in sizes:
+        x = torch.randn(b, *input_shape, generator=torch.Generator().manual_seed(b))
+        calls = {k: functools.partial(load_method(per[b].buffer).execute, [x])
+                 for k, per in programs.items() if b in per}
+        for k, ms in time_in_turn(calls, runs, warmup, rounds).items():
+            out[k][f"batch_{b}"] = ms
+    return out
+
+
+def export_executorch(conf: Any, run: DeployRun, net: nn.Module, out: Path, stem: str
+                      ) -> dict[str, Any]:
+    """The ``format=executorch`` part of :func:`prunelab.deploy.export_run`: ``<stem>_b<B>.pte``
+    per batch size, checked (float: every program within ``atol`` of PyTorch; int8: test
+    accuracy beside PyTorch's), timed beside the dense PyTorch model."""
+    from prunelab.compress.executorch_model import ExecuTorchModule, set_threads
+    from prunelab.metrics.accuracy import accuracy
+    from prunelab.metrics.timing import time_alternating
+
+    set_threads(conf.threads)
+    int8 = conf.quantize == "int8"
+    calib = calibration_batches(run, 8) if int8 else None
+    programs, info = executorch_programs(net, run.input_shape, conf.batch_sizes, calib)
+    files = {}
+    for b, p in programs.items():
+        path = atomic_write(out / f"{stem}_b{b}.pte", functools.partial(_write, p.buffer))
+        files[f"batch_{b}"] = path.name
+    diff = check_programs(net, programs, run.input_shape, None if int8 else conf.atol)
+    result: dict[str, Any] = {"pte": files, "bytes": {f"batch_{b}": len(p.buffer)
+                                                      for b, p in programs.items()},
+                              "max_abs_diff": diff, **info}
+    if int8:  # the check of an int8 program: its accuracy on the test set beside PyTorch's
+        run.dm.setup("test")
+        largest = max(programs)
+        loader = run.dm.test_dataloader()
+        result["test_acc"] = accuracy(ExecuTorchModule(programs[largest].buffer, largest), loader)
+        result["pytorch_test_acc"] = accuracy(net, loader)
+    result["dense_latency_ms"] = time_alternating({"dense": run.net}, run.input_shape,
+                                                  conf.batch_sizes, conf.runs, 10, 1,
+                                                  conf.threads)["dense"]
+    result["latency_ms"] = time_programs({"pte": programs}, run.input_shape, conf.runs, 10,
+                                         1)["pte"]
+    return result
+
+
+def _write(data: bytes, path: Path) -> None:
+    path.write_bytes(data)
+
+
+def print_executorch(result: dict[str, Any], out: Path) -> None:
+    """What ``export format=executorch`` prints."""
+    sizes = ", ".join(f"{k.removeprefix('batch_')}: {v / 1e3:.1f} KB"
+                      for k, v in result["bytes"].items())
+    print(f"wrote {len(result['pte'])} ExecuTorch program(s) to {out} ({sizes}; dense PyTorch "
+          f"weights {result['dense_bytes'] / 1e3:.1f} KB)")
+    if "test_acc" in result:
+        print(f"int8 ExecuTorch test accuracy {100 * result['test_acc']:.2f} % (PyTorch float "
+              f"{100 * result['pytorch_test_acc']:.2f} %); pruned weights {result['float_zeros']}, "
+              f"int8 zeros {result['int8_zeros']}")
+    else:
+        print(f"ExecuTorch vs PyTorch: max |diff| {result['max_abs_diff']:.2e}")
+    for k, ms in result["latency_ms"].items():
+        print(f"batch {k.removeprefix('batch_')}: ExecuTorch {ms:.3f} ms, dense PyTorch "
+              f"{result['dense_latency_ms'][k]:.3f} ms")
+
+
+__all__ = ["check_programs", "executorch_programs", "export_executorch", "print_executorch",
+           "time_programs"]

@@ -1,0 +1,135 @@
+"""ExecuTorch as a deploy target (issue 17): programs lowered to XNNPACK match PyTorch, int8 keeps
+the pruned weights at zero, what XNNPACK does not take is named per op, ``export
+format=executorch`` writes one checked program per batch size. Skipped without the extra
+(``pip install 'prunelab[executorch]'``), except the one-line error that says how to install it."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import run_cli as cli
+from prunelab.compress.executorch_model import executorch_available
+from prunelab.models import build_model
+from prunelab.pruning import Magnitude
+
+needs_executorch = pytest.mark.skipif(not executorch_available(),
+                                      reason="ExecuTorch not installed (pip install 'prunelab[executorch]')")
+
+
+def pruned_lenet5(sparsity=0.7):
+    torch.manual_seed(0)
+    net = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10).eval()
+    p = Magnitude()
+    masks = p.prepare(net)
+    masks.update(p.compute_masks(masks.params, masks.as_dict(), sparsity))
+    masks.apply_()
+    return net
+
+
+@needs_executorch
+def test_float_program_matches_pytorch_at_any_batch_and_int8_keeps_pruned_zeros():
+    from prunelab.compress.executorch_model import ExecuTorchModule, lower, quantize_pt2e
+    from prunelab.deploy.executorch import executorch_programs, float_zeros
+
+    net = pruned_lenet5()
+    low = lower(net, (1, 28, 28), 4)
+    assert low.not_delegated == {} and low.delegated_calls >= 1 and low.batch == 4
+    module = ExecuTorchModule(low.buffer, 4)
+    for b in (1, 4, 9):  # smaller (padded), equal, larger (chunked) than the program's batch
+        x = torch.randn(b, 1, 28, 28)
+        with torch.no_grad():
+            assert (module(x) - net(x)).abs().max() <= 1e-4
+    # int8 (PT2E, symmetric per-channel): every pruned weight is an int8 zero in the program's
+    # graph; the program's class agrees with float PyTorch on most of a random batch
+    calib = [torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    programs, info = executorch_programs(net, (1, 28, 28), [8], calib)
+    assert info["float_zeros"] == float_zeros(net) > 0.6 * sum(p.numel() for p in net.parameters())
+    assert info["int8_zeros"] >= info["float_zeros"] and info["not_delegated"] == {}
+    assert len(programs[8].buffer) < 0.5 * len(low.buffer)  # int8 weights: a quarter of float32
+    x = calib[0]
+    with torch.no_grad():
+        agree = (ExecuTorchModule(programs[8].buffer, 8)(x).argmax(1) == net(x).argmax(1)).float()
+    assert agree.mean() >= 0.75
+    assert quantize_pt2e is not None
+
+
+class CumsumHead(nn.Module):
+    """A network with an op XNNPACK does not take (cumsum)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)).cumsum(1)
+
+
+@needs_executorch
+def test_ops_left_outside_xnnpack_are_named_per_op(capsys):
+    from prunelab.compress.executorch_model import ExecuTorchModule, lower
+    from prunelab.deploy.executorch import executorch_programs
+
+    net = CumsumHead().eval()
+    low = lower(net, (1, 28, 28), 2)
+    assert low.not_delegated == {"aten.cumsum.default": 1}
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():  # still runs: the portable operator
+        assert (ExecuTorchModule(low.buffer, 2)(x) - net(x)).abs().max() <= 1e-4
+    _, info = executorch_programs(net, (1, 28, 28), [1, 2])
+    assert info["not_delegated"] == {"aten.cumsum.default": 1}
+    assert ("prunelab: warning: XNNPACK does not take aten.cumsum.default (x1); these run as "
+            "ExecuTorch's portable operators") in capsys.readouterr().err
+
+
+@needs_executorch
+def test_export_executorch_compact_writes_checked_programs_per_batch_size(trained_runs, tmp_path):
+    from prunelab.compress.compact import load_compact
+    from prunelab.compress.executorch_model import ExecuTorchModule
+
+    run = trained_runs / "structured"
+    proc = cli("prunelab.export", [f"run={run}", "format=executorch", "compact=true", "runs=3",
+                                   "batch_sizes=[1,3]", f"out={tmp_path / 'et'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "et"
+    res = json.loads((out / "model_compact_pte.json").read_text())
+    assert res["pte"] == {"batch_1": "model_compact_b1.pte", "batch_3": "model_compact_b3.pte"}
+    assert res["format"] == "executorch" and res["compact"] is True and res["max_abs_diff"] <= 1e-4
+    assert res["not_delegated"] == {} and set(res["latency_ms"]) == {"batch_1", "batch_3"}
+    assert res["bytes"]["batch_1"] == (out / "model_compact_b1.pte").stat().st_size
+    # the program on disk is the compact network: it runs in ExecuTorch like model_compact.pt
+    small = load_compact(out / "model_compact.pt")
+    program = ExecuTorchModule((out / "model_compact_b3.pte").read_bytes(), 3)
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        assert (program(x) - small(x)).abs().max() <= 1e-4
+    assert res["bytes"]["batch_3"] < 0.5 * res["dense_bytes"]  # channels gone, weights smaller
+    assert "ExecuTorch vs PyTorch: max |diff|" in proc.stdout
+    assert "batch 3: ExecuTorch " in proc.stdout
+
+
+@pytest.mark.slow
+@needs_executorch
+def test_export_executorch_int8_checks_test_accuracy(trained_runs, tmp_path):
+    run = trained_runs / "unstructured"
+    proc = cli("prunelab.export", [f"run={run}", "format=executorch", "quantize=int8", "runs=3",
+                                   "batch_sizes=[2]", f"out={tmp_path}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "model_int8_pte.json").read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert res["int8_zeros"] >= res["float_zeros"] >= results["sparsity"]["zeros"]
+    assert abs(res["test_acc"] - res["pytorch_test_acc"]) <= 0.02
+    assert "int8 ExecuTorch test accuracy" in proc.stdout
+
+
+def test_format_executorch_without_the_extra_says_how_to_install(monkeypatch):
+    from prunelab.compress import executorch_model
+    from prunelab.config import ExportConf
+    from prunelab.deploy.options import DeployError, check_export_options
+
+    monkeypatch.setattr(executorch_model, "executorch_available", lambda: False)
+    with pytest.raises(DeployError) as err:
+        check_export_options(ExportConf(run="x", format="executorch"))
+    assert str(err.value) == ("format=executorch needs ExecuTorch: "
+                              "pip install 'prunelab[executorch]'")
