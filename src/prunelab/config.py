@@ -176,6 +176,9 @@ class MeasureConf:
     qat_batches: Optional[int] = 200  # training batches per QAT epoch (null: all)
     eval_batches: Optional[int] = None  # test batches for accuracy (null: the whole test set)
     onnx: bool = False  # also time the float variants (dense, compact) exported to onnxruntime
+    # ExecuTorch variants (XNNPACK; et_dense, et_compact, et_int8, et_compact_int8): true | false |
+    # null (on with hardware=edge_cpu when the executorch extra is installed)
+    executorch: Optional[bool] = None
     memory_format: str = "measured"  # conv nets on the CPU: measured | contiguous | channels_last
     out: Optional[str] = None  # output directory (default: <run>/deploy)
 

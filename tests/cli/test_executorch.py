@@ -133,3 +133,37 @@ def test_format_executorch_without_the_extra_says_how_to_install(monkeypatch):
         check_export_options(ExportConf(run="x", format="executorch"))
     assert str(err.value) == ("format=executorch needs ExecuTorch: "
                               "pip install 'prunelab[executorch]'")
+
+
+@needs_executorch
+def test_measure_times_executorch_variants_beside_eager(trained_runs, tmp_path):
+    run = trained_runs / "structured"
+    proc = cli("prunelab.measure", [f"run={run}", "executorch=true", "quantize=false",
+                                    "sparse=false", "batch_sizes=[2]", "runs=3", "rounds=1",
+                                    "warmup=1", "eval_batches=2", f"out={tmp_path}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "measure.json").read_text())
+    v = res["variants"]
+    assert {"dense", "compact", "et_dense", "et_compact"} <= set(v) and "et_int8" not in v
+    for name, of in (("et_dense", "dense"), ("et_compact", "compact")):
+        et = v[name]
+        assert et["runtime"] == "executorch" and et["of"] == of and et["max_abs_diff"] <= 1e-4
+        assert et["file"] == f"model_{name}_b2.pte" and (tmp_path / et["file"]).is_file()
+        assert et["bytes"] == (tmp_path / et["file"]).stat().st_size
+        assert et["test_acc"] == pytest.approx(v[of]["test_acc"], abs=0.005)  # float: same classes
+        assert et["latency_ms"]["batch_2"] > 0 and et["macs"] == v[of]["macs"]
+    ratio = v["et_dense"]["latency_ms"]["batch_2"] / v["et_compact"]["latency_ms"]["batch_2"]
+    assert v["et_compact"]["executorch_speedup"]["batch_2"] == pytest.approx(ratio)
+    assert v["et_compact"]["bytes"] < v["et_dense"]["bytes"]  # the channels are gone
+    assert "et_compact runs on ExecuTorch (XNNPACK): speedup against et_dense" in proc.stdout
+
+
+def test_measure_executorch_on_a_gpu_profile_is_refused():
+    from prunelab.config import MeasureConf
+    from prunelab.deploy.options import DeployError, check_measure_options
+
+    conf = MeasureConf(run="x", executorch=True, batch_sizes=[1])
+    with pytest.raises(DeployError, match=r"^executorch=true runs on the CPU only .* not on "
+                                          r"hardware=gpu; allowed there: onnx=false, "
+                                          r"executorch=false"):
+        check_measure_options(conf, "gpu", "gpu")

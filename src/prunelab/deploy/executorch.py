@@ -1,6 +1,11 @@
-"""``export format=executorch``: a run as ExecuTorch programs lowered to XNNPACK (one ``.pte`` per
-batch size: a program's shapes are static), checked against PyTorch and timed in ExecuTorch's
-runtime beside the dense PyTorch model (:mod:`prunelab.compress.executorch_model`)."""
+"""ExecuTorch in ``export`` and ``measure`` (:mod:`prunelab.compress.executorch_model`).
+
+- ``export format=executorch``: a run as ExecuTorch programs lowered to XNNPACK (one ``.pte`` per
+  batch size: a program's shapes are static), checked against PyTorch and timed in ExecuTorch's
+  runtime beside the dense PyTorch model;
+- ``measure``'s ExecuTorch variants (``et_dense``, ``et_compact``, ``et_int8``,
+  ``et_compact_int8``), timed in the runtime in turn, their speedup also against ``et_dense``.
+"""
 
 from __future__ import annotations
 
@@ -152,5 +157,69 @@ def print_executorch(result: dict[str, Any], out: Path) -> None:
               f"{result['dense_latency_ms'][k]:.3f} ms")
 
 
-__all__ = ["check_programs", "executorch_programs", "export_executorch", "print_executorch",
-           "time_programs"]
+
+
+# ---------------------------------------------------------------------------------- measure
+#: measure's ExecuTorch variants: name -> (the float variant it is made of, int8)
+ET_VARIANTS = {"et_dense": ("dense", False), "et_int8": ("dense", True),
+               "et_compact": ("compact", False), "et_compact_int8": ("compact", True)}
+
+
+def wants_executorch(conf: Any, target: str) -> bool:
+    """Whether ``measure`` adds the ExecuTorch variants: ``executorch=true`` (the extra is then
+    required), ``false``, or ``null``: on the ``edge_cpu`` profile when ExecuTorch is installed."""
+    from prunelab.compress.executorch_model import executorch_available
+    from prunelab.deploy.options import need_executorch
+
+    if conf.executorch is None:
+        return target == "edge_cpu" and executorch_available()
+    if conf.executorch:
+        need_executorch("executorch=true")
+    return bool(conf.executorch)
+
+
+def executorch_variants(conf: Any, run: DeployRun, floats: dict[str, nn.Module],
+                        info: dict[str, dict[str, Any]], out: Path) -> dict[str, dict]:
+    """The ExecuTorch variants of the float ``dense`` and ``compact`` networks (float, and int8
+    when ``conf.quantize``): programs per batch size written as ``model_<name>_b<B>.pte``, float
+    ones checked against PyTorch (1e-4), their info added to ``info``; returns ``{name: {batch:
+    Lowered}}`` for :func:`time_programs`."""
+    from prunelab.compress.executorch_model import set_threads
+
+    set_threads(conf.threads)
+    calib = calibration_batches(run, conf.calibration_batches) if conf.quantize else None
+    programs: dict[str, dict] = {}
+    for name, (of, int8) in ET_VARIANTS.items():
+        if of not in floats or (int8 and calib is None):
+            continue
+        net = floats[of]
+        progs, extra = executorch_programs(net, run.input_shape, conf.batch_sizes,
+                                           calib if int8 else None)
+        diff = check_programs(net, progs, run.input_shape, None if int8 else 1e-4)
+        files = {b: atomic_write(out / f"model_{name}_b{b}.pte",
+                                 functools.partial(_write, p.buffer)) for b, p in progs.items()}
+        first = min(files)  # the size column: the program at the smallest batch (weights dominate)
+        info[name] = {"file": files[first].name, "bytes": files[first].stat().st_size, "of": of,
+                      "macs": info[of]["macs"], "runtime": "executorch",
+                      "programs": {f"batch_{b}": f.name for b, f in files.items()},
+                      "max_abs_diff": diff, **extra}
+        programs[name] = progs
+    return programs
+
+
+def executorch_accuracy(programs: dict[str, dict], loader: Any, max_batches: int | None
+                        ) -> dict[str, float]:
+    """Test accuracy of each ExecuTorch variant (its program at the largest batch size)."""
+    from prunelab.compress.executorch_model import ExecuTorchModule
+    from prunelab.metrics.accuracy import accuracy
+
+    out = {}
+    for name, progs in programs.items():
+        b = max(progs)
+        out[name] = accuracy(ExecuTorchModule(progs[b].buffer, b), loader, max_batches)
+    return out
+
+
+__all__ = ["ET_VARIANTS", "check_programs", "executorch_accuracy", "executorch_programs",
+           "executorch_variants", "export_executorch", "print_executorch", "time_programs",
+           "wants_executorch"]

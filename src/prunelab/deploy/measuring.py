@@ -10,6 +10,7 @@ import torch
 from prunelab.deploy.loading import load
 from prunelab.deploy.memory_format import choose_memory_format
 from prunelab.deploy.onnx import onnx_sessions, time_sessions
+from prunelab.deploy.executorch import wants_executorch
 from prunelab.deploy.options import GPU_TARGETS, apply_profile, check_measure_options
 from prunelab.deploy.tables import print_table
 from prunelab.deploy.variants import float_variants, gpu_variants, int8_variants
@@ -38,9 +39,14 @@ def measure_run(conf: Any, hardware_name: str | None = None) -> dict[str, Any]:
         gpu_variants(conf, run, base, target, models, info, out)
     else:
         int8_variants(conf, run, base, models, info, out)
+    floats = {k: models[k] for k in ("dense", "compact") if k in models}
     if conf.onnx:  # exported and checked first, so a bad export fails before the long timing
-        floats = {k: models[k] for k in ("dense", "compact") if k in models}
         sessions, diffs = onnx_sessions(floats, run.input_shape, conf.threads)
+    et_programs = {}
+    if not gpu and wants_executorch(conf, target):  # lowered before the memory format is chosen
+        from prunelab.deploy.executorch import executorch_variants
+
+        et_programs = executorch_variants(conf, run, floats, info, out)
     if not gpu:
         choose_memory_format(conf, models, info, run.input_shape)
     latency = retime_noisy(time_alternating, models, run.input_shape, conf.batch_sizes, conf.runs,
@@ -55,10 +61,17 @@ def measure_run(conf: Any, hardware_name: str | None = None) -> dict[str, Any]:
         for k in sessions:
             info[k]["onnxruntime_latency_ms"] = ort_lat[k]
             info[k]["onnxruntime_max_abs_diff"] = diffs[k]
+    if et_programs:  # timed in ExecuTorch's runtime after PyTorch, in turn with each other
+        from prunelab.deploy.executorch import executorch_accuracy, time_programs
+
+        et_lat = time_programs(et_programs, run.input_shape, conf.runs, conf.warmup, conf.rounds)
     loader = run.dm.test_dataloader()
     for k, m in models.items():
         info[k]["latency_ms"] = latency[k]
         info[k]["test_acc"] = accuracy(m, loader, conf.eval_batches)
+    if et_programs:
+        for k, acc in executorch_accuracy(et_programs, loader, conf.eval_batches).items():
+            info[k].update(latency_ms=et_lat[k], test_acc=acc)
     _ratios(info)
     result = {"run": str(run.run_dir), "checkpoint": str(run.ckpt),
               "threads": None if gpu else conf.threads or torch.get_num_threads(),
@@ -76,7 +89,8 @@ def measure_run(conf: Any, hardware_name: str | None = None) -> dict[str, Any]:
 def _ratios(info: dict[str, dict[str, Any]]) -> None:
     """Each variant's speedup, size ratio and MACs reduction against ``dense`` (none for a
     variant that is the dense model itself, ``same_as``); a variant that runs on onnxruntime
-    (int8) also gets its speedup against dense on onnxruntime where that was timed."""
+    (int8) also gets its speedup against dense on onnxruntime where that was timed, and an
+    ExecuTorch variant its speedup against ``et_dense`` (the same runtime)."""
     dense = info["dense"]
     for v in info.values():
         if "same_as" in v or "skipped" in v:
@@ -87,6 +101,9 @@ def _ratios(info: dict[str, dict[str, Any]]) -> None:
         if ort is not None and "onnxruntime_latency_ms" in dense:
             v["onnxruntime_speedup"] = {b: dense["onnxruntime_latency_ms"][b] / t
                                         for b, t in ort.items()}
+        if v.get("runtime") == "executorch" and "et_dense" in info:
+            v["executorch_speedup"] = {b: info["et_dense"]["latency_ms"][b] / t
+                                       for b, t in v["latency_ms"].items()}
         v["size_ratio"] = dense["bytes"] / v["bytes"]
         if "macs" in v:
             v["macs_reduction"] = dense["macs"] / max(v["macs"], 1)

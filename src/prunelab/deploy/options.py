@@ -124,6 +124,7 @@ def check_measure_options(conf: Any, target: str, name: str | None) -> None:
         raise DeployError(f"qat_lr={conf.qat_lr!r} must be a number > 0")
     if target in GPU_TARGETS:
         cpu_only = ["onnx=true"] if conf.onnx else []
+        cpu_only += ["executorch=true"] if conf.executorch else []
         cpu_only += [f"qat_epochs={conf.qat_epochs}"] if conf.qat_epochs else []
         if conf.memory_format == "channels_last":
             cpu_only.append(f"memory_format={conf.memory_format}")
@@ -131,8 +132,8 @@ def check_measure_options(conf: Any, target: str, name: str | None) -> None:
             cpu_only.append(f"sparse_layers={conf.sparse_layers}")
         if cpu_only:
             raise DeployError(f"{cpu_only[0]} runs on the CPU only (onnxruntime, int8 QAT, CSR, "
-                              f"channels_last), not on hardware={name}; allowed there: "
-                              f"onnx=false, qat_epochs=0, memory_format=measured|contiguous"
+                              f"channels_last, ExecuTorch), not on hardware={name}; allowed "
+                              f"there: onnx=false, executorch=false, qat_epochs=0, memory_format=measured|contiguous"
                               + (", sparse_layers=measured" if target == "gpu" else ""))
     if conf.onnx:
         need_onnxruntime("onnx=true")

@@ -51,6 +51,10 @@ def print_table(result: dict[str, Any]) -> None:
                 line += ": speedup against dense on onnxruntime " + ", ".join(
                     f"{v['onnxruntime_speedup'][f'batch_{b}']:.2f} @{b}" for b in bs)
             print(line)
+        elif "executorch_speedup" in v and k != "et_dense":
+            print(f"{k} runs on ExecuTorch (XNNPACK): speedup against et_dense " + ", ".join(
+                f"{v['executorch_speedup'][f'batch_{b}']:.2f} @{b}" for b in bs)
+                  + (f"; not delegated: {v['not_delegated']}" if v.get("not_delegated") else ""))
         elif "onnxruntime_latency_ms" in v:
             print(f"{k} on onnxruntime: " + ", ".join(
                 f"{v['onnxruntime_latency_ms'][f'batch_{b}']:.3f} ms @{b} "
