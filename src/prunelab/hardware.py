@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from prunelab.errors import ConfigError
+from prunelab.schemas import RUNTIMES
 
 #: Deployment targets, and what kind of sparsity runs faster there.
 TARGETS = ("cpu", "edge_cpu", "gpu", "gpu_2to4")
@@ -21,6 +22,9 @@ def check_hardware(hw: DictConfig, name: str) -> None:
     target = str(hw.get("target", "cpu"))
     if target not in TARGETS:
         raise ConfigError(f"hardware.target={target!r}; allowed: {', '.join(TARGETS)}")
+    runtime = hw.get("runtime", "eager")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"hardware.runtime={runtime!r}; allowed: {', '.join(RUNTIMES)}")
     if hw.accelerator != "gpu":
         return
     import torch

@@ -30,7 +30,8 @@ ADDED_DEFAULTS = {"init_from": None, "calibration_batches": 20,
                   "train": {"adversarial": None, "epsilon": 0.1, "steps": 7, "alpha": None,
                             "fraction": 0.5, "start_epoch": 0}}
 #: The same for keys added inside a group (``pruner.distribution``, ``schedule.rewind``).
-ADDED_SUBKEY_DEFAULTS = {"pruner": {"distribution": None},
+ADDED_SUBKEY_DEFAULTS = {"pruner": {"distribution": None, "latency_runtime": "eager"},
+                         "hardware": {"runtime": "eager"},
                          "schedule": {"rewind": "none", "rewind_epoch": 0,
                                       "every_steps": None},
                          "data": {"shift": 0}}

@@ -23,6 +23,10 @@ Distribution = Enum("Distribution", {d: d for d in ("uniform", "erk")})
 Decay = Enum("Decay", {d: d for d in ("cosine", "constant")})
 Rewind = Enum("Rewind", {r: r for r in ("none", "lr", "weights")})
 
+#: What runs the model when pruning measures latency (``hardware.runtime``): PyTorch itself,
+#: ExecuTorch programs lowered to XNNPACK, or onnxruntime sessions of the ONNX export.
+RUNTIMES = ("eager", "executorch", "onnxruntime")
+
 
 # -- pruning methods: one schema per family; each conf/pruner/<name>.yaml extends
 # -- schema/pruner/<name> and names its class in _target_ ---------------------------------------
@@ -84,6 +88,7 @@ class LatencyAwareConf(MethodConf):
     latency_budget_ms: Optional[float] = None  # the compacted model's latency budget
     latency_batch_size: int = 1  # ... measured at this batch size
     latency_threads: Optional[int] = None  # ... with this many threads
+    latency_runtime: str = "eager"  # ... in this runtime: one of RUNTIMES
 
 
 @dataclass

@@ -53,6 +53,8 @@ CASES = {
     "latency_budget_below_floor": (["model=lenet5", "pruner=latency_aware", "schedule=oneshot",
                                     "hardware.latency_budget_ms=0.0001"],
                                    "is below the smallest reachable latency on this target"),
+    "hardware_runtime_unknown": (["hardware.runtime=tflite"],
+                                 "hardware.runtime='tflite'; allowed: eager, executorch, onnxruntime"),
     "latency_aware_without_budget": (["pruner=latency_aware", "schedule=oneshot"],
                                      "pruner=latency_aware needs hardware.latency_budget_ms="),
     "latency_aware_gradual": (["pruner=latency_aware", "hardware.latency_budget_ms=1"],

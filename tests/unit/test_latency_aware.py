@@ -125,3 +125,65 @@ def test_layers_whose_removal_saves_no_time_are_left_whole(lenet5, monkeypatch):
     kept = {n: int(k.sum()) for n, k in keeps.items()}
     assert kept["features.0.weight"] == 20 and kept["classifier.0.weight"] == 500
     assert kept["features.2.weight"] <= 30 and report["met"]
+
+
+def test_runtime_must_be_known_and_installed(monkeypatch):
+    with pytest.raises(PruningConfigError, match=r"^hardware.runtime='tflite'; allowed: eager, "
+                                                 r"executorch, onnxruntime$"):
+        LatencyAware(latency_budget_ms=1.0, latency_runtime="tflite")
+    from prunelab.compress import executorch_model
+
+    monkeypatch.setattr(executorch_model, "executorch_available", lambda: False)
+    with pytest.raises(PruningConfigError, match=r"^hardware.runtime=executorch needs ExecuTorch: "
+                                                 r"pip install 'prunelab\[executorch\]'$"):
+        LatencyAware(latency_budget_ms=1.0, latency_runtime="executorch")
+
+
+@pytest.mark.parametrize("runtime", ["executorch",
+                                     pytest.param("onnxruntime", marks=pytest.mark.slow)])
+def test_the_table_is_timed_in_the_chosen_runtime(runtime):
+    """The floor and the whole model timed as ExecuTorch programs / onnxruntime sessions: the
+    runtime's calls, not PyTorch's, and one channel per group is faster than all of them."""
+    if runtime == "executorch":
+        pytest.importorskip("executorch.runtime")
+    else:
+        pytest.importorskip("onnxruntime")
+    from prunelab.graph import channel_groups
+
+    torch.manual_seed(0)
+    net = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10).eval()
+    groups = channel_groups(net, (1, 28, 28))
+    model = lat_mod.LatencyModel(net, (1, 28, 28), groups, batch=8, threads=1, runs=20,
+                                 runtime=runtime)
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    call = model._runtime_call(net, x)
+    with torch.no_grad():
+        got = call()
+        got = torch.as_tensor(got[0])
+        assert (got - net(x)).abs().max() <= 1e-4  # it runs this model on this input
+    prunable = ["features.0.weight", "features.2.weight", "classifier.0.weight",
+                "classifier.2.weight"]
+    floor, full = lat_mod.latency_floor(net, (1, 28, 28), prunable, ["classifier.2.weight"],
+                                        batch=8, threads=1, runs=20, runtime=runtime)
+    assert 0 < floor < full
+
+
+def test_executorch_refuses_a_model_with_ops_outside_xnnpack():
+    pytest.importorskip("executorch.runtime")
+    from prunelab.graph import channel_groups
+
+    class Cumsum(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.fc = torch.nn.Linear(4 * 26 * 26, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1)).cumsum(1)
+
+    net = Cumsum().eval()
+    model = lat_mod.LatencyModel(net, (1, 28, 28), channel_groups(net, (1, 28, 28)), batch=1,
+                                 threads=1, runs=5, runtime="executorch")
+    with pytest.raises(PruningConfigError, match=r"^hardware.runtime=executorch: XNNPACK does not "
+                                                 r"take aten.cumsum.default \(x1\) of Cumsum; "):
+        model.measure({})

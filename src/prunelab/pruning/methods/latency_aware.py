@@ -35,6 +35,7 @@ from prunelab.pruning.granularity import channel_keep, expand_channels
 from prunelab.pruning.methods.base import PruningMethod
 from prunelab.pruning.methods.channels import ChannelLayout, output_weights
 from prunelab.pruning.params import PruningConfigError
+from prunelab.schemas import RUNTIMES
 
 GRID = 8  # table widths: k/GRID of a group's channels
 CHUNK = 16  # greedy step: 1/CHUNK of a group's channels
@@ -48,7 +49,8 @@ class LatencyModel:
     """Builds the compacted model for given per-group channel keeps, and times models."""
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], groups: list, batch: int,
-                 threads: int | None, runs: int):
+                 threads: int | None, runs: int, runtime: str = "eager"):
+        self.runtime = runtime
         self.model = copy.deepcopy(model).float().cpu().eval()
         self.shape = tuple(input_shape)
         self.groups = groups
@@ -78,15 +80,59 @@ class LatencyModel:
         return compact(m, self.shape, groups=self.groups, check=False)[0].eval()
 
     def time(self, *models: nn.Module, rounds: int = 3) -> list[float]:
-        """Median latency (ms) of each model, timed in turn for ``rounds`` rounds."""
-        from prunelab.metrics.timing import time_alternating
+        """Median latency (ms) of each model in the runtime, timed in turn for ``rounds``
+        rounds."""
+        from prunelab.metrics.timing import time_alternating, time_in_turn
 
-        lat = time_alternating(dict(enumerate(models)), self.shape, (self.batch,), self.runs, 5,
-                               rounds, self.threads)
-        return [lat[i][f"batch_{self.batch}"] for i in range(len(models))]
+        if self.runtime == "eager":
+            lat = time_alternating(dict(enumerate(models)), self.shape, (self.batch,), self.runs,
+                                   5, rounds, self.threads)
+            return [lat[i][f"batch_{self.batch}"] for i in range(len(models))]
+        x = torch.randn(self.batch, *self.shape, generator=torch.Generator().manual_seed(0))
+        calls = dict(enumerate(self._runtime_call(m, x) for m in models))
+        lat = time_in_turn(calls, self.runs, 5, rounds)
+        return [lat[i] for i in range(len(models))]
+
+    def _runtime_call(self, model: nn.Module, x: torch.Tensor) -> Any:
+        """A call that runs ``model`` on ``x`` in the runtime (ExecuTorch: the program lowered to
+        XNNPACK, refused when an op stays outside the delegate; onnxruntime: its session)."""
+        import functools
+
+        if self.runtime == "executorch":
+            from prunelab.compress.executorch_model import load_method, lower, set_threads
+
+            set_threads(self.threads)
+            program = lower(model, self.shape, self.batch)
+            if program.not_delegated:
+                raise PruningConfigError(
+                    "hardware.runtime=executorch: XNNPACK does not take "
+                    + ", ".join(f"{op} (x{n})" for op, n in program.not_delegated.items())
+                    + f" of {type(self.model).__name__}; time the table with "
+                      f"hardware.runtime=eager or onnxruntime")
+            return functools.partial(load_method(program.buffer).execute, [x])
+        from prunelab.compress.onnx_model import export_onnx, ort_session
+
+        session = ort_session(export_onnx(model, self.shape), self.threads)
+        return functools.partial(session.run, None, {"input": x.numpy()})
 
     def measure(self, keeps: Mapping[int, torch.Tensor]) -> float:
         return self.time(self.build(keeps))[0]
+
+
+def check_runtime(runtime: Any) -> None:
+    """``hardware.runtime`` is one of :data:`RUNTIMES` and installed (one-line error)."""
+    if runtime not in RUNTIMES:
+        raise PruningConfigError(f"hardware.runtime={runtime!r}; allowed: {', '.join(RUNTIMES)}")
+    from importlib.util import find_spec
+
+    if runtime == "executorch":
+        from prunelab.compress.executorch_model import INSTALL, executorch_available
+
+        if not executorch_available():
+            raise PruningConfigError(f"hardware.runtime=executorch needs ExecuTorch: {INSTALL}")
+    if runtime == "onnxruntime" and (find_spec("onnx") is None or find_spec("onnxruntime") is None):
+        raise PruningConfigError("hardware.runtime=onnxruntime needs onnx and onnxruntime: "
+                                 "pip install 'prunelab[deploy]'")
 
 
 def group_channel_scores(model: nn.Module, group) -> torch.Tensor:
@@ -110,14 +156,15 @@ def check_floor(budget_ms: float, floor_ms: float, full_ms: float, batch: int) -
 
 def latency_floor(model: nn.Module, input_shape: Sequence[int], prunable: Sequence[str],
                   protected: Sequence[str], batch: int = 1, threads: int | None = None,
-                  runs: int = 30) -> tuple[float, float]:
+                  runs: int = 30, runtime: str = "eager") -> tuple[float, float]:
     """(latency of ``model`` compacted with every shrinkable group at one channel, latency of
     ``model`` as it is): the range a budget can be met in. Weights do not matter, shapes do."""
     from prunelab.graph import channel_groups
 
     groups = channel_groups(model, input_shape)
-    lat = LatencyModel(model, input_shape, groups, batch, threads, runs)
-    return lat.measure(one_channel_keeps(groups, prunable, protected)), lat.measure({})
+    lat = LatencyModel(model, input_shape, groups, batch, threads, runs, runtime)
+    full = lat.measure({})  # first: a model the runtime cannot take is refused before the floor
+    return lat.measure(one_channel_keeps(groups, prunable, protected)), full
 
 
 def one_channel_keeps(groups: list, prunable: Sequence[str],
@@ -146,14 +193,15 @@ def _weights(group) -> list[str]:
 def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: Sequence[str],
                         protected: Sequence[str], old_keep: Mapping[str, torch.Tensor],
                         budget_ms: float, batch: int = 1, threads: int | None = None,
-                        runs: int = 30) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+                        runs: int = 30, runtime: str = "eager"
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Per prunable weight, the output channels to keep so that the compacted model measures
     within ``budget_ms``; and a report (budget, dense / predicted / achieved latency, widths)."""
     from prunelab.graph import channel_groups
 
     all_groups = channel_groups(model, input_shape)
     cand = _candidates(all_groups, prunable, protected)
-    lat = LatencyModel(model, input_shape, all_groups, batch, threads, runs)
+    lat = LatencyModel(model, input_shape, all_groups, batch, threads, runs, runtime)
     start_keep = {}
     for gi in cand:
         g = all_groups[gi]
@@ -235,7 +283,8 @@ def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: 
     for gi, keep in keeps.items():
         for name in _weights(all_groups[gi]):
             out[name] = keep.to(old_keep[name].device) & old_keep[name]
-    report = {"budget_ms": budget_ms, "batch": batch, "threads": threads, "dense_ms": full_ms,
+    report = {"budget_ms": budget_ms, "batch": batch, "threads": threads, "runtime": runtime,
+              "dense_ms": full_ms,
               "floor_ms": floor_ms, "achieved_ms": achieved, "met": achieved <= budget_ms,
               "checks": checks,
               "widths": {",".join(all_groups[gi].producers): [int(start_keep[gi].sum()),
@@ -251,6 +300,8 @@ class LatencyAware(PruningMethod):
     Args:
         latency_budget_ms: the compacted model's latency budget (ms, > 0).
         latency_batch_size, latency_threads: where that latency is measured.
+        latency_runtime: what runs it (``hardware.runtime``): ``eager`` (PyTorch), ``executorch``
+            (programs lowered to XNNPACK; the ``executorch`` extra) or ``onnxruntime``.
         include, exclude: which parameters (see :class:`PruningMethod`).
     """
 
@@ -259,9 +310,11 @@ class LatencyAware(PruningMethod):
     granularity = "structured"
 
     def __init__(self, latency_budget_ms: float | None = None, latency_batch_size: int = 1,
-                 latency_threads: int | None = None, include: Sequence[str] | None = None,
-                 exclude: Sequence[str] = ()):
+                 latency_threads: int | None = None, latency_runtime: str = "eager",
+                 include: Sequence[str] | None = None, exclude: Sequence[str] = ()):
         super().__init__(include, exclude)
+        check_runtime(latency_runtime)
+        self.latency_runtime = latency_runtime
         if (not isinstance(latency_budget_ms, (int, float)) or isinstance(latency_budget_ms, bool)
                 or latency_budget_ms <= 0):
             raise PruningConfigError(f"pruner=latency_aware needs hardware.latency_budget_ms="
@@ -291,7 +344,8 @@ class LatencyAware(PruningMethod):
         params = self.resolve(model)
         protected = sorted(output_weights(model, params))
         return latency_floor(model, model.input_shape, list(params), protected,
-                             self.latency_batch_size, self.latency_threads)
+                             self.latency_batch_size, self.latency_threads,
+                             runtime=self.latency_runtime)
 
     def check_run(self, model: nn.Module, schedule: Any, sparsity: float) -> None:
         """The schedule must prune once, and the budget must be reachable on this machine."""
@@ -314,7 +368,7 @@ class LatencyAware(PruningMethod):
         keeps, self._report = latency_aware_keeps(
             self._model, self._model.input_shape, list(params), sorted(self._layout.protected),
             {n: channel_keep(old_masks[n]) for n in params}, self.latency_budget_ms,
-            self.latency_batch_size, self.latency_threads)
+            self.latency_batch_size, self.latency_threads, runtime=self.latency_runtime)
         return {n: (expand_channels(keeps[n], params[n].shape) if n in keeps else old_masks[n])
                 for n in params}
 
