@@ -167,3 +167,29 @@ def test_measure_executorch_on_a_gpu_profile_is_refused():
                                           r"hardware=gpu; allowed there: onnx=false, "
                                           r"executorch=false"):
         check_measure_options(conf, "gpu", "gpu")
+
+
+@pytest.mark.slow
+@needs_executorch
+@pytest.mark.parametrize("name", __import__("prunelab.models", fromlist=["list_models"]).list_models())
+def test_every_zoo_model_lowers_and_matches_pytorch(name):
+    """Every zoo model (dense and, where channels can go, compact) as an XNNPACK program: within
+    1e-4 of PyTorch, and nothing left outside the delegate."""
+    from prunelab.compress.compact import compact
+    from prunelab.compress.executorch_model import ExecuTorchModule, lower
+    from prunelab.pruning import Structured
+
+    shape = {"mlp": (1, 28, 28), "lenet5": (1, 28, 28), "seed_cnn": (1, 28, 28)}.get(name, (3, 32, 32))
+    torch.manual_seed(0)
+    net = build_model(name, input_shape=shape, num_classes=10).eval()
+    pruner = Structured(scope="layer")
+    masks = pruner.prepare(net)
+    masks.update(pruner.compute_masks(masks.params, masks.as_dict(), 0.3))
+    masks.apply_()
+    small, _ = compact(net, shape)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+    for model in (net, small.eval()):
+        low = lower(model, shape, 2)
+        assert low.not_delegated == {}, low.not_delegated
+        with torch.no_grad():
+            assert (ExecuTorchModule(low.buffer, 2)(x) - model(x)).abs().max() <= 1e-4
