@@ -123,6 +123,25 @@ def test_export_executorch_int8_checks_test_accuracy(trained_runs, tmp_path):
     assert "int8 ExecuTorch test accuracy" in proc.stdout
 
 
+
+@pytest.mark.slow
+@needs_executorch
+def test_measure_on_edge_cpu_adds_the_int8_executorch_variants(trained_runs, tmp_path):
+    """hardware=edge_cpu turns the ExecuTorch variants on (the extra is installed); int8 ones keep
+    every pruned weight at int8 zero and stay within two points of PyTorch's accuracy."""
+    run = trained_runs / "structured"
+    proc = cli("prunelab.measure", [f"run={run}", "hardware=edge_cpu", "sparse=false", "runs=3",
+                                    "rounds=1", "warmup=1", "eval_batches=2", f"out={tmp_path}"],
+               tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    v = json.loads((tmp_path / "measure.json").read_text())["variants"]
+    assert {"et_dense", "et_compact", "et_int8", "et_compact_int8"} <= set(v)
+    for name, of in (("et_int8", "dense"), ("et_compact_int8", "compact")):
+        assert v[name]["int8_zeros"] >= v[name]["float_zeros"]
+        assert abs(v[name]["test_acc"] - v[of]["test_acc"]) <= 0.02
+        assert v[name]["bytes"] < v[f"et_{of}"]["bytes"] / 2
+
+
 def test_format_executorch_without_the_extra_says_how_to_install(monkeypatch):
     from prunelab.compress import executorch_model
     from prunelab.config import ExportConf
@@ -174,7 +193,8 @@ def test_measure_executorch_on_a_gpu_profile_is_refused():
 @pytest.mark.parametrize("name", __import__("prunelab.models", fromlist=["list_models"]).list_models())
 def test_every_zoo_model_lowers_and_matches_pytorch(name):
     """Every zoo model (dense and, where channels can go, compact) as an XNNPACK program: within
-    1e-4 of PyTorch, and nothing left outside the delegate."""
+    1e-4 of PyTorch; nothing left outside the delegate, except in the ViT (XNNPACK 1.5.1 leaves
+    its LayerNorms, the attention's masking ops and the token mean to portable operators)."""
     from prunelab.compress.compact import compact
     from prunelab.compress.executorch_model import ExecuTorchModule, lower
     from prunelab.pruning import Structured
@@ -190,6 +210,9 @@ def test_every_zoo_model_lowers_and_matches_pytorch(name):
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
     for model in (net, small.eval()):
         low = lower(model, shape, 2)
-        assert low.not_delegated == {}, low.not_delegated
+        if name.startswith("vit"):
+            assert low.not_delegated["aten.native_layer_norm.default"] == 9, low.not_delegated
+        else:
+            assert low.not_delegated == {}, low.not_delegated
         with torch.no_grad():
             assert (ExecuTorchModule(low.buffer, 2)(x) - model(x)).abs().max() <= 1e-4
