@@ -166,7 +166,7 @@ class MeasureConf:
     runs: int = 50  # timed runs per batch size (median), after warmup
     warmup: int = 10
     rounds: int = 3  # the variants are timed in turn, this many times (A B C A B C ...)
-    threads: Optional[int] = None  # torch threads (null: the profile's, else PyTorch's default)
+    threads: Optional[int] = None  # torch, onnxruntime and XNNPACK threads (null: the profile's, else the defaults)
     sparse: bool = True  # try the sparse path for sparse Linear layers (CSR on CPU, 2:4 on gpu_2to4)
     sparse_layers: str = "measured"  # measured: sparse where timed faster | all: every eligible layer
     quantize: bool = True  # add the int8 variant
@@ -195,7 +195,7 @@ class ExportConf:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
     runs: int = 50
     threads: Optional[int] = None
-    atol: float = 1e-4  # float export: max |onnxruntime - torch|
+    atol: float = 1e-4  # float export: max |runtime (onnxruntime, ExecuTorch) - torch|
     out: Optional[str] = None  # default: <run>/export
 
 

@@ -3,6 +3,7 @@ the pruned weights at zero, what XNNPACK does not take is named per op, ``export
 format=executorch`` writes one checked program per batch size. Skipped without the extra
 (``pip install 'prunelab[executorch]'``), except the one-line error that says how to install it."""
 
+import functools
 import json
 
 import pytest
@@ -216,3 +217,62 @@ def test_every_zoo_model_lowers_and_matches_pytorch(name):
             assert low.not_delegated == {}, low.not_delegated
         with torch.no_grad():
             assert (ExecuTorchModule(low.buffer, 2)(x) - model(x)).abs().max() <= 1e-4
+
+
+@needs_executorch
+def test_set_threads_none_is_the_runtime_default_not_the_last_size():
+    from executorch.extension.pybindings import portable_lib
+
+    from prunelab.compress.executorch_model import set_threads
+
+    set_threads(None)
+    default = portable_lib._threadpool_get_thread_count()
+    other = 1 if default != 1 else 2
+    set_threads(other)
+    assert portable_lib._threadpool_get_thread_count() == other
+    set_threads(None)
+    assert portable_lib._threadpool_get_thread_count() == default
+
+
+@needs_executorch
+def test_a_loaded_method_outlives_the_bytes_it_was_loaded_from():
+    """A runtime Method does not keep the program's bytes: load_method keeps them (without, the
+    call below crashed the interpreter once other lowering reused the freed memory)."""
+    from prunelab.compress.executorch_model import load_method, lower
+
+    net = pruned_lenet5()
+    x = torch.randn(2, 1, 28, 28)
+    # as the timing loops take it: the bound execute alone, no reference to the bytes kept
+    call = functools.partial(load_method(lower(net, (1, 28, 28), 2).buffer).execute, [x])
+    lower(pruned_lenet5(0.5), (1, 28, 28), 2)
+    junk = [bytes(100_000) for _ in range(200)]
+    with torch.no_grad():
+        assert (call()[0] - net(x)).abs().max() <= 1e-4
+    del junk
+
+
+@needs_executorch
+def test_a_variant_that_cannot_be_lowered_is_skipped_by_default_and_refused_when_asked(
+        monkeypatch, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from prunelab.deploy import executorch as et
+    from prunelab.deploy.options import DeployError
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("torch.export cannot trace this\nsecond line")
+
+    monkeypatch.setattr(et, "executorch_programs", fail)
+    run = SimpleNamespace(input_shape=(1, 28, 28))
+    floats = {"dense": pruned_lenet5()}
+    info = {"dense": {"macs": 1}}
+    conf = SimpleNamespace(threads=None, quantize=False, batch_sizes=[1], executorch=None)
+    assert et.executorch_variants(conf, run, floats, info, tmp_path) == {}
+    assert info["et_dense"] == {"skipped": "torch.export cannot trace this"}
+    assert capsys.readouterr().err.strip() == ("prunelab: warning: no et_dense variant: "
+                                               "torch.export cannot trace this")
+    conf.executorch = True
+    with pytest.raises(DeployError, match=r"^executorch=true: et_dense cannot run on ExecuTorch: "
+                                          r"torch.export cannot trace this$"):
+        et.executorch_variants(conf, run, floats, info, tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -187,3 +187,21 @@ def test_executorch_refuses_a_model_with_ops_outside_xnnpack():
     with pytest.raises(PruningConfigError, match=r"^hardware.runtime=executorch: XNNPACK does not "
                                                  r"take aten.cumsum.default \(x1\) of Cumsum; "):
         model.measure({})
+
+
+def test_runtime_calls_of_the_models_timed_last_are_reused(monkeypatch):
+    """The table times the whole model beside every width: it is lowered (exported) once, not
+    once per width."""
+    monkeypatch.setattr("prunelab.metrics.timing.time_in_turn",
+                        lambda calls, runs, warmup, rounds: {k: 1.0 for k in calls})
+    net = build_model("lenet5", input_shape=(1, 28, 28), num_classes=10).eval()
+    model = lat_mod.LatencyModel(net, (1, 28, 28), [], batch=1, threads=None, runs=1,
+                                 runtime="executorch")
+    lowered = []
+    monkeypatch.setattr(model, "_runtime_call", lambda m, x: lowered.append(m) or (lambda: None))
+    full, a, b = object(), object(), object()
+    model.time(full)
+    model.time(full, a)
+    model.time(full, b)
+    model.time(full, a)  # a was evicted by b
+    assert lowered == [full, a, b, a]

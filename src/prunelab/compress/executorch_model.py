@@ -92,8 +92,10 @@ def lower(net: nn.Module, input_shape: Sequence[int], batch: int) -> Lowered:
     from executorch.exir import to_edge_transform_and_lower
 
     example = torch.randn(int(batch), *input_shape, generator=torch.Generator().manual_seed(0))
-    if isinstance(net, nn.Module) and not isinstance(net, torch.fx.GraphModule):
+    try:
         net = net.eval()
+    except NotImplementedError:  # an exported graph (quantize_pt2e's): captured in eval mode
+        pass
     with torch.no_grad():
         exported = torch.export.export(net, (example,))
         edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
@@ -113,19 +115,45 @@ def _op_name(target: Any) -> str:
     return name
 
 
+#: The runtime's own thread-pool size, read before :func:`set_threads` first changes it.
+_default_threads: int | None = None
+
+
 def set_threads(threads: int | None) -> None:
-    """The XNNPACK thread pool of the runtime to ``threads`` (``None``: left as it is)."""
-    if threads:
-        from executorch.extension.pybindings import portable_lib
+    """The XNNPACK thread pool of the runtime (one per process) to ``threads`` (``None``: the
+    runtime's default, not whatever an earlier call left). Call it before loading the methods it
+    is meant for: a method loaded before the pool is resized to another size hangs on its next
+    call (measured with executorch 1.5.1)."""
+    global _default_threads
+    from executorch.extension.pybindings import portable_lib
 
-        portable_lib._unsafe_reset_threadpool(int(threads))
+    now = int(portable_lib._threadpool_get_thread_count())
+    if _default_threads is None:
+        _default_threads = now
+    wanted = int(threads) if threads else _default_threads
+    if wanted != now:  # (the runtime logs every reset, even to the same size)
+        portable_lib._unsafe_reset_threadpool(wanted)
 
 
-def load_method(buffer: bytes) -> Any:
+class LoadedMethod:
+    """The ``forward`` method of a program and the program itself. A runtime ``Method`` does not
+    keep its ``Program``, which holds the bytes the method reads: once they are freed, a bare
+    method's next call crashes or fails (executorch 1.5.1). ``execute`` (even taken alone, as a
+    bound method) keeps both."""
+
+    def __init__(self, buffer: bytes):
+        from executorch.runtime import Runtime
+
+        self.program = Runtime.get().load_program(buffer)
+        self.method = self.program.load_method("forward")
+
+    def execute(self, inputs: Sequence[Any]) -> Any:
+        return self.method.execute(inputs)
+
+
+def load_method(buffer: bytes) -> LoadedMethod:
     """The ``forward`` method of the program ``buffer``, loaded in ExecuTorch's runtime."""
-    from executorch.runtime import Runtime
-
-    return Runtime.get().load_program(buffer).load_method("forward")
+    return LoadedMethod(buffer)
 
 
 class ExecuTorchModule(nn.Module):
@@ -160,5 +188,5 @@ class ExecuTorchModule(nn.Module):
         return state
 
 
-__all__ = ["INSTALL", "ExecuTorchModule", "Lowered", "executorch_available", "int8_weight_zeros",
-           "load_method", "lower", "quantize_pt2e", "set_threads"]
+__all__ = ["INSTALL", "ExecuTorchModule", "LoadedMethod", "Lowered", "executorch_available",
+           "int8_weight_zeros", "load_method", "lower", "quantize_pt2e", "set_threads"]

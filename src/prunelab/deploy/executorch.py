@@ -114,11 +114,11 @@ def export_executorch(conf: Any, run: DeployRun, net: nn.Module, out: Path, stem
     int8 = conf.quantize == "int8"
     calib = calibration_batches(run, 8) if int8 else None
     programs, info = executorch_programs(net, run.input_shape, conf.batch_sizes, calib)
-    files = {}
+    diff = check_programs(net, programs, run.input_shape, None if int8 else conf.atol)
+    files = {}  # written once every program passed its check
     for b, p in programs.items():
         path = atomic_write(out / f"{stem}_b{b}.pte", functools.partial(_write, p.buffer))
         files[f"batch_{b}"] = path.name
-    diff = check_programs(net, programs, run.input_shape, None if int8 else conf.atol)
     result: dict[str, Any] = {"pte": files, "bytes": {f"batch_{b}": len(p.buffer)
                                                       for b, p in programs.items()},
                               "max_abs_diff": diff, **info}
@@ -183,7 +183,9 @@ def executorch_variants(conf: Any, run: DeployRun, floats: dict[str, nn.Module],
     """The ExecuTorch variants of the float ``dense`` and ``compact`` networks (float, and int8
     when ``conf.quantize``): programs per batch size written as ``model_<name>_b<B>.pte``, float
     ones checked against PyTorch (1e-4), their info added to ``info``; returns ``{name: {batch:
-    Lowered}}`` for :func:`time_programs`."""
+    Lowered}}`` for :func:`time_programs`. A variant that cannot be exported, lowered or checked
+    is a one-line DeployError with ``executorch=true``, else skipped with the reason (in
+    ``info`` and on stderr)."""
     from prunelab.compress.executorch_model import set_threads
 
     set_threads(conf.threads)
@@ -193,9 +195,18 @@ def executorch_variants(conf: Any, run: DeployRun, floats: dict[str, nn.Module],
         if of not in floats or (int8 and calib is None):
             continue
         net = floats[of]
-        progs, extra = executorch_programs(net, run.input_shape, conf.batch_sizes,
-                                           calib if int8 else None)
-        diff = check_programs(net, progs, run.input_shape, None if int8 else 1e-4)
+        try:
+            progs, extra = executorch_programs(net, run.input_shape, conf.batch_sizes,
+                                               calib if int8 else None)
+            diff = check_programs(net, progs, run.input_shape, None if int8 else 1e-4)
+        except Exception as exc:  # noqa: BLE001 - export, lowering or check: said in one line
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            if conf.executorch:  # asked for: the command fails in one line
+                raise DeployError(f"executorch=true: {name} cannot run on ExecuTorch: "
+                                  f"{reason}") from None
+            info[name] = {"skipped": reason}  # on by default (edge_cpu): the rest is measured
+            print(f"prunelab: warning: no {name} variant: {reason}", file=sys.stderr)
+            continue
         files = {b: atomic_write(out / f"model_{name}_b{b}.pte",
                                  functools.partial(_write, p.buffer)) for b, p in progs.items()}
         first = min(files)  # the size column: the program at the smallest batch (weights dominate)

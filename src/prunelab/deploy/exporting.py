@@ -32,16 +32,16 @@ def export_run(conf: Any) -> dict[str, Any]:
     out = Path(conf.out) if conf.out else run.run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     stem = "model" + ("_compact" if conf.compact else "") + ("_int8" if conf.quantize == "int8" else "")
-    if conf.compact:
-        from prunelab.compress.compact import save_compact
-
-        save_compact(net, out / "model_compact.pt", **model_meta(run))
     if conf.format == "executorch":
         from prunelab.deploy.executorch import export_executorch, print_executorch
 
+        programs = export_executorch(conf, run, net, out, stem)  # checked before it writes
+        if conf.compact:
+            from prunelab.compress.compact import save_compact
+
+            save_compact(net, out / "model_compact.pt", **model_meta(run))
         result = {"run": str(run.run_dir), "format": "executorch", "compact": conf.compact,
-                  "quantize": conf.quantize,
-                  **export_executorch(conf, run, net, out, stem),
+                  "quantize": conf.quantize, **programs,
                   "dense_bytes": save_dense_state_dict(run.net, out / "model_dense.pt")}
         write_json_atomic(out / f"{stem}_pte.json", result)
         print_executorch(result, out)
@@ -58,6 +58,10 @@ def export_run(conf: Any) -> dict[str, Any]:
         q, mode = quantize_int8(net, run.input_shape, calib)
         path = out / f"{stem}.onnx"
         atomic_write(path, lambda p: p.write_bytes(q.onnx_bytes))
+    if conf.compact:
+        from prunelab.compress.compact import save_compact
+
+        save_compact(net, out / "model_compact.pt", **model_meta(run))
     # PyTorch first: onnxruntime's idle worker threads would otherwise share the cores
     lat_dense = time_alternating({"dense": run.net}, run.input_shape, conf.batch_sizes, conf.runs,
                                  10, 1, conf.threads)["dense"]
