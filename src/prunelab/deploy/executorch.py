@@ -17,17 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.deploy.loading import DeployRun
+from prunelab.deploy.loading import DeployRun, calibration_batches
 from prunelab.deploy.options import DeployError
 from prunelab.files import atomic_write
-
-
-def calibration_batches(run: DeployRun, n: int) -> list[torch.Tensor]:
-    """The first ``n`` training batches of the run's data (int8 calibration)."""
-    from prunelab.data.loader import iter_batches
-
-    run.dm.setup("fit")
-    return [x for _, (x, _) in zip(range(n), iter_batches(run.dm.train_dataloader()))]
 
 
 def float_zeros(net: nn.Module) -> int:

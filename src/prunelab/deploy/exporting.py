@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from prunelab.deploy.loading import compact_run, load, model_meta
+from prunelab.deploy.loading import calibration_batches, compact_run, load, model_meta
 from prunelab.deploy.onnx import export_onnx, ort_session, time_sessions
 from prunelab.deploy.options import DeployError, check_export_options
 from prunelab.files import atomic_write, write_json_atomic
@@ -51,10 +51,7 @@ def export_run(conf: Any) -> dict[str, Any]:
     path = fp32
     if conf.quantize == "int8":
         from prunelab.compress.quantize import count_int8_zeros, quantize_int8
-        from prunelab.data.loader import iter_batches
-
-        run.dm.setup("fit")
-        calib = [x for _, (x, _) in zip(range(8), iter_batches(run.dm.train_dataloader()))]
+        calib = calibration_batches(run, 8)
         q, mode = quantize_int8(net, run.input_shape, calib)
         path = out / f"{stem}.onnx"
         atomic_write(path, lambda p: p.write_bytes(q.onnx_bytes))

@@ -66,6 +66,14 @@ def compact_run(run: DeployRun) -> tuple[nn.Module, Any]:
     return small, report
 
 
+def calibration_batches(run: DeployRun, n: int) -> list[Any]:
+    """The inputs of the first ``n`` training batches of the run's data (int8 calibration)."""
+    from prunelab.data.loader import iter_batches
+
+    run.dm.setup("fit")
+    return [x for _, (x, _) in zip(range(n), iter_batches(run.dm.train_dataloader()))]
+
+
 def model_meta(run: DeployRun) -> dict[str, Any]:
     """How to rebuild the run's (dense) network: the ``meta`` of
     :func:`prunelab.compress.compact.save_compact` (``model``: the registry name, None for a

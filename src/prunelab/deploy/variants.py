@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.deploy.loading import DeployRun, model_meta
+from prunelab.deploy.loading import DeployRun, calibration_batches, model_meta
 from prunelab.deploy.options import DeployError
 from prunelab.files import atomic_write, save_torch_atomic
 
@@ -99,8 +99,7 @@ def int8_variants(conf: Any, run: DeployRun, base: nn.Module, models: Models, in
     of = "compact" if base is not run.net else "dense"
     if not (conf.quantize or conf.qat_epochs):
         return
-    calib = [x for _, (x, _) in zip(range(conf.calibration_batches),
-                                    iter_batches(run.dm.train_dataloader()))]
+    calib = calibration_batches(run, conf.calibration_batches)
     if conf.quantize:
         q, mode = quantize_int8(base, run.input_shape, calib, threads=conf.threads)
         models["int8"] = q
