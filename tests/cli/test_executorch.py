@@ -29,6 +29,7 @@ def pruned_lenet5(sparsity=0.7):
     return net
 
 
+@pytest.mark.slow  # long (a minute on 2 cores): pytest -m slow
 @needs_executorch
 def test_float_program_matches_pytorch_at_any_batch_and_int8_keeps_pruned_zeros():
     from prunelab.compress.executorch_model import ExecuTorchModule, lower, quantize_pt2e
@@ -67,6 +68,7 @@ class CumsumHead(nn.Module):
         return self.fc(x.flatten(1)).cumsum(1)
 
 
+@pytest.mark.slow  # long (a minute on 2 cores): pytest -m slow
 @needs_executorch
 def test_ops_left_outside_xnnpack_are_named_per_op(capsys):
     from prunelab.compress.executorch_model import ExecuTorchModule, lower

@@ -85,6 +85,7 @@ def reference(tmp_path_factory):
     return base / "ref", dirs
 
 
+@pytest.mark.slow  # long (a minute on 2 cores): pytest -m slow
 def test_killed_runs_resume_to_the_uninterrupted_run(reference):
     ref_dir, dirs = reference
     elapsed = {}

@@ -139,8 +139,8 @@ def test_runtime_must_be_known_and_installed(monkeypatch):
         LatencyAware(latency_budget_ms=1.0, latency_runtime="executorch")
 
 
-@pytest.mark.parametrize("runtime", ["executorch",
-                                     pytest.param("onnxruntime", marks=pytest.mark.slow)])
+@pytest.mark.slow  # lowers lenet5 three times: pytest -m slow
+@pytest.mark.parametrize("runtime", ["executorch", "onnxruntime"])
 def test_the_table_is_timed_in_the_chosen_runtime(runtime):
     """The floor and the whole model timed as ExecuTorch programs / onnxruntime sessions: the
     runtime's calls, not PyTorch's, and one channel per group is faster than all of them."""
