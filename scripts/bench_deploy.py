@@ -51,7 +51,12 @@ from prunelab.pruning import Magnitude, Structured
 
 def half_channels(name: str, shape: tuple[int, ...]):
     torch.manual_seed(0)
-    net = build_model(name, input_shape=shape, num_classes=10).eval()
+    return prune_half_channels(build_model(name, input_shape=shape, num_classes=10).eval())
+
+
+def prune_half_channels(net: torch.nn.Module) -> torch.nn.Module:
+    """50 % of the output channels of every prunable layer but the output layer masked to zero
+    (prunelab's structured pruner, L1 norm, layer scope); ``net`` itself, pruned."""
     pruner = Structured(scope="layer")
     masks = pruner.prepare(net)
     total = sum(p.numel() for p in masks.params.values())

@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 
 import torch
+from bench_deploy import prune_half_channels  # scripts/ is on sys.path when run as a script
 
 from prunelab.compress.compact import compact
 from prunelab.compress.executorch_model import lower, quantize_pt2e, set_threads
 from prunelab.deploy.executorch import time_programs
 from prunelab.metrics import count_macs, time_alternating
 from prunelab.models import build_model
-from prunelab.pruning import Structured
 
 MODELS = {"seed_cnn": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32),
           "mobilenet_v2": (3, 64, 64)}
@@ -46,16 +46,6 @@ def build(name: str, shape: tuple[int, ...]) -> torch.nn.Module:
 
         return torchvision.models.mobilenet_v2(num_classes=10).eval()
     return build_model(name, input_shape=shape, num_classes=10).eval()
-
-
-def half_channels(net: torch.nn.Module) -> torch.nn.Module:
-    pruner = Structured(scope="layer")
-    masks = pruner.prepare(net)
-    total = sum(p.numel() for p in masks.params.values())
-    eligible = sum(p.numel() for n, p in masks.params.items() if n not in pruner._protected)
-    masks.update(pruner.compute_masks(masks.params, masks.as_dict(), 0.5 * eligible / total))
-    masks.apply_()
-    return net
 
 
 def programs_for(net, small, shape, batch: int) -> dict:
@@ -85,7 +75,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         shape = MODELS[name]
-        net = half_channels(build(name, shape))
+        net = prune_half_channels(build(name, shape))
         small, rep = compact(net, shape)
         cut = count_macs(net, shape)["dense"] / count_macs(small, shape)["dense"]
         row: dict = {"channels": [rep.channels_before, rep.channels_after], "macs_cut": cut,

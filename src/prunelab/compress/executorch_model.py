@@ -52,6 +52,11 @@ class Lowered:
     delegated_calls: int = 0
 
 
+def name_ops(counts: dict[str, int]) -> str:
+    """``{op: count}`` as ``"op (xN), ..."`` (the ops a program left outside the delegate)."""
+    return ", ".join(f"{op} (x{n})" for op, n in counts.items())
+
+
 def quantize_pt2e(net: nn.Module, input_shape: Sequence[int], calibration: Sequence[torch.Tensor]
                   ) -> nn.Module:
     """``net`` quantized to int8 by PT2E with the XNNPACK quantizer (static, symmetric,
@@ -81,8 +86,7 @@ def int8_weight_zeros(quantized: nn.Module) -> int:
     for n in quantized.graph.nodes:
         if n.op == "get_attr" and isinstance(getattr(quantized, n.target, None), torch.Tensor):
             tensors[n.target] = getattr(quantized, n.target)
-    zeros = sum(int((t == 0).sum()) for t in tensors.values() if t.dtype == torch.int8)
-    return zeros
+    return sum(int((t == 0).sum()) for t in tensors.values() if t.dtype == torch.int8)
 
 
 def lower(net: nn.Module, input_shape: Sequence[int], batch: int) -> Lowered:
@@ -189,4 +193,5 @@ class ExecuTorchModule(nn.Module):
 
 
 __all__ = ["INSTALL", "ExecuTorchModule", "LoadedMethod", "Lowered", "executorch_available",
-           "int8_weight_zeros", "load_method", "lower", "quantize_pt2e", "set_threads"]
+           "int8_weight_zeros", "load_method", "lower", "name_ops", "quantize_pt2e",
+           "set_threads"]

@@ -26,6 +26,13 @@ from prunelab.files import atomic_write
 OPSET = 18
 
 
+def onnxruntime_available() -> bool:
+    """Whether onnx and onnxruntime (the ``deploy`` extra) are installed."""
+    from importlib.util import find_spec
+
+    return find_spec("onnx") is not None and find_spec("onnxruntime") is not None
+
+
 def export_onnx(net: nn.Module, input_shape: Sequence[int], path: Any = None) -> bytes:
     """``net`` (put in eval mode) as ONNX; written to ``path`` (a file name or a binary buffer)
     when given. Returns the model's bytes."""

@@ -38,6 +38,7 @@ Modules: :mod:`~prunelab.deploy.options` (the two commands' options and their ch
 :mod:`~prunelab.deploy.exporting` (the two commands' work).
 """
 
+from prunelab.compress.onnx_model import onnxruntime_available
 from prunelab.deploy.exporting import export_run
 from prunelab.deploy.loading import DeployRun, compact_run, load, model_meta
 from prunelab.deploy.measuring import measure_run
@@ -57,7 +58,6 @@ from prunelab.deploy.options import (
     MeasureConf,
     apply_profile,
     hardware_profile,
-    onnxruntime_available,
 )
 from prunelab.deploy.tables import print_table, sparse_summary
 

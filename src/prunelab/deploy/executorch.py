@@ -34,7 +34,12 @@ def executorch_programs(net: nn.Module, input_shape: Any, batch_sizes: Any,
     ``({batch: Lowered}, info)``; info has the ops XNNPACK did not take (per op, the most any
     program left) and, for int8, the weights' zeros before and after. A weight pruned to zero that
     is not an int8 zero is a DeployError."""
-    from prunelab.compress.executorch_model import int8_weight_zeros, lower, quantize_pt2e
+    from prunelab.compress.executorch_model import (
+        int8_weight_zeros,
+        lower,
+        name_ops,
+        quantize_pt2e,
+    )
 
     info: dict[str, Any] = {}
     graph: nn.Module = net
@@ -51,9 +56,8 @@ def executorch_programs(net: nn.Module, input_shape: Any, batch_sizes: Any,
             left[op] = max(left.get(op, 0), count)
     info["not_delegated"] = left
     if left:
-        print("prunelab: warning: XNNPACK does not take "
-              + ", ".join(f"{op} (x{n})" for op, n in left.items())
-              + "; these run as ExecuTorch's portable operators", file=sys.stderr)
+        print(f"prunelab: warning: XNNPACK does not take {name_ops(left)}; these run as "
+              f"ExecuTorch's portable operators", file=sys.stderr)
     return programs, info
 
 

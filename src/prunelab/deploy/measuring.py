@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
+from prunelab.deploy.executorch import wants_executorch
 from prunelab.deploy.loading import load
 from prunelab.deploy.memory_format import choose_memory_format
 from prunelab.deploy.onnx import onnx_sessions, time_sessions
-from prunelab.deploy.executorch import wants_executorch
 from prunelab.deploy.options import GPU_TARGETS, apply_profile, check_measure_options
 from prunelab.deploy.tables import print_table
 from prunelab.deploy.variants import float_variants, gpu_variants, int8_variants
@@ -61,15 +61,14 @@ def measure_run(conf: Any, hardware_name: str | None = None) -> dict[str, Any]:
         for k in sessions:
             info[k]["onnxruntime_latency_ms"] = ort_lat[k]
             info[k]["onnxruntime_max_abs_diff"] = diffs[k]
-    if et_programs:  # timed in ExecuTorch's runtime after PyTorch, in turn with each other
-        from prunelab.deploy.executorch import executorch_accuracy, time_programs
-
-        et_lat = time_programs(et_programs, run.input_shape, conf.runs, conf.warmup, conf.rounds)
     loader = run.dm.test_dataloader()
     for k, m in models.items():
         info[k]["latency_ms"] = latency[k]
         info[k]["test_acc"] = accuracy(m, loader, conf.eval_batches)
-    if et_programs:
+    if et_programs:  # timed in ExecuTorch's runtime after PyTorch, in turn with each other
+        from prunelab.deploy.executorch import executorch_accuracy, time_programs
+
+        et_lat = time_programs(et_programs, run.input_shape, conf.runs, conf.warmup, conf.rounds)
         for k, acc in executorch_accuracy(et_programs, loader, conf.eval_batches).items():
             info[k].update(latency_ms=et_lat[k], test_acc=acc)
     _ratios(info)

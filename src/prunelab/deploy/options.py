@@ -151,14 +151,10 @@ def check_export_options(conf: Any) -> None:
         need_onnxruntime("format=onnx")
 
 
-def onnxruntime_available() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("onnx") is not None and find_spec("onnxruntime") is not None
-
-
 def need_onnxruntime(what: str) -> None:
     """A DeployError naming ``what`` when onnx or onnxruntime is not installed."""
+    from prunelab.compress.onnx_model import onnxruntime_available
+
     if not onnxruntime_available():
         raise DeployError(f"{what} needs onnx and onnxruntime: pip install 'prunelab[deploy]'")
 

@@ -111,16 +111,15 @@ class LatencyModel:
         import functools
 
         if self.runtime == "executorch":
-            from prunelab.compress.executorch_model import load_method, lower, set_threads
+            from prunelab.compress.executorch_model import load_method, lower, name_ops, set_threads
 
             set_threads(self.threads)
             program = lower(model, self.shape, self.batch)
             if program.not_delegated:
                 raise PruningConfigError(
-                    "hardware.runtime=executorch: XNNPACK does not take "
-                    + ", ".join(f"{op} (x{n})" for op, n in program.not_delegated.items())
-                    + f" of {type(self.model).__name__}; time the table with "
-                      f"hardware.runtime=eager or onnxruntime")
+                    f"hardware.runtime=executorch: XNNPACK does not take "
+                    f"{name_ops(program.not_delegated)} of {type(self.model).__name__}; time the "
+                    f"table with hardware.runtime=eager or onnxruntime")
             return functools.partial(load_method(program.buffer).execute, [x])
         from prunelab.compress.onnx_model import export_onnx, ort_session
 
@@ -135,14 +134,14 @@ def check_runtime(runtime: Any) -> None:
     """``hardware.runtime`` is one of :data:`RUNTIMES` and installed (one-line error)."""
     if runtime not in RUNTIMES:
         raise PruningConfigError(f"hardware.runtime={runtime!r}; allowed: {', '.join(RUNTIMES)}")
-    from importlib.util import find_spec
+    from prunelab.compress.onnx_model import onnxruntime_available
 
     if runtime == "executorch":
         from prunelab.compress.executorch_model import INSTALL, executorch_available
 
         if not executorch_available():
             raise PruningConfigError(f"hardware.runtime=executorch needs ExecuTorch: {INSTALL}")
-    if runtime == "onnxruntime" and (find_spec("onnx") is None or find_spec("onnxruntime") is None):
+    if runtime == "onnxruntime" and not onnxruntime_available():
         raise PruningConfigError("hardware.runtime=onnxruntime needs onnx and onnxruntime: "
                                  "pip install 'prunelab[deploy]'")
 
