@@ -41,6 +41,7 @@ COMMAND_GROUPS = {
     "measure": ("hardware",),
     "export": (),
     "report": (),
+    "search": ("hardware", "experiment"),
 }
 
 

@@ -62,8 +62,15 @@ def _nm_sparsity(n: Any, m: Any) -> float:
     return 1.0 - n / m
 
 
+#: What a profile's per-layer values are: the weight sparsity of each layer (unstructured), or
+#: the fraction of its output channels removed (structured; a searched channel policy).
+PROFILE_GRANULARITIES = ("unstructured", "structured")
+
+
 def load_profile(path: str | Path) -> dict:
-    """A sensitivity profile: ``{"target_sparsity": float, "layers": {name: sparsity}}``."""
+    """A sensitivity profile: ``{"target_sparsity": float, "layers": {name: sparsity},
+    "granularity": "unstructured" | "structured"}`` (granularity optional, default unstructured:
+    ``python -m prunelab.search`` writes structured ones)."""
     import yaml
 
     from prunelab.errors import ConfigError
@@ -83,7 +90,12 @@ def load_profile(path: str | Path) -> dict:
         if not isinstance(s, (int, float)) or not 0 <= s < 1:
             raise ConfigError(f"pruner.profile: layer {name!r} has sparsity {s!r}; allowed: "
                               f"[0, 1)")
-    return {"target_sparsity": float(target), "layers": {k: float(v) for k, v in layers.items()}}
+    granularity = data.get("granularity", "unstructured")
+    if granularity not in PROFILE_GRANULARITIES:
+        raise ConfigError(f"pruner.profile: granularity={granularity!r}; allowed: "
+                          f"{', '.join(PROFILE_GRANULARITIES)}")
+    return {"target_sparsity": float(target), "granularity": granularity,
+            "layers": {k: float(v) for k, v in layers.items()}}
 
 
 def _profile_sparsity(path: Any) -> float:

@@ -207,3 +207,54 @@ def plot_sensitivity(rows: Sequence[dict[str, Any]], base: float, path: str | Pa
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+_COST_LABELS = {"macs": "MACs (fraction of dense)", "params": "non-zero parameters",
+                "size": "bytes on disk", "latency": "latency (ms, per-layer table)"}
+
+
+def plot_pareto(trials: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any]],
+                finals: Sequence[dict[str, Any]], objectives: Sequence[str], path: str | Path,
+                budgets: dict[str, float] | None = None) -> Path | None:
+    """A policy search (:mod:`prunelab.policy_search`): validation accuracy of the proxy trials
+    against the first cost objective, the front joined, the uniform and sensitivity baselines on
+    the same axes; a second panel with the final retrains' test accuracy (mean, std over seeds).
+    None when there is no cost objective or no validation accuracy to plot."""
+    costs = [o for o in objectives if o != "val_acc"]
+    if not costs or "val_acc" not in objectives or not trials:
+        return None
+    cost = costs[0]
+    scale = "macs_fraction" if cost == "macs" else cost
+
+    def xs(rows: Sequence[dict[str, Any]]) -> list[float]:
+        return [r.get(scale) for r in rows]
+
+    plt, fig, axes = _figure(2 if finals else 1)
+    ax = axes[0]
+    ax.scatter(xs(trials), [100 * r["val_acc"] for r in trials], s=14, c="0.65", label="trials")
+    front = sorted((r for r in trials if r.get("on_front")), key=lambda r: r.get(scale) or 0)
+    ax.plot(xs(front), [100 * r["val_acc"] for r in front], "o-", c="tab:red", label="front")
+    styles = {"uniform": ("s--", "tab:blue"), "sensitivity": ("^--", "tab:green")}
+    for kind, (marker, color) in styles.items():
+        rows = sorted((r for r in baselines if r["kind"] == kind), key=lambda r: r.get(scale) or 0)
+        if rows:
+            ax.plot(xs(rows), [100 * r["val_acc"] for r in rows], marker, c=color, label=kind)
+    ax.set(xlabel=_COST_LABELS[cost], ylabel="val accuracy (%), proxy", title="search (proxy trials)")
+    if budgets and cost in budgets:
+        ax.axvline(budgets[cost], c="k", ls=":", label=f"budget {budgets[cost]:g}")
+    ax.legend()
+    if finals:
+        ax = axes[1]
+        for kind, (marker, color) in {"chosen": ("o-", "tab:red"), **styles}.items():
+            rows = sorted((r for r in finals if r["kind"] == f"final:{kind}"),
+                          key=lambda r: r.get(scale) or 0)
+            if rows:
+                ax.errorbar(xs(rows), [100 * r["test_acc"] for r in rows],
+                            [100 * r["test_acc_std"] for r in rows], fmt=marker, c=color,
+                            capsize=3, label=kind)
+        ax.set(xlabel=_COST_LABELS[cost], ylabel="test accuracy (%)", title="final retrains")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

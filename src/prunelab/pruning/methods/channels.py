@@ -9,7 +9,8 @@
   masked network and its compact twin always agree; the output layer (its channels are the
   classes) never is. A network torch.fx cannot trace falls back to one unit per prunable
   weight (its bias and the BatchNorm after it in module order follow it).
-- :func:`select_structured`: whole-unit-channel masks at a cumulative target from element scores.
+- :func:`select_structured`: whole-unit-channel masks at a cumulative target from element scores;
+  :func:`select_unit_ratios`: each unit to its own channel ratio (a searched or profiled policy).
 """
 
 from __future__ import annotations
@@ -226,3 +227,34 @@ def select_structured(params: Mapping[str, torch.Tensor], scores: Mapping[str, t
         u_old[i] = unit_keep(u, old_masks).cpu()
     keep = select_channels(u_ch, u_old, target, scope, u_sizes, total, frozenset(), u_norm)
     return unit_masks(layout, keep, old_masks)
+
+
+def unit_name(unit: Unit) -> str:
+    """The first weight a unit's channels are rows of: how policies name the unit."""
+    return next(iter(unit.rows))
+
+
+def select_unit_ratios(params: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
+                       old_masks: Mapping[str, torch.Tensor], ratios: Mapping[str, float],
+                       layout: ChannelLayout, norm: int = 1) -> dict[str, torch.Tensor]:
+    """Element masks removing from each unit ``round(ratio * size)`` channels (at least those
+    already removed, at most all but one) with the smallest L``norm`` norm of their element
+    scores; a unit's ratio is the largest that ``ratios`` gives any of its weights (0: none)."""
+    keeps = {}
+    for i, u in enumerate(layout.units):
+        if not set(u.rows) <= set(params):
+            continue
+        ratio = max((float(ratios.get(w, 0.0)) for w in u.rows), default=0.0)
+        old = unit_keep(u, old_masks).cpu()
+        k = min(u.size - 1, max(int(round(ratio * u.size)), int((~old).sum())))
+        if k <= int((~old).sum()):
+            continue
+        ch = torch.zeros(u.size)
+        for w, rows in u.rows.items():
+            flat = scores[w].detach().float().reshape(scores[w].shape[0], -1).cpu()
+            ch += flat.abs().pow(norm).sum(1)[rows].sum(1)
+        order = torch.sort(ch.masked_fill(~old, float("-inf")), stable=True).indices
+        keep = torch.ones(u.size, dtype=torch.bool)
+        keep[order[:k]] = False
+        keeps[i] = keep
+    return unit_masks(layout, keeps, old_masks)

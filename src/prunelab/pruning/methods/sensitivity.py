@@ -11,6 +11,7 @@ from torch import nn
 
 from prunelab.config import load_profile
 from prunelab.pruning.methods.base import ScoreThenSelect
+from prunelab.pruning.methods.channels import ChannelLayout, select_unit_ratios
 from prunelab.pruning.params import PruningConfigError
 from prunelab.pruning.selection import select_masks
 
@@ -28,15 +29,15 @@ class Sensitivity(ScoreThenSelect):
     name = "sensitivity"
     score = "magnitude"
     needs = frozenset({"profile"})
-    granularities = ("unstructured",)
+    channel_norm = 1
 
     def __init__(self, profile: str | None = None, include: Sequence[str] | None = None,
                  exclude: Sequence[str] = ()):
         if not profile:
             raise PruningConfigError("pruner=sensitivity needs pruner.profile=<yaml> (written by "
                                      "python -m prunelab.sensitivity)")
-        super().__init__("layer", "unstructured", include, exclude)
         self.profile = load_profile(profile)
+        super().__init__("layer", self.profile["granularity"], include, exclude)
 
     def resolve(self, model: nn.Module) -> dict[str, nn.Parameter]:
         params = super().resolve(model)
@@ -85,4 +86,7 @@ class Sensitivity(ScoreThenSelect):
     def select(self, params: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
                old_masks: Mapping[str, torch.Tensor], target: float) -> dict[str, torch.Tensor]:
         targets = self.layer_targets(target)
+        if self.granularity == "structured":
+            layout = self._layout or ChannelLayout.per_weight(params)
+            return select_unit_ratios(params, scores, old_masks, targets, layout, self.channel_norm)
         return select_masks(scores, old_masks, {n: targets.get(n, 0.0) for n in params}, "layer")

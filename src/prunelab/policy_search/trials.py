@@ -1,0 +1,117 @@
+"""A trial is an ordinary ``train`` run: the trained run's own overrides, its weights
+(``init_from``), the policy as ``pruner=sensitivity pruner.profile=<yaml>`` pruned once at the
+start, ``epochs`` of fine-tuning; in its own run directory with its ``results.json``.
+
+The run is a child process (``python -m prunelab.train``), so a trial is exactly what a user
+would run by hand, a crash of one trial is that trial's failure, and ``n_jobs`` threads run
+several at once. A child dies with the search (``PR_SET_PDEATHSIG`` on Linux); a directory that
+already holds ``results.json`` is read, not run again; one that holds a checkpoint resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prunelab.errors import UserError
+
+#: Keys of the trained run's command line a trial sets itself (with everything under them).
+TRIAL_KEYS = ("pruner", "sparsity", "schedule", "epochs", "init_from", "resume", "control",
+              "hydra", "regularizer", "objective")
+
+
+class TrialFailed(UserError):
+    """A trial's ``train`` exited non-zero (its last error line; the trial counts as failed)."""
+
+
+def run_overrides(run: str | Path | None) -> list[str]:
+    """The trained run's own command line (``.hydra/overrides.yaml``) without the keys a trial
+    sets (:data:`TRIAL_KEYS`); ``experiment=`` is kept first so later overrides win."""
+    if run is None:
+        return []
+    saved = Path(run) / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        return []
+    out = []
+    for o in yaml.safe_load(saved.read_text()) or []:
+        key = str(o).split("=", 1)[0].lstrip("+~")
+        if key.split(".", 1)[0].split("/", 1)[0] not in TRIAL_KEYS:
+            out.append(str(o))
+    return sorted(out, key=lambda o: not o.startswith("experiment="))
+
+
+def _quoted(value: Any) -> str:
+    text = str(value)
+    if any(c in text for c in "=,'\" ()[]{}"):
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text
+
+
+def trial_command(base: Sequence[str], run: str | Path | None, profile: str | Path | None,
+                  epochs: int | None, extra: Sequence[str], params: Mapping[str, Any],
+                  out_dir: str | Path, threads: int | None = None) -> list[str]:
+    """``python -m prunelab.train`` for one trial: ``base`` (the run's overrides), the policy
+    (``profile``; None: nothing pruned), ``epochs``, ``extra`` (``trial_overrides``), the
+    sampled ``params``, the run directory."""
+    args = list(base)
+    if run is not None:
+        args.append(f"init_from={_quoted(Path(run).resolve())}")
+    if profile is not None:
+        args += ["pruner=sensitivity", f"pruner.profile={_quoted(Path(profile).resolve())}",
+                 "schedule=oneshot", "schedule.at_epoch=0"]
+    elif run is not None:
+        args += ["pruner=none", "sparsity=0"]
+    if epochs is not None:
+        args.append(f"epochs={int(epochs)}")
+    args += ["measure.latency=false", *extra]
+    args += [f"{k}={_quoted(v)}" for k, v in params.items()]
+    if threads is not None:
+        args.append(f"hardware.threads={int(threads)}")
+    args.append(f"hydra.run.dir={_quoted(Path(out_dir).resolve())}")
+    return [sys.executable, "-m", "prunelab.train", *args]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def write_profile(path: Path, profile: Mapping[str, Any] | None) -> Path | None:
+    """The policy as a profile file (None: nothing pruned, no file)."""
+    if profile is None:
+        return None
+    from prunelab.files import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(dict(profile), sort_keys=False)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def run_trial(command: Sequence[str], out_dir: str | Path, log: str | Path) -> dict[str, Any]:
+    """``results.json`` of the run in ``out_dir``: read when there, else ``command`` run to write
+    it (its output in ``log``); TrialFailed with the run's error line otherwise."""
+    out = Path(out_dir)
+    results = out / "results.json"
+    if results.is_file():
+        return json.loads(results.read_text())
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as f:
+        kwargs = {"preexec_fn": _die_with_parent} if sys.platform.startswith("linux") else {}
+        code = subprocess.call(list(command), stdout=f, stderr=subprocess.STDOUT, **kwargs)
+    if code != 0 or not results.is_file():
+        lines = [ln for ln in Path(log).read_text(errors="replace").splitlines()
+                 if ln.startswith("prunelab: error:")]
+        why = lines[-1].removeprefix("prunelab: error: ") if lines else f"exit status {code}"
+        raise TrialFailed(f"trial run {out} failed: {why} (log: {log})")
+    return json.loads(results.read_text())
