@@ -23,7 +23,7 @@ from prunelab.errors import UserError
 
 #: Keys of the trained run's command line a trial sets itself (with everything under them).
 TRIAL_KEYS = ("pruner", "sparsity", "schedule", "epochs", "init_from", "resume", "control",
-              "hydra", "regularizer", "objective")
+              "hydra", "objective")
 
 
 class TrialFailed(UserError):
@@ -31,24 +31,92 @@ class TrialFailed(UserError):
 
 
 def run_overrides(run: str | Path | None) -> list[str]:
-    """The trained run's own command line (``.hydra/overrides.yaml``) without the keys a trial
-    sets (:data:`TRIAL_KEYS`); ``experiment=`` is kept first so later overrides win."""
+    """The trained run's config as ``train`` overrides, without the keys a trial sets
+    (:data:`TRIAL_KEYS`): its group choices (``experiment`` expanded, since an experiment's values
+    under ``pruner``/``schedule`` would not fit the trial's), then every value of its saved
+    config (``.hydra/config.yaml``) that differs from what those choices compose to."""
     if run is None:
         return []
-    saved = Path(run) / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
+    hydra_dir = Path(run) / ".hydra"
+    if not (hydra_dir / "config.yaml").is_file():
         return []
-    out = []
-    for o in yaml.safe_load(saved.read_text()) or []:
-        key = str(o).split("=", 1)[0].lstrip("+~")
-        if key.split(".", 1)[0].split("/", 1)[0] not in TRIAL_KEYS:
-            out.append(str(o))
-    return sorted(out, key=lambda o: not o.startswith("experiment="))
+    from omegaconf import OmegaConf
+
+    choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
+    groups = [f"{g}={v}" for g, v in choices.items()
+              if "/" not in g and v is not None and g not in ("experiment", *TRIAL_KEYS)]
+    base = OmegaConf.to_container(_compose(groups), resolve=False)
+    saved = OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
+    out = list(groups)
+    for key, value in _leaves(saved):
+        if key.split(".", 1)[0] in TRIAL_KEYS or key.startswith("init_from"):
+            continue
+        old = _lookup(base, key)
+        if old is _MISSING:
+            out.append(f"+{key}={_value(value)}")
+        elif old != value:
+            out.append(f"{key}={_value(value)}")
+    return out
+
+
+_MISSING = object()
+
+
+def _compose(overrides: list[str]) -> Any:
+    """``train``'s config composed with ``overrides`` (Hydra's compose API; the Hydra state of a
+    running command is restored afterwards)."""
+    from hydra import compose, initialize_config_dir
+
+    from prunelab.cli import CONF_DIR
+    from prunelab.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="trial"):
+        return compose("train", overrides=overrides)
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a nested dict (lists are leaves)."""
+    if isinstance(node, dict) and node:
+        return [kv for k, v in node.items() for kv in _leaves(v, f"{prefix}{k}.")]
+    return [(prefix[:-1], node)]
+
+
+def _lookup(node: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _value(value: Any) -> str:
+    """A value as Hydra's override grammar reads it back."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_value(v)}" for k, v in value.items()) + "}"
+    return _quoted(value)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _quoted(value: Any) -> str:
     text = str(value)
-    if any(c in text for c in "=,'\" ()[]{}"):
+    if (not text or any(c in text for c in "=,'\" ()[]{}:$\\") or text.lower() in (
+            "null", "true", "false", "nan", "inf", "-inf") or _numeric(text)):
         return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return text
 
