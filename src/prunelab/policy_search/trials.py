@@ -66,13 +66,20 @@ def _compose(overrides: list[str]) -> Any:
     """``train``'s config composed with ``overrides`` (Hydra's compose API; the Hydra state of a
     running command is restored afterwards)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
     from prunelab.cli import CONF_DIR
     from prunelab.config import register_configs
 
     register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="trial"):
-        return compose("train", overrides=overrides)
+    backup = get_gh_backup()  # inside a running command (search): its Hydra is set aside
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="trial"):
+            return compose("train", overrides=overrides)
+    finally:
+        restore_gh_from_backup(backup)
 
 
 def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
