@@ -2,7 +2,7 @@
 
 Hydra composes ``conf/train.yaml`` with the data, model, pruner, schedule, optimizer, hardware,
 trainer and logger groups; :func:`run` is pure orchestration and returns the results, so that
-sweeps (Hydra multirun, Optuna) can use it as their objective:
+sweeps (Hydra multirun and its optimizing sweepers) can use it as their objective:
 
     check the top-level values        (assemble.check_top_level: before any heavy import)
     init_from's content in identity   (pretrained.init_identity: its sha256 in the config)

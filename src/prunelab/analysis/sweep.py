@@ -254,13 +254,6 @@ def write_report(directory: str | Path, quiet: bool = False) -> list[dict[str, A
         w.writeheader()
         w.writerows(summary)
     md = markdown(summary, failures)
-    best = directory / "optimization_results.yaml"  # written by hydra/sweeper=optuna
-    if best.is_file():
-        import yaml
-
-        res = yaml.safe_load(best.read_text()) or {}
-        params = ", ".join(f"`{k}={v}`" for k, v in (res.get("best_params") or {}).items())
-        md += f"\n**Best trial** (Optuna): {params}: objective {res.get('best_value')}\n"
     pngs = plot_sweep(summary, directory)
     md += "\n" + "".join(f"![{p.stem}]({p.name})\n" for p in pngs)
     (directory / "report.md").write_text(md)

@@ -155,7 +155,8 @@ class Search:
         row = fr.measured(results, self.opts["granularity"])
         if self.latency is not None:
             row["latency"] = self.latency.predict(ratios)
-        row.update(sparsity=round(self.space.sparsity(ratios), 6), run_dir=str(out_dir))
+        row.update(sparsity=round((results.get("sparsity") or {}).get("global", 0.0), 6),
+                   run_dir=str(out_dir))
         return row
 
     def objective(self, trial: Any) -> tuple[float, ...]:
@@ -257,8 +258,10 @@ class Search:
         for i, r in enumerate(chosen):
             ratios = Space.ratios_of(r["params"])
             hp = {k: v for k, v in r["params"].items() if not k.startswith("ratio:")}
-            r["policy"] = f"best_policy_{i}.yaml"
+            r["hyperparameters"] = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else
+                                             f"{k}={v}" for k, v in hp.items())
             profile = self.space.profile(ratios)
+            r["policy"] = f"best_policy_{i}.yaml" if profile is not None else ""
             if profile is not None:
                 write_profile(out / r["policy"], {**profile, "search": {
                     "trial": r["number"], **{o: r[o] for o in self.objectives}, "params": hp}})

@@ -38,9 +38,11 @@ def write_report(out: Path, summary: Mapping[str, Any], budgets: Mapping[str, fl
               r.get(o) or 0 for o in costs or objectives]), keys), ""]
     if summary["chosen"]:
         md += ["## Chosen policies", "",
-               *_table(summary["chosen"], ["name", "policy", *objectives, "sparsity"]), "",
-               "Use one: `python -m prunelab.train pruner=sensitivity "
-               "pruner.profile=<search dir>/best_policy_<i>.yaml init_from=<run> ...`", ""]
+               *_table(summary["chosen"], ["name", "policy", *objectives, "sparsity",
+                                           "hyperparameters"]), "",
+               *(["Use one: `python -m prunelab.train pruner=sensitivity pruner.profile=<search "
+                  "dir>/best_policy_<i>.yaml init_from=<run> ...`", ""]
+                 if any(r.get("policy") for r in summary["chosen"]) else [])]
     if summary["baselines"]:
         md += ["## Baselines (proxy)", "", *_table(summary["baselines"], keys), ""]
     if summary["finals"]:

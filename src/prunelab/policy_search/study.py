@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -105,12 +107,16 @@ def open_storage(url: str, heartbeat: int | None) -> Any:
         kwargs.update({"heartbeat_interval": int(heartbeat), "grace_period": 3 * int(heartbeat),
                        "heartbeat_stale_trial_callback" if new else "failed_trial_callback":
                        retry_callback()})
-    try:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        return RDBStorage(url, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - any driver's error: one line naming the URL
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SearchError(f"storage={url!r} cannot be opened: {why}") from None
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial: our own line
+    for attempt in range(5):  # processes creating one new database at once race on its tables
+        try:
+            return RDBStorage(url, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any driver's error: one line naming the URL
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "IntegrityError" not in why and "already exists" not in why or attempt == 4:
+                raise SearchError(f"storage={url!r} cannot be opened: {why}") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def open_study(storage: Any, name: str, directions: Sequence[str], identity: Mapping[str, Any],
@@ -126,6 +132,12 @@ def open_study(storage: Any, name: str, directions: Sequence[str], identity: Map
                                     directions=list(directions), load_if_exists=True)
         if "prunelab" not in study.user_attrs:
             study.set_user_attr("prunelab", dict(identity))
+    for _ in range(50):  # a process creating the study at this moment sets it right after
+        if "prunelab" in study.user_attrs:
+            break
+        time.sleep(0.2)
+    else:
+        study.set_user_attr("prunelab", dict(identity))
     old = study.user_attrs.get("prunelab") or {}
     mine = [d.name.lower() for d in study.directions]
     if old.get("objectives") != identity.get("objectives") or mine != list(directions):
@@ -193,6 +205,7 @@ def fill(study: Any, objective: Callable[[Any], Any], n_trials: int, n_jobs: int
         try:
             value = objective(trial)
         except UserError as exc:
+            print(f"prunelab: warning: trial {trial.number} failed: {exc}", file=sys.stderr)
             failures.append(str(exc))
             if len(failures) >= max_failures:
                 study.stop()

@@ -1,0 +1,170 @@
+"""Policy search internals: the space and its profiles, structured profiles applied exactly, the
+front, parameter specs, and the study across processes (two workers, a killed worker)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from prunelab.errors import ConfigError
+from prunelab.models import build_model
+from prunelab.policy_search import front as fr
+from prunelab.policy_search.space import build_space, parse_params
+from prunelab.policy_search.study import SearchError, open_storage, open_study
+
+WORKER = Path(__file__).parents[1] / "cli" / "search_worker.py"
+
+
+def lenet5():
+    torch.manual_seed(0)
+    return build_model("lenet5", (1, 28, 28), 10)
+
+
+def test_unstructured_space_profile_reaches_the_policy_sparsity():
+    net = lenet5()
+    space = build_space(net, {}, "unstructured", 0.9, 0.1)
+    assert space.grid() == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    ratios = {n: 0.5 if i % 2 else 0.0 for i, n in enumerate(space.names)}
+    prof = space.profile(ratios)
+    zeros = sum(ratios[n] * space.elements[n] for n in space.names)
+    assert prof["target_sparsity"] == pytest.approx(zeros / space.total, abs=1e-6)
+    assert prof["granularity"] == "unstructured" and prof["layers"] == ratios
+    assert space.profile(space.uniform(0.0)) is None  # nothing pruned: no profile
+
+
+def test_channel_space_names_each_unit_once_and_profiles_every_weight_of_it():
+    net = build_model("resnet20", (3, 32, 32), 10)
+    space = build_space(net, {}, "channels", 0.9, 0.1)
+    weights = [w for ws in space.weights.values() for w in ws]
+    assert len(weights) == len(set(weights))
+    tied = [ws for ws in space.weights.values() if len(ws) > 1]
+    assert tied, "the residual stages tie several convolutions into one unit"
+    prof = space.profile(space.uniform(0.5))
+    assert prof["granularity"] == "structured"
+    assert all(prof["layers"][w] == 0.5 for w in weights)
+
+
+def test_structured_profile_removes_exactly_the_policy_channels(tmp_path):
+    from prunelab.pruning.methods import Sensitivity
+
+    net = lenet5()
+    space = build_space(net, {}, "channels", 0.9, 0.05)
+    ratios = dict(zip(space.names, [0.5, 0.3, 0.75]))
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(space.profile(ratios)))
+    method = Sensitivity(profile=str(path))
+    masks = method.prepare(net)
+    params = dict(net.named_parameters())
+    prunable = method.resolve(net)
+    new = method.compute_masks({n: params[n] for n in prunable},
+                               {n: masks[n] for n in prunable},
+                               space.profile(ratios)["target_sparsity"])
+    for name, ratio in ratios.items():
+        rows = new[name].reshape(new[name].shape[0], -1)
+        dead = int((~rows.any(1)).sum())
+        assert dead == round(ratio * rows.shape[0]), name
+        assert bool((rows.all(1) | ~rows.any(1)).all()), "whole channels only"
+        norms = params[name].detach().abs().reshape(rows.shape[0], -1).sum(1)
+        assert norms[~rows.any(1)].max() <= norms[rows.any(1)].min()  # smallest L1 norms go
+
+
+def test_params_specs_and_their_errors():
+    parsed = parse_params({"optimizer.lr": "log(1e-4,1e-2)", "epochs": "int(1,3)",
+                           "pruner.norm": "choice(1,2)", "x": "float(0, 0.5)"})
+    assert parsed["optimizer.lr"] == ("log", [1e-4, 1e-2]) and parsed["epochs"] == ("int", [1, 3])
+    assert parsed["pruner.norm"] == ("choice", ["1", "2"])
+    for spec, why in [("normal(0,1)", "allowed: float"), ("log(0,1)", "lo > 0"),
+                      ("int(1.5,3)", "integers"), ("float(2,1)", "lo < hi")]:
+        with pytest.raises(ConfigError, match=why):
+            parse_params({"k": spec})
+
+
+def test_front_marks_the_non_dominated_and_chooses_spread_points():
+    rows = [{"val_acc": a, "macs": m} for a, m in
+            [(0.9, 10), (0.8, 5), (0.85, 5), (0.7, 1), (0.6, 2), (0.95, 20)]]
+    fr.mark_front(rows, ["val_acc", "macs"], [1, -1])
+    assert [r["on_front"] for r in rows] == [True, False, True, True, False, True]
+    chosen = fr.choose([r for r in rows if r["on_front"]], ["val_acc", "macs"], 2)
+    assert [r["macs"] for r in chosen] == [1, 20]  # the two ends of the front
+
+
+def test_chosen_against_uniform_states_points_and_cost():
+    finals = [{"kind": "final:chosen", "name": "c", "test_acc": 0.99, "macs": 30.0},
+              {"kind": "final:uniform", "name": "u", "test_acc": 0.98, "macs": 40.0}]
+    line, = fr.compare_with_uniform(finals, "macs")
+    assert "c 99.00 % (+1.00 points)" in line and "macs 30 (-25.0 %)" in line
+
+
+def test_a_study_with_other_objectives_is_refused(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=None)
+    open_study(storage, "s", ["maximize", "minimize"],
+               {"objectives": ["val_acc", "macs"], "step": 0.1}, None)
+    with pytest.raises(SearchError, match=r"has objectives \['val_acc', 'macs'\].*not "
+                                          r"\['val_acc', 'params'\]"):
+        open_study(storage, "s", ["maximize", "minimize"], {"objectives": ["val_acc", "params"]},
+                   None)
+    with pytest.raises(SearchError, match="other settings .*step: 0.1 vs 0.05"):
+        open_study(storage, "s", ["maximize", "minimize"],
+                   {"objectives": ["val_acc", "macs"], "step": 0.05}, None)
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path):
+    with pytest.raises(SearchError, match=r"storage='sqlite:////nonexistent/dir/s.db' cannot be "
+                                          r"opened"):
+        open_storage("sqlite:////nonexistent/dir/s.db", heartbeat=None)
+
+
+def _worker(url, n, delay, log):
+    return subprocess.Popen([sys.executable, str(WORKER), url, str(n), str(delay), str(log)],
+                            cwd=log.parent, stderr=subprocess.PIPE, text=True)
+
+
+def _trials(url):
+    import optuna
+
+    return optuna.load_study(study_name="s", storage=url).get_trials()
+
+
+def test_two_processes_on_one_storage_finish_the_study_without_loss_or_duplicates(tmp_path):
+    from optuna.trial import TrialState
+
+    url, log = f"sqlite:///{tmp_path / 's.db'}", tmp_path / "log"
+    workers = [_worker(url, 8, 0.3, log) for _ in range(2)]
+    for w in workers:
+        assert w.wait(timeout=120) == 0, w.stderr.read()[-2000:]
+    done = [ln.split() for ln in log.read_text().splitlines() if ln.endswith("done")]
+    complete = [t for t in _trials(url) if t.state == TrialState.COMPLETE]
+    assert len(complete) == 8 and len(done) == 8
+    assert len({d[0] for d in done}) == 8  # every trial ran once, in its own directory
+    assert {d[2] for d in done} == {str(w.pid) for w in workers}  # both worked on the study
+    assert not [t for t in _trials(url) if t.state == TrialState.RUNNING]
+
+
+def test_a_killed_search_resumes_and_retries_its_running_trial_in_place(tmp_path):
+    from optuna.trial import TrialState
+
+    url, log = f"sqlite:///{tmp_path / 's.db'}", tmp_path / "log"
+    first = _worker(url, 4, 3.0, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not log.exists() or "0001" not in log.read_text()):
+        time.sleep(0.2)
+    os.kill(first.pid, signal.SIGKILL)  # trial 1 was running
+    first.wait()
+    second = _worker(url, 4, 0.1, log)
+    assert second.wait(timeout=120) == 0, second.stderr.read()[-2000:]
+    trials = _trials(url)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4
+    killed = next(t for t in trials if t.number == 1)
+    assert killed.state == TrialState.FAIL
+    retry = next(t for t in complete if t.system_attrs.get("failed_trial") == 1)
+    assert retry.params == killed.params and retry.user_attrs["run_dir"] == "trials/0001"
+    done_dirs = [ln.split()[0] for ln in log.read_text().splitlines() if ln.endswith("done")]
+    assert sorted(done_dirs) == ["trials/0000", "trials/0001", *sorted(
+        t.user_attrs["run_dir"] for t in complete if t.number > 1 and t is not retry)]
