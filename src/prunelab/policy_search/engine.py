@@ -108,6 +108,7 @@ class Search:
                 self._latency_table(loaded.net)
         self.base = run_overrides(self.run)
         self.extra = [str(o) for o in (cfg.trial_overrides or [])]
+        self.proxy_extra = [str(o) for o in (cfg.proxy_overrides or [])]
         self.threads = _threads(self.opts["n_jobs"])
 
     def _latency_table(self, net: Any) -> None:
@@ -136,6 +137,7 @@ class Search:
                  "run": str(self.run) if self.run else None, "units": self.space.names,
                  "max_ratio": float(cfg.max_ratio), "step": float(cfg.step),
                  "proxy_epochs": int(cfg.proxy_epochs), "trial_overrides": self.extra,
+                 "proxy_overrides": self.proxy_extra,
                  "params": OmegaConf.to_container(cfg.params) if cfg.params else {},
                  "budgets": self.opts["budgets"]}
         if self.latency is not None:
@@ -145,10 +147,11 @@ class Search:
     # -- one run ---------------------------------------------------------------------------------
     def evaluate(self, ratios: dict[str, float], params: dict[str, Any], out_dir: Path,
                  epochs: int | None, seed: int | None = None) -> dict[str, Any]:
-        """Run (or read) the policy's train run in ``out_dir``; its row of measured values."""
+        """Run (or read) the policy's train run in ``out_dir``; its row of measured values. A
+        proxy (no ``seed``: the trained run's) gets ``proxy_overrides`` too."""
         profile = write_profile(out_dir.parent / f"{out_dir.name}.policy.yaml",
                                 self.space.profile(ratios)) if ratios else None
-        extra = [*self.extra, *([f"seed={seed}"] if seed is not None else [])]
+        extra = [*self.extra, *(self.proxy_extra if seed is None else [f"seed={seed}"])]
         cmd = trial_command(self.base, self.run, profile, epochs, extra, params, out_dir,
                             self.threads)
         results = run_trial(cmd, out_dir, out_dir.parent / f"{out_dir.name}.log")
