@@ -210,7 +210,7 @@ def plot_sensitivity(rows: Sequence[dict[str, Any]], base: float, path: str | Pa
 
 
 _COST_LABELS = {"macs": "MACs (fraction of dense)", "params": "non-zero parameters",
-                "size": "bytes on disk", "latency": "latency (ms, per-layer table)"}
+                "size": "bytes on disk", "latency": "latency (ms, in the runtime)"}
 
 
 def plot_pareto(trials: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any]],

@@ -2,7 +2,7 @@
 :mod:`prunelab.search` has the user's view):
 
 1. checks (one line each, before anything is written), the trained run loaded, the space;
-2. the latency table when ``latency`` is an objective (measured once, cached);
+2. the unpruned and one-channel latency when ``latency`` is an objective (the floor a budget needs);
 3. the study filled with proxy trials (``trials/<number>/``, ordinary ``train`` runs);
 4. when the study is full: the baselines (uniform ratios; sensitivity profiles for
    unstructured policies) as proxies, the front, ``best_policy_<i>.yaml`` per chosen point,
@@ -75,7 +75,7 @@ def check(cfg: DictConfig) -> dict[str, Any]:
 
         check_hardware(cfg.hardware, str(cfg.hardware.get("target", "cpu")))
         if cfg.hardware.accelerator == "gpu":
-            raise ConfigError("objectives=[...,latency] times on the CPU (the table's runtimes); "
+            raise ConfigError("objectives=[...,latency] times on the CPU (eager, executorch, onnxruntime); "
                               "allowed: hardware=cpu or hardware=edge_cpu")
         check_runtime(cfg.hardware.runtime)
     return {"objectives": objectives, "granularity": granularity, "n_trials": n_trials,
@@ -105,13 +105,13 @@ class Search:
             self.space = build_space(loaded.net, loaded.config.get("pruner") or {},
                                      self.opts["granularity"], float(cfg.max_ratio), float(cfg.step))
             if "latency" in self.objectives:
-                self._latency_table(loaded.net)
+                self._latency(loaded.net)
         self.base = run_overrides(self.run)
         self.extra = [str(o) for o in (cfg.trial_overrides or [])]
         self.proxy_extra = [str(o) for o in (cfg.proxy_overrides or [])]
         self.threads = _threads(self.opts["n_jobs"])
 
-    def _latency_table(self, net: Any) -> None:
+    def _latency(self, net: Any) -> None:
         from prunelab.policy_search.latency import PolicyLatency
 
         hw = self.cfg.hardware
@@ -120,15 +120,13 @@ class Search:
         if not self.latency.index:
             raise ConfigError("objectives=[...,latency]: no channel unit of this network can "
                               "be narrowed in a compact network; allowed: macs, params, size")
-        name = f"latency_table_{hw.runtime}_b{batch}_t{hw.get('threads') or 'default'}.json"
-        self.latency.build(self.out / name)
+        self.latency.calibrate()
         budget = self.opts["budgets"].get("latency")
         if budget is not None and budget < self.latency.floor_ms:
             raise ConfigError(f"budgets.latency={budget:g} is below the smallest reachable latency "
                               f"of this network on {hw.runtime}: {self.latency.floor_ms:.4f} ms at "
                               f"batch {batch} with every layer down to one channel (unpruned: "
                               f"{self.latency.full_ms:.4f} ms)")
-        self.latency.save(self.out / name)
 
     def identity(self) -> dict[str, Any]:
         """What the study searches: a search with another identity on its storage is refused."""
@@ -141,7 +139,7 @@ class Search:
                  "params": OmegaConf.to_container(cfg.params) if cfg.params else {},
                  "budgets": self.opts["budgets"]}
         if self.latency is not None:
-            ident["latency"] = self.latency.key | {"units": None}
+            ident["latency"] = self.latency.key
         return ident
 
     # -- one run ---------------------------------------------------------------------------------
@@ -157,7 +155,7 @@ class Search:
         results = run_trial(cmd, out_dir, out_dir.parent / f"{out_dir.name}.log")
         row = fr.measured(results, self.opts["granularity"])
         if self.latency is not None:
-            row["latency"] = self.latency.predict(ratios)
+            row["latency"] = self.latency.policy_ms(ratios)
         row.update(sparsity=round((results.get("sparsity") or {}).get("global", 0.0), 6),
                    run_dir=str(out_dir))
         return row
@@ -313,7 +311,7 @@ class Search:
         finals = fr.final_rows(runs, {n: policies[n][0] for n in runs}, objective)
         if self.latency is not None and finals:
             measured = self.latency.measure([policies[r["name"]][1] for r in finals])
-            for r, ms in zip(finals, measured):  # the finals' latency is measured, not predicted
-                r["latency_table_ms"], r["latency"] = r["latency"], ms
+            for r, ms in zip(finals, measured):  # all finals timed in turn, side by side
+                r["latency_search_ms"], r["latency"] = r["latency"], ms
         return finals
 

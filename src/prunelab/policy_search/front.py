@@ -20,7 +20,7 @@ COLUMNS = ("kind", "name", "number", "on_front", "sparsity", "macs_fraction", "v
 
 
 def measured(results: Mapping[str, Any], granularity: str) -> dict[str, float | None]:
-    """The objective values a run's ``results.json`` holds (latency comes from the table)."""
+    """The objective values a run's ``results.json`` holds (latency is timed by the search)."""
     macs = results.get("macs") or {}
     work = macs.get("compact") if granularity == "channels" else macs.get("nonzero")
     size = results.get("size_bytes") or {}

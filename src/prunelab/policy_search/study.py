@@ -31,7 +31,7 @@ OBJECTIVES = {
     "macs": ("minimize", "MACs per image: compact network for channels, non-zero otherwise"),
     "params": ("minimize", "non-zero parameters"),
     "size": ("minimize", "bytes on disk of the sparse weights file"),
-    "latency": ("minimize", "latency (ms) from the per-layer table of hardware and runtime"),
+    "latency": ("minimize", "latency (ms) of the compacted network in the hardware profile's runtime"),
 }
 SAMPLERS = ("auto", "tpe", "nsga2", "random")
 
