@@ -174,8 +174,11 @@ class Search:
                               f"{', '.join(missing)}")
         for k, v in row.items():
             trial.set_user_attr(k, v)
-        budgets = self.opts["budgets"]
+        budgets = self.opts["budgets"]  # feasible when every cost is within its budget
         trial.set_user_attr("constraint", [row[k] - v for k, v in budgets.items()])
+        if hasattr(trial, "set_constraint"):
+            for k, v in budgets.items():
+                trial.set_constraint(k, row[k] - v)
         return tuple(float(row[o]) for o in self.objectives)
 
     # -- the whole search ------------------------------------------------------------------------

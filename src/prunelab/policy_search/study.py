@@ -68,7 +68,11 @@ def make_sampler(kind: str, n_objectives: int, seed: int, population: int | None
         raise ConfigError(f"sampler={kind!r}; allowed: {', '.join(SAMPLERS)}")
     if kind == "auto":
         kind = "nsga2" if n_objectives > 1 else "tpe"
-    constraints = {"constraints_func": _constraint} if constrained else {}
+    from optuna.trial import Trial
+
+    # Optuna >= 5: the objective sets each trial's constraints (Trial.set_constraint)
+    old_api = constrained and not hasattr(Trial, "set_constraint")
+    constraints = {"constraints_func": _constraint} if old_api else {}
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=int(population or 10), seed=seed,
                                              **constraints)
