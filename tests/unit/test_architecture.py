@@ -8,7 +8,7 @@ import prunelab
 
 SRC = Path(prunelab.__file__).resolve().parent
 COMMANDS = {"prunelab.train", "prunelab.lottery", "prunelab.sensitivity", "prunelab.measure",
-            "prunelab.export", "prunelab.report"}
+            "prunelab.export", "prunelab.report", "prunelab.search"}
 #: The layers of ARCHITECTURE.md, lowest first: a module imports only its own layer and those below.
 LAYERS = (
     ("errors", "files", "seeds", "losses", "schemas", "config", "graph", "metrics", "data",
@@ -16,12 +16,13 @@ LAYERS = (
     ("pruning", "compress", "module", "robust", "plots", "runs"),
     ("assemble", "tickets", "deploy", "analysis", "results", "hardware", "distill", "pretrained",
      "posttrain", "control"),
-    ("cli", "jobs"),
-    ("train", "lottery", "sensitivity", "measure", "export", "report", "hydra_callbacks"),
+    ("cli", "jobs", "policy_search"),
+    ("train", "lottery", "sensitivity", "measure", "export", "report", "search",
+     "hydra_callbacks"),
 )
 LIBRARY = ("prunelab.pruning", "prunelab.compress", "prunelab.metrics", "prunelab.data",
            "prunelab.models", "prunelab.graph", "prunelab.tickets", "prunelab.deploy",
-           "prunelab.analysis", "prunelab.errors", "prunelab.files")
+           "prunelab.analysis", "prunelab.errors", "prunelab.files", "prunelab.policy_search")
 
 
 def _modules() -> dict[str, Path]:
