@@ -97,7 +97,6 @@ class Search:
         self.run = Path(cfg.run).resolve() if cfg.run else None
         self.space = Space("none")
         self.latency = None
-        self.dense_macs = None
         if self.run is not None:
             from prunelab.runs import load_run
 
@@ -301,6 +300,7 @@ class Search:
                 ) -> list[dict[str, Any]]:
         jobs, keys = [], []
         for n, (kind, ratios, hp) in policies.items():
+            hp = {k: v for k, v in hp.items() if k != "epochs"}  # finals train final_epochs
             for s in self.opts["seeds"]:
                 slug = n.split(" (")[0].replace(" ", "_")
                 jobs.append((ratios, hp, self.out / "final" / f"{slug}_s{s}",

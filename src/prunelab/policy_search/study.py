@@ -175,9 +175,12 @@ def reclaim_dead(study: Any) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
         if t.user_attrs.get("host") == host and isinstance(pid, int) and not _alive(pid):
-            if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                retry_callback()(study, study._storage.get_trial(t._trial_id))
-                dead.append(t.number)
+            try:
+                study.tell(t.number, state=TrialState.FAIL)
+            except (RuntimeError, ValueError):  # another search reclaimed it first
+                continue
+            retry_callback()(study, study.get_trials(deepcopy=False)[t.number])
+            dead.append(t.number)
     return dead
 
 
