@@ -77,26 +77,15 @@ def test_search_runs_trials_as_runs_writes_the_front_and_resumes(dense, tmp_path
     assert rows(out) == table
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize("args, message", [  # the other checks: tests/unit/test_policy_search.py
     (["objectives=[val_acc,flops]"], "objectives: unknown objective 'flops'; allowed: val_acc, "
                                      "macs, params, size, latency"),
-    (["n_trials=0"], "n_trials=0 must be an integer >= 1"),
-    (["objectives=[val_acc,latency]"], "objectives=[...,latency] needs granularity=channels"),
     (["storage=sqlite:////nonexistent/dir/s.db"],
      "storage='sqlite:////nonexistent/dir/s.db' cannot be opened"),
-    (["params={lr:'normal(0,1)'}"], "params.lr='normal(0,1)'; allowed: float(lo,hi), log(lo,hi)"),
     (["granularity=channels", "objectives=[val_acc,latency]", "budgets={latency:0.00001}"],
      "budgets.latency=1e-05 is below the smallest reachable latency of this network on eager"),
-    (["granularity=channels", "objectives=[val_acc,latency]", "hardware=gpu"],
-     "hardware=gpu but no CUDA GPU is available here"),
-    (["budgets={macs:0}"], "budgets.macs=0 must be a number > 0"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(dense, tmp_path, args, message):
-    if "hardware=gpu" in args:
-        import torch
-
-        if torch.cuda.is_available():
-            pytest.skip("a GPU is there")
     out = tmp_path / "s"
     p = search([f"run={dense}", *args, f"hydra.run.dir={out}"], tmp_path)
     assert p.returncode == 2, p.stderr[-2000:]

@@ -168,3 +168,37 @@ def test_a_killed_search_resumes_and_retries_its_running_trial_in_place(tmp_path
     done_dirs = [ln.split()[0] for ln in log.read_text().splitlines() if ln.endswith("done")]
     assert sorted(done_dirs) == ["trials/0000", "trials/0001", *sorted(
         t.user_attrs["run_dir"] for t in complete if t.number > 1 and t is not retry)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["n_trials=0"], "n_trials=0 must be an integer >= 1"),
+    (["objectives=[val_acc,latency]"], "objectives=[...,latency] needs granularity=channels"),
+    (["objectives=[]"], "objectives=[]: name at least one"),
+    (["params={lr:'normal(0,1)'}"], "params.lr='normal(0,1)'; allowed: float(lo,hi), log(lo,hi)"),
+    (["budgets={macs:0}"], "budgets.macs=0 must be a number > 0"),
+    (["budgets={params:10}"], "budgets.params: not a cost objective of this search; allowed: macs"),
+    (["granularity=layers"], "granularity='layers'; allowed: unstructured, channels, none"),
+    (["max_ratio=1.0"], "max_ratio=1.0 must be a number in (0, 1)"),
+    (["final_seeds=[]"], "final_seeds=[] must be a non-empty list of integers"),
+    (["run=null"], "run= is required"),
+    (["granularity=channels", "objectives=[val_acc,latency]", "hardware.runtime=tflite"],
+     "hardware.runtime='tflite'; allowed: eager, executorch, onnxruntime"),
+])
+def test_settings_are_checked_with_one_line_each(compose, args, message):
+    from prunelab.policy_search.engine import check
+
+    cfg = compose("search", "run=some/run", *args)
+    with pytest.raises(ConfigError) as err:
+        check(cfg)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_latency_on_a_gpu_profile_without_a_gpu_is_refused(compose):
+    from prunelab.policy_search.engine import check
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is there")
+    cfg = compose("search", "run=r", "granularity=channels", "objectives=[val_acc,latency]",
+                  "hardware=gpu")
+    with pytest.raises(ConfigError, match="hardware=gpu but no CUDA GPU is available here"):
+        check(cfg)

@@ -47,7 +47,7 @@ class Space:
 
     def suggest(self, trial: Any) -> dict[str, float]:
         """One ratio per unit from ``trial`` (Optuna), on the grid."""
-        return {n: float(trial.suggest_float(f"ratio:{n}", 0.0, self.max_ratio, step=self.step))
+        return {n: round(float(trial.suggest_float(f"ratio:{n}", 0.0, self.max_ratio, step=self.step)), 6)
                 for n in self.weights}
 
     @staticmethod
