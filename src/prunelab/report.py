@@ -1,7 +1,8 @@
 """Reports: ``python -m prunelab.report <dir>`` (or ``dir=<dir>``).
 
 Prints the table of the runs under ``<dir>`` and writes ``report.md``, ``report.csv`` and the
-plots beside them; lottery runs get ``lottery_report.md|csv`` and ``lottery.png``
+plots beside them; lottery runs get ``lottery_report.md|csv`` and ``lottery.png``; a search
+directory (``prunelab.search``) gets its ``report.md`` and ``pareto.png`` again from ``search.json``
 (:mod:`prunelab.analysis.sweep`). Hydra multiruns of ``prunelab.train`` and ``prunelab.lottery``
 write the same report at their end (:class:`prunelab.hydra_callbacks.SweepSummary`). The report
 is all this command writes (``conf/report.yaml``: no ``.hydra/``, no log, no run directory).
@@ -49,6 +50,11 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
     if OmegaConf.is_missing(cfg, "dir") or not str(cfg.dir).strip():
         raise ConfigError("no directory given: python -m prunelab.report <dir> (or dir=<dir>)")
+    if (Path(cfg.dir) / "search.json").is_file():  # a prunelab.search directory
+        from prunelab.policy_search.report import rewrite
+
+        print(rewrite(Path(cfg.dir)))
+        return []
     return write_report(str(cfg.dir))
 
 

@@ -75,6 +75,12 @@ def test_search_runs_trials_as_runs_writes_the_front_and_resumes(dense, tmp_path
     assert again.returncode == 0, again.stderr[-2000:]
     assert sorted(p.name for p in (out / "trials").iterdir()) == before
     assert rows(out) == table
+    report = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    (out / "pareto.png").unlink()
+    r = run_cli("prunelab.report", [str(out)], tmp_path)  # drawn again from search.json
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "report.md").read_text() == report and (out / "pareto.png").is_file()
 
 
 @pytest.mark.parametrize("args, message", [  # the other checks: tests/unit/test_policy_search.py

@@ -284,8 +284,9 @@ class Search:
         all_rows = rows + base_rows + finals
         fr.write_csv(out / "pareto.csv", all_rows, self.objectives)
         png = plot_pareto(rows, base_rows, finals, self.objectives, out / "pareto.png",
-                          self.opts["budgets"])
-        summary = {"objectives": self.objectives, "trials": len(rows),
+                          self.opts["budgets"])  # report re-draws it from search.json
+        summary = {"objectives": self.objectives, "trials": len(rows), "trial_rows": rows,
+                   "budgets": self.opts["budgets"],
                    "front": [r for r in rows if r.get("on_front")], "chosen": chosen,
                    "baselines": base_rows, "finals": finals, "comparison": comparison,
                    "pareto_csv": str(out / "pareto.csv"), "pareto_png": str(png) if png else None}
@@ -293,7 +294,7 @@ class Search:
         from prunelab.policy_search.report import write_report
 
         write_json_atomic(out / "search.json", summary)
-        write_report(out, summary, self.opts["budgets"])
+        write_report(out, summary)
         return summary
 
     def _finals(self, policies: dict[str, tuple[str, dict[str, float], dict[str, Any]]]

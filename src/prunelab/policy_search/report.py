@@ -27,8 +27,10 @@ def _table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
     return lines
 
 
-def write_report(out: Path, summary: Mapping[str, Any], budgets: Mapping[str, float]) -> Path:
+def write_report(out: Path, summary: Mapping[str, Any]) -> Path:
+    """``report.md`` of a search from its summary (what ``search.json`` holds)."""
     objectives = list(summary["objectives"])
+    budgets = summary.get("budgets") or {}
     costs = [o for o in objectives if o != "val_acc"]
     keys = ["name", *objectives, "sparsity", "macs_fraction", "test_acc"]
     md = [f"# Policy search: {', '.join(objectives)}", "",
@@ -64,3 +66,16 @@ def write_report(out: Path, summary: Mapping[str, Any], budgets: Mapping[str, fl
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
+
+
+def rewrite(out: Path) -> str:
+    """``python -m prunelab.report <search dir>``: ``report.md`` and ``pareto.png`` drawn again
+    from ``search.json``; returns the report's text."""
+    import json
+
+    from prunelab.plots import plot_pareto
+
+    summary = json.loads((out / "search.json").read_text())
+    plot_pareto(summary["trial_rows"], summary["baselines"], summary["finals"],
+                summary["objectives"], out / "pareto.png", summary.get("budgets"))
+    return write_report(out, summary).read_text()
