@@ -148,7 +148,8 @@ def open_study(storage: Any, name: str, directions: Sequence[str], identity: Map
         raise SearchError(f"study {name!r} in the storage has objectives {old.get('objectives')} "
                           f"({', '.join(mine)}), not {identity.get('objectives')}: use another "
                           f"study_name= or storage=")
-    differ = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+    # keys one side lacks (a study of an older prunelab) are not compared
+    differ = sorted(k for k in set(old) & set(identity) if old[k] != identity[k])
     if differ:
         raise SearchError(f"study {name!r} in the storage searches with other settings "
                           f"({', '.join(f'{k}: {old.get(k)!r} vs {identity.get(k)!r}' for k in differ)}): "
