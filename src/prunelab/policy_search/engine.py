@@ -23,7 +23,13 @@ from prunelab.errors import ConfigError
 from prunelab.policy_search import front as fr
 from prunelab.policy_search.space import GRANULARITIES, Space, build_space, parse_params, suggest_params
 from prunelab.policy_search.study import OBJECTIVES, SearchError, check_objectives
-from prunelab.policy_search.trials import run_overrides, run_trial, trial_command, write_profile
+from prunelab.policy_search.trials import (
+    run_overrides,
+    run_trial,
+    scope_overrides,
+    trial_command,
+    write_profile,
+)
 
 
 def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
@@ -94,15 +100,20 @@ class Search:
         self.cfg, self.out = cfg, out
         self.opts = check(cfg)
         self.objectives = self.opts["objectives"]
+        #: the cost the finals are compared on: the first cost objective (else MACs)
+        self.cost = self.objectives[1] if len(self.objectives) > 1 else "macs"
         self.run = Path(cfg.run).resolve() if cfg.run else None
         self.space = Space("none")
         self.latency = None
+        self.scope: list[str] = []
         if self.run is not None:
             from prunelab.runs import load_run
 
             loaded = load_run(self.run)
-            self.space = build_space(loaded.net, loaded.config.get("pruner") or {},
-                                     self.opts["granularity"], float(cfg.max_ratio), float(cfg.step))
+            pruner_cfg = loaded.config.get("pruner") or {}
+            self.space = build_space(loaded.net, pruner_cfg, self.opts["granularity"],
+                                     float(cfg.max_ratio), float(cfg.step))
+            self.scope = scope_overrides(pruner_cfg)
             if "latency" in self.objectives:
                 self._latency(loaded.net)
         self.base = run_overrides(self.run)
@@ -146,12 +157,12 @@ class Search:
                  epochs: int | None, seed: int | None = None) -> dict[str, Any]:
         """Run (or read) the policy's train run in ``out_dir``; its row of measured values. A
         proxy (no ``seed``: the trained run's) gets ``proxy_overrides`` too."""
-        profile = write_profile(out_dir.parent / f"{out_dir.name}.policy.yaml",
-                                self.space.profile(ratios)) if ratios else None
+        policy = self.space.profile(ratios) if ratios else None
+        profile = write_profile(out_dir.parent / f"{out_dir.name}.policy.yaml", policy)
         extra = [*self.extra, *(self.proxy_extra if seed is None else [f"seed={seed}"])]
         cmd = trial_command(self.base, self.run, profile, epochs, extra, params, out_dir,
-                            self.threads)
-        results = run_trial(cmd, out_dir, out_dir.parent / f"{out_dir.name}.log")
+                            self.threads, self.scope)
+        results = run_trial(cmd, out_dir, out_dir.parent / f"{out_dir.name}.log", policy)
         row = fr.measured(results, self.opts["granularity"])
         if self.latency is not None:
             row["latency"] = self.latency.policy_ms(ratios)
@@ -192,8 +203,9 @@ class Search:
         sampler = make_sampler(str(cfg.sampler), len(self.objectives), int(cfg.seed), population,
                                bool(self.opts["budgets"]))
         self.study = open_study(storage, str(cfg.study_name), directions, self.identity(), sampler)
-        if self.study.get_trials(deepcopy=False):
-            self.study.sampler.reseed_rng()  # a resumed search: not the first process's draws again
+        if cfg.storage or self.study.get_trials(deepcopy=False):
+            # a resumed search, or one process of several on a shared storage: its own draws
+            self.study.sampler.reseed_rng()
         dead = reclaim_dead(self.study)
         if dead:
             print(f"trials {', '.join(map(str, dead))} were running in a search that died: "
@@ -210,7 +222,11 @@ class Search:
                        params=dict(t.params))
             rows.append(row)
         signs = [1 if OBJECTIVES[o][0] == "maximize" else -1 for o in self.objectives]
-        fr.mark_front(rows, self.objectives, signs)
+        budgets = self.opts["budgets"]
+        feasible = [r for r in rows if all(r[k] <= v for k, v in budgets.items())]
+        for r in rows:
+            r["on_front"] = False
+        fr.mark_front(feasible or rows, self.objectives, signs)  # within the budgets
         return rows
 
     def baselines(self) -> dict[str, tuple[str, dict[str, float]]]:
@@ -271,7 +287,7 @@ class Search:
             policies[f"chosen {i} (trial {r['number']})"] = ("chosen", ratios, hp)
         if self.space.weights:
             names = self.baselines()
-            jobs = [(ratios, {}, out / "baselines" / n.replace(" ", "_"),
+            jobs = [(ratios, {}, out / "baselines" / f"{n.replace(' ', '_')}_e{cfg.proxy_epochs}",
                      int(cfg.proxy_epochs)) for n, (_, ratios) in names.items()]
             for (n, (kind, ratios)), row in zip(names.items(), self.run_many(jobs)):
                 if row is not None:
@@ -279,7 +295,7 @@ class Search:
                     policies[n] = (kind, ratios, {})
         if int(cfg.final_epochs) > 0 and self.run is not None:
             finals = self._finals(policies)
-        objective = self.objectives[1] if len(self.objectives) > 1 else self.objectives[0]
+        objective = self.cost
         comparison = fr.compare_with_uniform(finals, objective) if finals else []
         all_rows = rows + base_rows + finals
         fr.write_csv(out / "pareto.csv", all_rows, self.objectives)
@@ -303,16 +319,17 @@ class Search:
         for n, (kind, ratios, hp) in policies.items():
             hp = {k: v for k, v in hp.items() if k != "epochs"}  # finals train final_epochs
             for s in self.opts["seeds"]:
-                slug = n.split(" (")[0].replace(" ", "_")
-                jobs.append((ratios, hp, self.out / "final" / f"{slug}_s{s}",
+                slug = n.replace(" (", "_").replace(")", "").replace(" ", "_")
+                jobs.append((ratios, hp, self.out / "final" /
+                             f"{slug}_e{self.cfg.final_epochs}_s{s}",
                              int(self.cfg.final_epochs), s))
                 keys.append(n)
         runs: dict[str, list[dict[str, Any]]] = {}
         for n, row in zip(keys, self.run_many(jobs)):
             if row is not None:
                 runs.setdefault(n, []).append(row)
-        objective = self.objectives[1] if len(self.objectives) > 1 else "macs"
-        finals = fr.final_rows(runs, {n: policies[n][0] for n in runs}, objective)
+        finals = fr.final_rows(runs, {n: policies[n][0] for n in runs},
+                               [o for o in OBJECTIVES if o != "val_acc"])
         if self.latency is not None and finals:
             measured = self.latency.measure([policies[r["name"]][1] for r in finals])
             for r, ms in zip(finals, measured):  # all finals timed in turn, side by side

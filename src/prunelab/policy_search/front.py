@@ -74,23 +74,23 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], objectives: Sequence[s
 
 
 def final_rows(runs: Mapping[str, Sequence[dict[str, Any]]], kinds: Mapping[str, str],
-               objective: str) -> list[dict[str, Any]]:
-    """One row per retrained policy: its seeds' mean test accuracy (and std), the mean of
-    ``objective`` (the cost axis), the run directories."""
+               costs: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per retrained policy: its seeds' mean test accuracy (and std), the mean of each
+    cost the runs measured, the run directories."""
     out = []
     for name, rs in runs.items():
         accs = [r["test_acc"] for r in rs if r.get("test_acc") is not None]
         if not accs:
             continue
-        cost = [r[objective] for r in rs if r.get(objective) is not None]
-        out.append({"kind": f"final:{kinds[name]}", "name": name, "seeds": len(accs),
-                    "test_acc": statistics.fmean(accs),
-                    "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                    objective: statistics.fmean(cost) if cost else None,
-                    "macs_fraction": statistics.fmean(
-                        [r["macs_fraction"] for r in rs if r.get("macs_fraction") is not None] or [0]),
-                    "sparsity": rs[0].get("sparsity"),
-                    "run_dir": ";".join(str(r["run_dir"]) for r in rs)})
+        row = {"kind": f"final:{kinds[name]}", "name": name, "seeds": len(accs),
+               "test_acc": statistics.fmean(accs),
+               "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+               "sparsity": rs[0].get("sparsity"),
+               "run_dir": ";".join(str(r["run_dir"]) for r in rs)}
+        for key in (*costs, "macs_fraction"):
+            values = [r[key] for r in rs if r.get(key) is not None]
+            row[key] = statistics.fmean(values) if values else None
+        out.append(row)
     return out
 
 

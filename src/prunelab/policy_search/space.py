@@ -120,7 +120,9 @@ def parse_params(params: Mapping[str, Any] | None) -> dict[str, tuple[str, list[
         if kind == "choice":
             if not args:
                 raise ConfigError(f"params.{key}={spec!r}: choice needs at least one value")
-            out[str(key)] = (kind, args)
+            import yaml
+
+            out[str(key)] = (kind, [yaml.safe_load(a) for a in args])  # choice(64,128): ints
             continue
         try:
             lo, hi = (_number(a) for a in args)

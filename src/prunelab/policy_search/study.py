@@ -51,7 +51,10 @@ def check_objectives(objectives: Any) -> list[str]:
                               f"{', '.join(OBJECTIVES)}")
     if len(set(names)) != len(names):
         raise ConfigError(f"objectives={names} names one objective twice")
-    return names
+    if "val_acc" not in names:
+        raise ConfigError(f"objectives={names} needs val_acc (what the costs are traded "
+                          f"against); allowed: [val_acc] or [val_acc, <costs>]")
+    return ["val_acc", *(o for o in names if o != "val_acc")]
 
 
 def _constraint(trial: Any) -> list[float]:
@@ -82,14 +85,23 @@ def make_sampler(kind: str, n_objectives: int, seed: int, population: int | None
                                       **constraints)
 
 
-def retry_callback() -> Any:
-    """Optuna's callback that requeues a stale trial with its parameters and user attributes
-    (``run_dir`` among them): ``RetryHeartbeatStaleTrialCallback`` (Optuna >= 4.9), else its
-    former name."""
-    import optuna.storages as storages
+MAX_RETRIES = 3
 
-    cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
-    return cls(max_retry=3)
+
+def requeue(study: Any, trial: Any) -> None:
+    """Queue a trial whose process died again, with its parameters and run directory only (not
+    the dead process's host and PID), at most :data:`MAX_RETRIES` times; Optuna's heartbeat
+    calls it for stale trials, :func:`reclaim_dead` for this host's dead ones."""
+    import optuna
+
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRIES:
+        return
+    study.add_trial(optuna.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=trial.params,
+        distributions=trial.distributions,
+        user_attrs={k: trial.user_attrs[k] for k in ("run_dir",) if k in trial.user_attrs},
+        system_attrs={"failed_trial": history[0], "retry_history": history}))
 
 
 def open_storage(url: str, heartbeat: int | None) -> Any:
@@ -110,7 +122,7 @@ def open_storage(url: str, heartbeat: int | None) -> Any:
         new = "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters
         kwargs.update({"heartbeat_interval": int(heartbeat), "grace_period": 3 * int(heartbeat),
                        "heartbeat_stale_trial_callback" if new else "failed_trial_callback":
-                       retry_callback()})
+                       requeue})
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial: our own line
     for attempt in range(5):  # processes creating one new database at once race on its tables
         try:
@@ -129,19 +141,24 @@ def open_study(storage: Any, name: str, directions: Sequence[str], identity: Map
     same directions and identity (SearchError naming what differs otherwise)."""
     import optuna
 
+    from optuna.exceptions import DuplicatedStudyError
+
     try:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
     except KeyError:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                    directions=list(directions), load_if_exists=True)
-        if "prunelab" not in study.user_attrs:
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                        directions=list(directions))
             study.set_user_attr("prunelab", dict(identity))
-    for _ in range(50):  # a process creating the study at this moment sets it right after
+        except DuplicatedStudyError:  # another search created it at this moment
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    for _ in range(50):  # its creator stamps what it searches right after creating it
         if "prunelab" in study.user_attrs:
             break
         time.sleep(0.2)
     else:
-        study.set_user_attr("prunelab", dict(identity))
+        raise SearchError(f"study {name!r} in the storage was not made by prunelab.search: use "
+                          f"another study_name= or storage=")
     old = study.user_attrs.get("prunelab") or {}
     mine = [d.name.lower() for d in study.directions]
     if old.get("objectives") != identity.get("objectives") or mine != list(directions):
@@ -180,53 +197,69 @@ def reclaim_dead(study: Any) -> list[int]:
                 study.tell(t.number, state=TrialState.FAIL)
             except (RuntimeError, ValueError):  # another search reclaimed it first
                 continue
-            retry_callback()(study, study.get_trials(deepcopy=False)[t.number])
+            requeue(study, study.get_trials(deepcopy=False)[t.number])
             dead.append(t.number)
     return dead
 
 
 def is_surplus(study: Any, trial: Any, n_trials: int) -> bool:
-    """True when the trials before ``trial`` that finished or run already make ``n_trials``."""
+    """True when the trials before ``trial`` that finished, run or wait to run (retries) already
+    make ``n_trials``."""
     from optuna.trial import TrialState
 
-    live = (TrialState.COMPLETE, TrialState.RUNNING)
+    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
     before = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
     return len(before) >= n_trials
 
 
+def _count(study: Any, *states: Any) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
 def fill(study: Any, objective: Callable[[Any], Any], n_trials: int, n_jobs: int,
          timeout: float | None, max_failures: int) -> None:
-    """Run trials until the study holds ``n_trials`` finished or running ones (or ``timeout``);
-    ``max_failures`` failed trials in a row stop the search with the last one's error."""
+    """Run trials until the study holds ``n_trials`` finished ones, or finished and running (in
+    other processes) ones, or ``timeout`` passed; ``max_failures`` failed trials in a row stop
+    the search with the last one's error."""
+    import threading
+
     import optuna
     from optuna.trial import TrialState
 
     failures: list[str] = []
+    lock = threading.Lock()
 
     def wrapped(trial: Any) -> Any:
-        if is_surplus(study, trial, n_trials):
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        if is_surplus(study, trial, n_trials):  # the others' trials make the count: stop here
             trial.set_user_attr("surplus", True)
             study.stop()
             raise optuna.TrialPruned()
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
         try:
             value = objective(trial)
         except UserError as exc:
             print(f"prunelab: warning: trial {trial.number} failed: {exc}", file=sys.stderr)
-            failures.append(str(exc))
-            if len(failures) >= max_failures:
-                study.stop()
+            with lock:
+                failures.append(str(exc))
+                if len(failures) >= max_failures:
+                    study.stop()
             raise
-        failures.clear()
+        with lock:
+            failures.clear()
         return value
 
     def done(study: Any, _t: Any) -> None:
-        if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= n_trials:
+        if _count(study, TrialState.COMPLETE) >= n_trials:
             study.stop()
 
-    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < n_trials:
-        study.optimize(wrapped, n_jobs=n_jobs, timeout=timeout, catch=(UserError,),
-                       callbacks=[done])
-    if len(failures) >= max_failures:
-        raise SearchError(f"{len(failures)} trials failed in a row; the last: {failures[-1]}")
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    while True:
+        complete = _count(study, TrialState.COMPLETE)
+        others = _count(study, TrialState.RUNNING)  # in other processes: ours have returned
+        left = None if deadline is None else deadline - time.monotonic()
+        if complete >= n_trials or complete + others >= n_trials or (left is not None and left <= 0):
+            return
+        study.optimize(wrapped, n_jobs=n_jobs, timeout=left, catch=(UserError,), callbacks=[done])
+        if len(failures) >= max_failures:
+            raise SearchError(f"{len(failures)} trials failed in a row; the last: {failures[-1]}")

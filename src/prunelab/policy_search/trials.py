@@ -11,6 +11,7 @@ already holds ``results.json`` is read, not run again; one that holds a checkpoi
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -97,6 +98,16 @@ def _lookup(node: Any, key: str) -> Any:
     return node
 
 
+def scope_overrides(pruner_cfg: Mapping[str, Any]) -> list[str]:
+    """The trained run's ``pruner.include``/``exclude`` as overrides (what the space prunes)."""
+    out = []
+    if pruner_cfg.get("include") is not None:
+        out.append(f"pruner.include={_value(list(pruner_cfg['include']))}")
+    if pruner_cfg.get("exclude"):
+        out.append(f"pruner.exclude={_value(list(pruner_cfg['exclude']))}")
+    return out
+
+
 def _value(value: Any) -> str:
     """A value as Hydra's override grammar reads it back."""
     if value is None:
@@ -112,34 +123,46 @@ def _value(value: Any) -> str:
     return _quoted(value)
 
 
-def _numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+_PLAIN = re.compile(r"[\w./+\-@%*?|]+", re.ASCII)
+
+
+def _other_type(text: str) -> bool:
+    """Hydra would read ``text`` as a number, boolean or null."""
+    if text.lower() in ("null", "true", "false", "nan", "inf", "+inf", "-inf"):
+        return True
+    for parse in (float, lambda t: int(t, 0)):
+        try:
+            parse(text)
+            return True
+        except ValueError:
+            pass
+    return False
 
 
 def _quoted(value: Any) -> str:
+    """A string as Hydra's override grammar reads it back as that string: plain when it is a
+    plain word that does not read as a number, boolean or null, else single-quoted."""
     text = str(value)
-    if (not text or any(c in text for c in "=,'\" ()[]{}:$\\") or text.lower() in (
-            "null", "true", "false", "nan", "inf", "-inf") or _numeric(text)):
-        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return text
+    if _PLAIN.fullmatch(text) and not _other_type(text):
+        return text
+    text = text.replace("'", "\\'")
+    return "'" + (text + "\\" if text.endswith("\\") else text) + "'"
 
 
 def trial_command(base: Sequence[str], run: str | Path | None, profile: str | Path | None,
                   epochs: int | None, extra: Sequence[str], params: Mapping[str, Any],
-                  out_dir: str | Path, threads: int | None = None) -> list[str]:
+                  out_dir: str | Path, threads: int | None = None,
+                  scope: Sequence[str] = ()) -> list[str]:
     """``python -m prunelab.train`` for one trial: ``base`` (the run's overrides), the policy
-    (``profile``; None: nothing pruned), ``epochs``, ``extra`` (``trial_overrides``), the
+    (``profile``; None: nothing pruned) over the trained run's prunable weights (``scope``:
+    its ``pruner.include``/``exclude``), ``epochs``, ``extra`` (``trial_overrides``), the
     sampled ``params``, the run directory."""
     args = list(base)
     if run is not None:
         args.append(f"init_from={_quoted(Path(run).resolve())}")
     if profile is not None:
         args += ["pruner=sensitivity", f"pruner.profile={_quoted(Path(profile).resolve())}",
-                 "schedule=oneshot", "schedule.at_epoch=0"]
+                 "schedule=oneshot", "schedule.at_epoch=0", *scope]
     elif run is not None:
         args += ["pruner=none", "sparsity=0"]
     if epochs is not None:
@@ -152,14 +175,26 @@ def trial_command(base: Sequence[str], run: str | Path | None, profile: str | Pa
     return [sys.executable, "-m", "prunelab.train", *args]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    try:
-        import ctypes
-        import signal
+_PRCTL: Any = None
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if _PRCTL is not None:
+        _PRCTL(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: the run dies with the search
+
+
+def _load_prctl() -> None:
+    """libc's prctl, loaded in the parent: the child only calls it (loading a library between
+    fork and exec of a threaded process can deadlock)."""
+    global _PRCTL
+    if _PRCTL is None and sys.platform.startswith("linux"):
+        import ctypes
+        import ctypes.util
+
+        try:
+            _PRCTL = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").prctl
+        except (OSError, AttributeError):
+            _PRCTL = None
 
 
 def write_profile(path: Path, profile: Mapping[str, Any] | None) -> Path | None:
@@ -173,16 +208,30 @@ def write_profile(path: Path, profile: Mapping[str, Any] | None) -> Path | None:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def run_trial(command: Sequence[str], out_dir: str | Path, log: str | Path) -> dict[str, Any]:
-    """``results.json`` of the run in ``out_dir``: read when there, else ``command`` run to write
-    it (its output in ``log``); TrialFailed with the run's error line otherwise."""
+def run_trial(command: Sequence[str], out_dir: str | Path, log: str | Path,
+              policy: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``results.json`` of the run in ``out_dir``: read when there and made by the same command
+    and policy (``<dir>.command.json`` says), else ``command`` run to write it (its output in
+    ``log``); TrialFailed with the run's error line otherwise."""
     out = Path(out_dir)
     results = out / "results.json"
-    if results.is_file():
+    made_by = out.parent / f"{out.name}.command.json"
+    mine = {"args": list(command[3:]), "policy": dict(policy) if policy else None}
+    if made_by.is_file() and json.loads(made_by.read_text()) != mine:
+        raise TrialFailed(f"{out} holds a run of another command or policy ({made_by}); remove "
+                          f"it or search in another directory")
+    if results.is_file() and made_by.is_file():
         return json.loads(results.read_text())
-    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    if results.is_file():
+        raise TrialFailed(f"{out} holds results.json of an unknown command; remove it or search "
+                          f"in another directory")
+    from prunelab.files import write_json_atomic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(made_by, mine)
+    _load_prctl()
     with open(log, "ab") as f:
-        kwargs = {"preexec_fn": _die_with_parent} if sys.platform.startswith("linux") else {}
+        kwargs = {"preexec_fn": _die_with_parent} if _PRCTL is not None else {}
         code = subprocess.call(list(command), stdout=f, stderr=subprocess.STDOUT, **kwargs)
     if code != 0 or not results.is_file():
         lines = [ln for ln in Path(log).read_text(errors="replace").splitlines()
