@@ -236,7 +236,8 @@ def plot_pareto(trials: Sequence[dict[str, Any]], baselines: Sequence[dict[str, 
     ax.plot(xs(front), [100 * r["val_acc"] for r in front], "o-", c="tab:red", label="front")
     styles = {"uniform": ("s--", "tab:blue"), "sensitivity": ("^--", "tab:green")}
     for kind, (marker, color) in styles.items():
-        rows = sorted((r for r in baselines if r["kind"] == kind), key=lambda r: r.get(scale) or 0)
+        rows = sorted((r for r in baselines if r["kind"] == kind and r.get("val_acc") is not None),
+                      key=lambda r: r.get(scale) or 0)
         if rows:
             ax.plot(xs(rows), [100 * r["val_acc"] for r in rows], marker, c=color, label=kind)
     ax.set(xlabel=_COST_LABELS[cost], ylabel="val accuracy (%), proxy", title="search (proxy trials)")

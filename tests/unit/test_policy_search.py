@@ -78,7 +78,7 @@ def test_params_specs_and_their_errors():
     parsed = parse_params({"optimizer.lr": "log(1e-4,1e-2)", "epochs": "int(1,3)",
                            "pruner.norm": "choice(1,2)", "x": "float(0, 0.5)"})
     assert parsed["optimizer.lr"] == ("log", [1e-4, 1e-2]) and parsed["epochs"] == ("int", [1, 3])
-    assert parsed["pruner.norm"] == ("choice", ["1", "2"])
+    assert parsed["pruner.norm"] == ("choice", [1, 2])  # typed as YAML reads them
     for spec, why in [("normal(0,1)", "allowed: float"), ("log(0,1)", "lo > 0"),
                       ("int(1.5,3)", "integers"), ("float(2,1)", "lo < hi")]:
         with pytest.raises(ConfigError, match=why):
@@ -181,6 +181,9 @@ def test_a_killed_search_resumes_and_retries_its_running_trial_in_place(tmp_path
     (["max_ratio=1.0"], "max_ratio=1.0 must be a number in (0, 1)"),
     (["final_seeds=[]"], "final_seeds=[] must be a non-empty list of integers"),
     (["run=null"], "run= is required"),
+    (["sampler=cmaes"], "sampler='cmaes'; allowed: auto, tpe, nsga2, random"),
+    (["population=1"], "population=1 must be an integer >= 2"),
+    (["objectives=[macs]"], "objectives=['macs'] needs val_acc"),
     (["granularity=channels", "objectives=[val_acc,latency]", "hardware.runtime=tflite"],
      "hardware.runtime='tflite'; allowed: eager, executorch, onnxruntime"),
 ])
@@ -202,3 +205,27 @@ def test_latency_on_a_gpu_profile_without_a_gpu_is_refused(compose):
                   "hardware=gpu")
     with pytest.raises(ConfigError, match="hardware=gpu but no CUDA GPU is available here"):
         check(cfg)
+
+
+@pytest.mark.parametrize("value", [
+    "plain", "0.5", "true", "null", "a b", "C:\\dir", "x#y", "\u00e9", "${epochs_frac:0.75}", "it's",
+    "end\\", 1e-4, -3, True, None, [1, "a", "${x}"], {"a": 1, "b": [1, 2]}, "/tmp/a=b,c",
+    "1e-3", "-inf"])
+def test_trial_overrides_read_back_as_the_values_hydra_was_given(value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from prunelab.policy_search.trials import _value
+
+    assert OverridesParser.create().parse_override(f"k={_value(value)}").value() == value
+
+
+def test_a_trial_directory_is_reused_only_for_the_same_command_and_policy(tmp_path):
+    from prunelab.policy_search.trials import TrialFailed, run_trial
+
+    out = tmp_path / "0000"
+    cmd = [sys.executable, "-c", f"import pathlib; p = pathlib.Path({str(out)!r}); "
+           "p.mkdir(); (p / 'results.json').write_text('{\"best_val_acc\": 0.5}')", "a=1"]
+    assert run_trial(cmd, out, tmp_path / "log", {"layers": {"w": 0.5}})["best_val_acc"] == 0.5
+    assert run_trial(cmd, out, tmp_path / "log", {"layers": {"w": 0.5}})["best_val_acc"] == 0.5
+    with pytest.raises(TrialFailed, match="holds a run of another command or policy"):
+        run_trial(cmd, out, tmp_path / "log", {"layers": {"w": 0.6}})

@@ -72,6 +72,15 @@ def check(cfg: DictConfig) -> dict[str, Any]:
                               f"{', '.join(o for o in objectives if o != 'val_acc') or 'none'}")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise ConfigError(f"budgets.{k}={v!r} must be a number > 0")
+    from prunelab.policy_search.study import SAMPLERS
+
+    if cfg.sampler not in SAMPLERS:
+        raise ConfigError(f"sampler={cfg.sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    if cfg.population is not None:
+        _positive_int(cfg, "population", 2)
+    if cfg.heartbeat is not None:
+        _positive_int(cfg, "heartbeat", 1)
+    _positive_int(cfg, "seed", 0)
     uniform = list((cfg.baselines or {}).get("uniform") or [])
     if not all(isinstance(r, (int, float)) and 0 < r < 1 for r in uniform):
         raise ConfigError(f"baselines.uniform={uniform} must be ratios in (0, 1)")
