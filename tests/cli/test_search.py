@@ -141,7 +141,7 @@ def test_latency_search_in_executorch_retrains_and_measures_the_chosen(dense, tm
 def test_search_lr_experiment_finds_the_best_trial(tmp_path):
     out = tmp_path / "lr"
     p = search(["experiment=search_lr", "n_trials=2", "params={optimizer.lr:'log(1e-4,1e-2)'}",
-                "proxy_overrides=[data.subset=400,measure.latency=false,epochs=2]",
+                'proxy_overrides=["data.subset=400","measure.latency=false","epochs=2"]',
                 f"hydra.run.dir={out}"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     trials = [json.loads(f.read_text()) for f in out.glob("trials/*/results.json")]
