@@ -60,6 +60,11 @@ def test_search_runs_trials_as_runs_writes_the_front_and_resumes(dense, tmp_path
         dominated = any(fa >= a and fm <= m and (fa, fm) != (a, m) for fa, fm in front)
         assert (r["on_front"] == "True") == (not dominated)
     assert (out / "pareto.png").stat().st_size > 0 and "## Front" in (out / "report.md").read_text()
+    import optuna
+
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}")
+    distinct = {tuple(sorted(t.params.items())) for t in study.trials}  # a repeat is not rerun
+    assert len(list((out / "trials").glob("*/results.json"))) == len(distinct)
     profile = load_profile(out / "best_policy_0.yaml")  # taken as is by pruner=sensitivity
     q = run_cli("prunelab.train", [*FAST, "model=lenet5", "pruner=sensitivity",
                                    f"pruner.profile={out / 'best_policy_0.yaml'}",

@@ -180,8 +180,19 @@ class Search:
         return row
 
     def objective(self, trial: Any) -> tuple[float, ...]:
+        from optuna.trial import TrialState
+
         ratios = self.space.suggest(trial) if self.space.weights else {}
         params = suggest_params(trial, self.opts["params"])
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.params == trial.params and "same_as" not in t.user_attrs:
+                # samplers propose a grid point again: its (deterministic) run is not repeated
+                for k, v in t.user_attrs.items():
+                    if k not in ("host", "pid"):
+                        trial.set_user_attr(k, v)
+                trial.set_user_attr("same_as", t.number)
+                self._constrain(trial, t.user_attrs)
+                return tuple(t.values)
         # a retried trial (its search died) has the user attributes of the first: its directory
         out_dir = Path(trial.user_attrs.get("run_dir") or self.out / "trials" / f"{trial.number:04d}")
         trial.set_user_attr("run_dir", str(out_dir))
@@ -193,12 +204,17 @@ class Search:
                               f"{', '.join(missing)}")
         for k, v in row.items():
             trial.set_user_attr(k, v)
-        budgets = self.opts["budgets"]  # feasible when every cost is within its budget
+        self._constrain(trial, row)
+        return tuple(float(row[o]) for o in self.objectives)
+
+    def _constrain(self, trial: Any, row: dict[str, Any]) -> None:
+        """Feasible when every cost is within its budget (Optuna >= 5: Trial.set_constraint;
+        before: the ``constraint`` attribute the sampler's constraints_func reads)."""
+        budgets = self.opts["budgets"]
         trial.set_user_attr("constraint", [row[k] - v for k, v in budgets.items()])
         if hasattr(trial, "set_constraint"):
             for k, v in budgets.items():
                 trial.set_constraint(k, row[k] - v)
-        return tuple(float(row[o]) for o in self.objectives)
 
     # -- the whole search ------------------------------------------------------------------------
     def start(self) -> Any:
@@ -226,6 +242,8 @@ class Search:
 
         rows = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if "same_as" in t.user_attrs:
+                continue  # a repeated proposal: its first trial is the row
             row = {k: v for k, v in t.user_attrs.items() if k not in ("host", "pid", "constraint")}
             row.update(kind="trial", name=f"trial {t.number}", number=t.number,
                        params=dict(t.params))
