@@ -26,5 +26,5 @@ python -m prunelab.train experiment=lenet5_mnist model=seed_cnn epochs=4 pruner=
 python -m prunelab.search run="$OUT/dense_seedcnn" granularity=channels \
   'objectives=[val_acc,latency]' hardware=edge_cpu hardware.runtime=executorch \
   'budgets={latency:0.1}' n_trials=30 proxy_epochs=1 'proxy_overrides=["data.subset=10000"]' \
-  final_epochs=1 final_points=3 'baselines.uniform=[0.3,0.4,0.5,0.6]' \
+  final_epochs=1 final_points=3 'baselines.uniform=[0.3,0.4,0.5,0.6,0.7,0.8]' \
   study_name=seedcnn_latency hydra.run.dir="$OUT/seedcnn_latency"
