@@ -229,3 +229,24 @@ def test_a_trial_directory_is_reused_only_for_the_same_command_and_policy(tmp_pa
     assert run_trial(cmd, out, tmp_path / "log", {"layers": {"w": 0.5}})["best_val_acc"] == 0.5
     with pytest.raises(TrialFailed, match="holds a run of another command or policy"):
         run_trial(cmd, out, tmp_path / "log", {"layers": {"w": 0.6}})
+
+
+def test_n_jobs_threads_fill_the_study_to_exactly_n_trials(tmp_path):
+    from optuna.trial import TrialState
+
+    from prunelab.policy_search.study import fill, make_sampler
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat=None)
+    study = open_study(storage, "s", ["maximize"], {"objectives": ["val_acc"]},
+                       make_sampler("random", 1, 0, None))
+    calls = []
+
+    def objective(trial):
+        calls.append(trial.number)
+        time.sleep(0.05)
+        return trial.suggest_float("ratio:a", 0.0, 0.9, step=0.05)
+
+    fill(study, objective, 7, 3, None, 3)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 7 and len(calls) == 7
+    assert TrialState.RUNNING not in states
