@@ -86,6 +86,7 @@ def test_ops_left_outside_xnnpack_are_named_per_op(capsys):
             "ExecuTorch's portable operators") in capsys.readouterr().err
 
 
+@pytest.mark.slow  # half a minute: measure's ExecuTorch variants test the lowering by default
 @needs_executorch
 def test_export_executorch_compact_writes_checked_programs_per_batch_size(trained_runs, tmp_path):
     from prunelab.compress.compact import load_compact
