@@ -127,6 +127,10 @@ class Search:
                 self._latency(loaded.net)
         self.base = run_overrides(self.run)
         self.extra = [str(o) for o in (cfg.trial_overrides or [])]
+        if self.run is not None and not self.base and not self.extra:
+            raise ConfigError(f"run={self.run} has no .hydra/config.yaml to repeat its settings "
+                              f"(data, model, ...) in the trials; give them as "
+                              f"trial_overrides=[...], or run= a train run directory")
         self.proxy_extra = [str(o) for o in (cfg.proxy_overrides or [])]
         self.threads = _threads(self.opts["n_jobs"])
 

@@ -5,7 +5,8 @@ start, ``epochs`` of fine-tuning; in its own run directory with its ``results.js
 The run is a child process (``python -m prunelab.train``), so a trial is exactly what a user
 would run by hand, a crash of one trial is that trial's failure, and ``n_jobs`` threads run
 several at once. A child dies with the search (``PR_SET_PDEATHSIG`` on Linux); a directory that
-already holds ``results.json`` is read, not run again; one that holds a checkpoint resumes.
+already holds ``results.json`` of the same command and policy is read, not run again; one that
+holds a checkpoint resumes.
 """
 
 from __future__ import annotations
