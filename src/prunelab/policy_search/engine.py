@@ -118,7 +118,7 @@ class Search:
         if self.run is not None:
             from prunelab.runs import load_run
 
-            loaded = load_run(self.run)
+            loaded = self.loaded = load_run(self.run)
             pruner_cfg = loaded.config.get("pruner") or {}
             self.space = build_space(loaded.net, pruner_cfg, self.opts["granularity"],
                                      float(cfg.max_ratio), float(cfg.step))
@@ -269,9 +269,8 @@ class Search:
 
     def _sensitivity_profiles(self) -> dict[str, tuple[str, dict[str, float]]]:
         from prunelab.analysis.sensitivity import analyze, make_profile
-        from prunelab.runs import load_run
 
-        loaded = load_run(self.run)
+        loaded = self.loaded  # the trained run as __init__ loaded it
         loaded.datamodule.setup("fit")
         names = self.space.names
         ratios = [round(0.1 * i, 2) for i in range(1, 10)] + [0.95]
