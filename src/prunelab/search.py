@@ -27,8 +27,6 @@ from prunelab.jobs import run_task
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any] | None:
     """Fill the study, then (in the process that sees it full) write the front and finals."""
-    from optuna.trial import TrialState
-
     from prunelab.files import DirectoryBusy, directory_lock
     from prunelab.policy_search.engine import Search
     from prunelab.policy_search.study import fill
@@ -38,8 +36,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
 
         output_dir = HydraConfig.get().runtime.output_dir
     out = Path(output_dir)
-    search = Search(cfg, out)
+    search = Search(cfg, out)  # checks first: Optuna installed, every setting
     study = search.start()
+    from optuna.trial import TrialState  # the optional extra, there once the checks passed
+
     n_trials = search.opts["n_trials"]
     fill(study, search.objective, n_trials, search.opts["n_jobs"], cfg.timeout,
          int(cfg.max_failures))

@@ -250,3 +250,11 @@ def test_n_jobs_threads_fill_the_study_to_exactly_n_trials(tmp_path):
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) == 7 and len(calls) == 7
     assert TrialState.RUNNING not in states
+
+
+def test_without_optuna_the_search_says_how_to_install_it(compose, monkeypatch):
+    from prunelab.policy_search.engine import check
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    with pytest.raises(ConfigError, match=r"needs Optuna >= 4: pip install 'prunelab\[search\]'"):
+        check(compose("search", "run=r"))

@@ -41,6 +41,11 @@ def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
 
 def check(cfg: DictConfig) -> dict[str, Any]:
     """Every setting checked (ConfigError naming the bad value and what is allowed)."""
+    try:
+        import optuna  # noqa: F401 - an optional extra
+    except ImportError:
+        raise ConfigError("python -m prunelab.search needs Optuna >= 4: pip install "
+                          "'prunelab[search]'") from None
     objectives = check_objectives(cfg.objectives)
     granularity = str(cfg.granularity)
     if granularity not in GRANULARITIES:
