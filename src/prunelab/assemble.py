@@ -17,7 +17,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from prunelab.config import (as_user_error, check_manual_optimization, choice,
+from prunelab.config import (as_user_error, check_int, check_manual_optimization, choice,
                              set_on_command_line, target_name, validate_sparsity)
 from prunelab.errors import ConfigError, UserError, one_line
 from prunelab.hardware import check_hardware, speedup_warnings, two_four_warnings
@@ -102,12 +102,6 @@ def resume_point(cfg: DictConfig, out: Path) -> str | None:
     return str(path)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
-    return value
-
-
 def check_top_level(cfg: DictConfig) -> float:
     """The checks that need no heavy import (sparsity, epochs, eval, objective), so that a bad
     value is answered at once. Returns the sparsity."""
@@ -119,9 +113,9 @@ def check_top_level(cfg: DictConfig) -> float:
         cause = exc.__cause__ or exc.__context__  # the resolver's own error, without OmegaConf's
         raise ConfigError(one_line(cause if isinstance(cause, UserError) else exc)) from exc
     sparsity = validate_sparsity(value)
-    _check_int("epochs", cfg.get("epochs"), 0)  # 0: post-training pruning (prunelab.posttrain)
-    _check_int("calibration_batches", cfg.get("calibration_batches", 0), 0)
-    if _check_int("seed", cfg.get("seed"), 0) >= 2**32:  # numpy's and Lightning's seed range
+    check_int("epochs", cfg.get("epochs"), 0)  # 0: post-training pruning (prunelab.posttrain)
+    check_int("calibration_batches", cfg.get("calibration_batches", 0), 0)
+    if check_int("seed", cfg.get("seed"), 0) >= 2**32:  # numpy's and Lightning's seed range
         raise ConfigError(f"seed={cfg.seed} must be an integer in [0, 2**32)")
     check_manual_optimization(cfg.get("trainer") or {}, (cfg.get("data") or {}).get("batch_size"))
     check_attack_settings(cfg)  # eval.* and train.* (adversarial training): robust.py

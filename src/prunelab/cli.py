@@ -125,11 +125,27 @@ def overrides(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def compose(config_name: str, overrides: Sequence[str]) -> Any:
+    """A command's config as Hydra composes it with ``overrides`` (its compose API; inside a
+    running command, that command's Hydra state is set aside and restored)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=config_name):
+            return hydra_compose(config_name, overrides=list(overrides))
+    finally:
+        restore_gh_from_backup(backup)
+
+
 def check_keys(config_name: str, argv: Sequence[str]) -> None:
     """Compose the command's config with the command line's single-valued overrides: a key the
     config does not have (``foo=bar``) or a value of the wrong type is one line, not Hydra's
     multi-line report. Sweep overrides (``a=1,2``) are left to Hydra."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -142,8 +158,7 @@ def check_keys(config_name: str, argv: Sequence[str]) -> None:
     plain = [a for a, o in zip(args, parsed) if not o.is_sweep_override()
              and (not o.key_or_group.startswith("hydra") or o.key_or_group == "hydra.searchpath")]
     try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name=config_name):
-            compose(config_name, overrides=plain)
+        compose(config_name, plain)
     except HydraException as exc:
         raise ConfigError(_composition_message(exc, config_name)) from None
     except ValueError as exc:  # e.g. group=null where the group has no default
@@ -175,7 +190,7 @@ MAP_KEYS = ("lottery.layer_fractions",)
 _SYNTAX = set(",=[]{}()'\"")
 
 
-def _hydra_quoted(value: str) -> str:
+def hydra_quoted(value: str) -> str:
     """``value`` as a single-quoted Hydra string (a quote, and backslashes before a quote or
     the end, escaped)."""
     import re
@@ -195,7 +210,7 @@ def quote_paths(argv: Sequence[str]) -> list[str]:
             key, value = kv
             if (key in PATH_KEYS and value[:1] not in ("'", '"') and _SYNTAX & set(value)
                     and Path(value).expanduser().exists()):
-                arg = f"{arg.split('=', 1)[0]}={_hydra_quoted(value)}"
+                arg = f"{arg.split('=', 1)[0]}={hydra_quoted(value)}"
             elif key in MAP_KEYS and value.lstrip().startswith("{"):
                 arg = f"++{arg}"
         out.append(arg)
@@ -262,7 +277,7 @@ def resume_arguments(args: list[str]) -> list[str]:
 
         first = [str(o) for o in OmegaConf.load(saved)
                  if (kv := _split(str(o))) is not None and kv[0] not in keys]
-    last = [] if "hydra.run.dir" in keys else [f"hydra.run.dir={_hydra_quoted(str(run_dir))}"]
+    last = [] if "hydra.run.dir" in keys else [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
     return [*first, *args, *last]
 
 

@@ -34,6 +34,15 @@ def validate_sparsity(value: Any) -> float:
     return float(value)
 
 
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` if it is an integer >= ``minimum`` (a bool is not), else one ConfigError line."""
+    from prunelab.errors import ConfigError
+
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
+    return value
+
+
 def _epochs_frac(frac: Any, *, _root_) -> int:
     """``${epochs_frac:0.5}`` -> round(0.5 * epochs): schedule epochs that follow the run length."""
     epochs = _root_.get("epochs")

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
+from prunelab.config import check_int
 from prunelab.errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported where it is used: the checks below run before it loads
@@ -51,12 +52,6 @@ def _check_epsilon(name: str, value: Any) -> float:
     return float(value)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
-    return value
-
-
 def _check_alpha(name: str, value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, Real)
                               or not value > 0):
@@ -73,7 +68,7 @@ def check_settings(cfg: Mapping) -> None:
         raise ConfigError(f"eval.adversarial={attack!r}; allowed: {', '.join(EVAL_ATTACKS)}, null")
     if attack is not None:
         _check_epsilon("eval.epsilon", ev.get("epsilon"))
-        _check_int("eval.steps", ev.get("steps"), 1)
+        check_int("eval.steps", ev.get("steps"), 1)
         _check_alpha("eval.alpha", ev.get("alpha"))
         if attack == "autoattack" and importlib.util.find_spec(AUTOATTACK_PACKAGE) is None:
             raise ConfigError(f"eval.adversarial=autoattack needs the {AUTOATTACK_PACKAGE} package "
@@ -86,13 +81,13 @@ def check_settings(cfg: Mapping) -> None:
     if attack is None:
         return
     _check_epsilon("train.epsilon", tr.get("epsilon"))
-    _check_int("train.steps", tr.get("steps"), 1)
+    check_int("train.steps", tr.get("steps"), 1)
     _check_alpha("train.alpha", tr.get("alpha"))
     fraction = tr.get("fraction")
     if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
         raise ConfigError(f"train.fraction={fraction!r} is outside (0, 1] (the share of each "
                           f"training batch replaced by adversarial examples)")
-    start, epochs = _check_int("train.start_epoch", tr.get("start_epoch"), 0), cfg.get("epochs")
+    start, epochs = check_int("train.start_epoch", tr.get("start_epoch"), 0), cfg.get("epochs")
     if epochs == 0:
         raise ConfigError(f"train.adversarial={attack} with epochs=0: post-training pruning "
                           f"trains on no batch; allowed: epochs >= 1, or train.adversarial=null")

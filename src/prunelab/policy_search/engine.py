@@ -19,10 +19,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from prunelab.config import check_int
 from prunelab.errors import ConfigError
 from prunelab.policy_search import front as fr
 from prunelab.policy_search.space import GRANULARITIES, Space, build_space, parse_params, suggest_params
-from prunelab.policy_search.study import OBJECTIVES, SearchError, check_objectives
+from prunelab.policy_search.study import OBJECTIVES, SAMPLERS, SearchError, check_objectives
 from prunelab.policy_search.trials import (
     run_overrides,
     run_trial,
@@ -30,13 +31,6 @@ from prunelab.policy_search.trials import (
     trial_command,
     write_profile,
 )
-
-
-def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}={value!r} must be an integer >= {minimum}")
-    return value
 
 
 def check(cfg: DictConfig) -> dict[str, Any]:
@@ -62,9 +56,10 @@ def check(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(f"{key}={v!r} must be a number in (0, 1)")
     if cfg.step > cfg.max_ratio:
         raise ConfigError(f"step={cfg.step} is larger than max_ratio={cfg.max_ratio}")
-    n_trials, n_jobs = _positive_int(cfg, "n_trials"), _positive_int(cfg, "n_jobs")
-    for key in ("proxy_epochs", "final_epochs", "final_points", "max_failures"):
-        _positive_int(cfg, key, 0 if key != "max_failures" else 1)
+    n_trials, n_jobs = check_int("n_trials", cfg.n_trials, 1), check_int("n_jobs", cfg.n_jobs, 1)
+    for key, minimum in (("proxy_epochs", 0), ("final_epochs", 0), ("final_points", 0),
+                         ("max_failures", 1), ("seed", 0)):
+        check_int(key, cfg.get(key), minimum)
     seeds = list(cfg.final_seeds or [])
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"final_seeds={seeds} must be a non-empty list of integers")
@@ -72,20 +67,17 @@ def check(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"timeout={cfg.timeout!r} must be seconds > 0 or null")
     budgets = dict(cfg.budgets or {})
     for k, v in budgets.items():
-        if k not in OBJECTIVES or k == "val_acc" or k not in objectives:
+        if k == "val_acc" or k not in objectives:
             raise ConfigError(f"budgets.{k}: not a cost objective of this search; allowed: "
                               f"{', '.join(o for o in objectives if o != 'val_acc') or 'none'}")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise ConfigError(f"budgets.{k}={v!r} must be a number > 0")
-    from prunelab.policy_search.study import SAMPLERS
-
     if cfg.sampler not in SAMPLERS:
         raise ConfigError(f"sampler={cfg.sampler!r}; allowed: {', '.join(SAMPLERS)}")
     if cfg.population is not None:
-        _positive_int(cfg, "population", 2)
+        check_int("population", cfg.population, 2)
     if cfg.heartbeat is not None:
-        _positive_int(cfg, "heartbeat", 1)
-    _positive_int(cfg, "seed", 0)
+        check_int("heartbeat", cfg.heartbeat, 1)
     uniform = list((cfg.baselines or {}).get("uniform") or [])
     if not all(isinstance(r, (int, float)) and 0 < r < 1 for r in uniform):
         raise ConfigError(f"baselines.uniform={uniform} must be ratios in (0, 1)")
@@ -330,8 +322,7 @@ class Search:
                     policies[n] = (kind, ratios, {})
         if int(cfg.final_epochs) > 0 and self.run is not None:
             finals = self._finals(policies)
-        objective = self.cost
-        comparison = fr.compare_with_uniform(finals, objective) if finals else []
+        comparison = fr.compare_with_uniform(finals, self.cost) if finals else []
         all_rows = rows + base_rows + finals
         fr.write_csv(out / "pareto.csv", all_rows, self.objectives)
         png = plot_pareto(rows, base_rows, finals, self.objectives, out / "pareto.png",

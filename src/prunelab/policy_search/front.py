@@ -46,12 +46,12 @@ def mark_front(rows: list[dict[str, Any]], objectives: Sequence[str], signs: Seq
 
 
 def choose(front: Sequence[dict[str, Any]], objectives: Sequence[str], k: int) -> list[dict[str, Any]]:
-    """Up to ``k`` front rows spread along the second objective (one objective: the best)."""
+    """Up to ``k`` front rows spread along the first cost (``objectives[0]`` is val_acc; with
+    no cost: the most accurate)."""
     if not front or k <= 0:
         return []
     if len(objectives) == 1:
-        sign = 1 if objectives[0] == "val_acc" else -1
-        return [max(front, key=lambda r: sign * r[objectives[0]])]
+        return [max(front, key=lambda r: r["val_acc"])]
     ordered = sorted(front, key=lambda r: (r[objectives[1]], -r[objectives[0]]))
     if len(ordered) <= k:
         return ordered

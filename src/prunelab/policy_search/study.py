@@ -8,8 +8,7 @@
 - A trial that was running in a process that died: on this host its process is seen dead when
   a search starts (PID recorded in the trial); elsewhere Optuna's heartbeat fails it after the
   grace period. Either way it is retried with the same parameters in its own run directory
-  (``RetryFailedTrialCallback``), where the run resumes from its checkpoint or is read when it
-  had finished.
+  (:func:`requeue`), where the run resumes from its checkpoint or is read when it had finished.
 - The study remembers what it searches (``prunelab`` user attribute); a search with other
   objectives or another space on the same storage and study name is refused naming the keys.
 """
@@ -64,11 +63,10 @@ def _constraint(trial: Any) -> list[float]:
 
 def make_sampler(kind: str, n_objectives: int, seed: int, population: int | None,
                  constrained: bool = False) -> Any:
-    """The sampler; ``constrained``: trials over a budget are infeasible (NSGA-II, TPE)."""
+    """The sampler (``kind`` one of :data:`SAMPLERS`, checked by the search's settings check);
+    ``constrained``: trials over a budget are infeasible (NSGA-II, TPE)."""
     import optuna
 
-    if kind not in SAMPLERS:
-        raise ConfigError(f"sampler={kind!r}; allowed: {', '.join(SAMPLERS)}")
     if kind == "auto":
         kind = "nsga2" if n_objectives > 1 else "tpe"
     from optuna.trial import Trial

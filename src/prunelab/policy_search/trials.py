@@ -47,56 +47,29 @@ def run_overrides(run: str | Path | None) -> list[str]:
     choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
     groups = [f"{g}={v}" for g, v in choices.items()
               if "/" not in g and v is not None and g not in ("experiment", *TRIAL_KEYS)]
-    base = OmegaConf.to_container(_compose(groups), resolve=False)
-    saved = OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
+    from prunelab.results import flatten
+
+    base = flatten(OmegaConf.to_container(_compose(groups), resolve=False))
+    saved = flatten(OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"),
+                                           resolve=False))
     out = list(groups)
-    for key, value in _leaves(saved):
+    for key, value in saved.items():
         if key.split(".", 1)[0] in TRIAL_KEYS or key.startswith("init_from"):
             continue
-        old = _lookup(base, key)
-        if old is _MISSING:
+        if key not in base:
             out.append(f"+{key}={_value(value)}")
-        elif old != value:
+        elif base[key] != value:
             out.append(f"{key}={_value(value)}")
     return out
 
 
-_MISSING = object()
-
-
 def _compose(overrides: list[str]) -> Any:
-    """``train``'s config composed with ``overrides`` (Hydra's compose API; the Hydra state of a
-    running command is restored afterwards)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-
-    from prunelab.cli import CONF_DIR
+    """``train``'s config composed with ``overrides``."""
+    from prunelab.cli import compose
     from prunelab.config import register_configs
 
     register_configs()
-    backup = get_gh_backup()  # inside a running command (search): its Hydra is set aside
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="trial"):
-            return compose("train", overrides=overrides)
-    finally:
-        restore_gh_from_backup(backup)
-
-
-def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key, value) of every leaf of a nested dict (lists are leaves)."""
-    if isinstance(node, dict) and node:
-        return [kv for k, v in node.items() for kv in _leaves(v, f"{prefix}{k}.")]
-    return [(prefix[:-1], node)]
-
-
-def _lookup(node: Any, key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
+    return compose("train", overrides)
 
 
 def scope_overrides(pruner_cfg: Mapping[str, Any]) -> list[str]:
@@ -143,11 +116,10 @@ def _other_type(text: str) -> bool:
 def _quoted(value: Any) -> str:
     """A string as Hydra's override grammar reads it back as that string: plain when it is a
     plain word that does not read as a number, boolean or null, else single-quoted."""
+    from prunelab.cli import hydra_quoted
+
     text = str(value)
-    if _PLAIN.fullmatch(text) and not _other_type(text):
-        return text
-    text = text.replace("'", "\\'")
-    return "'" + (text + "\\" if text.endswith("\\") else text) + "'"
+    return text if _PLAIN.fullmatch(text) and not _other_type(text) else hydra_quoted(text)
 
 
 def trial_command(base: Sequence[str], run: str | Path | None, profile: str | Path | None,

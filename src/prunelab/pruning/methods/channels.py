@@ -203,6 +203,18 @@ def prune_fraction(model: nn.Module, fraction: float) -> tuple[ChannelLayout, Ma
     return layout, masks
 
 
+def unit_scores(unit: Unit, scores: Mapping[str, torch.Tensor], norm: int | None) -> torch.Tensor:
+    """Per channel of ``unit``: the L``norm`` norm of its element scores over all its rows, or
+    their sum when ``norm`` is None."""
+    pw = float(norm or 1)
+    ch = torch.zeros(unit.size)
+    for w, rows in unit.rows.items():
+        flat = scores[w].detach().float().reshape(scores[w].shape[0], -1).cpu()
+        per_row = flat.sum(1) if norm is None else flat.abs().pow(pw).sum(1)
+        ch += per_row[rows].sum(1)
+    return ch if norm is None else ch.pow(1.0 / pw)
+
+
 def select_structured(params: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
                       old_masks: Mapping[str, torch.Tensor], target: float, scope: str,
                       layout: ChannelLayout, norm: int | None) -> dict[str, torch.Tensor]:
@@ -216,22 +228,12 @@ def select_structured(params: Mapping[str, torch.Tensor], scores: Mapping[str, t
     pw = float(norm or 1)
     u_ch, u_sizes, u_norm, u_old = {}, {}, {}, {}
     for i, u in units.items():
-        ch = torch.zeros(u.size)
-        for w, rows in u.rows.items():
-            flat = scores[w].detach().float().reshape(scores[w].shape[0], -1).cpu()
-            per_row = flat.sum(1) if norm is None else flat.abs().pow(pw).sum(1)
-            ch += per_row[rows].sum(1)
-        u_ch[i] = ch if norm is None else ch.pow(1.0 / pw)
+        u_ch[i] = unit_scores(u, scores, norm)
         u_sizes[i] = u.elements(params)
         u_norm[i] = float(u_sizes[i]) if norm is None else u_sizes[i] ** (1.0 / pw)
         u_old[i] = unit_keep(u, old_masks).cpu()
     keep = select_channels(u_ch, u_old, target, scope, u_sizes, total, frozenset(), u_norm)
     return unit_masks(layout, keep, old_masks)
-
-
-def unit_name(unit: Unit) -> str:
-    """The first weight a unit's channels are rows of: how policies name the unit."""
-    return next(iter(unit.rows))
 
 
 def select_unit_ratios(params: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
@@ -249,10 +251,7 @@ def select_unit_ratios(params: Mapping[str, torch.Tensor], scores: Mapping[str, 
         k = min(u.size - 1, max(int(round(ratio * u.size)), int((~old).sum())))
         if k <= int((~old).sum()):
             continue
-        ch = torch.zeros(u.size)
-        for w, rows in u.rows.items():
-            flat = scores[w].detach().float().reshape(scores[w].shape[0], -1).cpu()
-            ch += flat.abs().pow(norm).sum(1)[rows].sum(1)
+        ch = unit_scores(u, scores, norm)
         order = torch.sort(ch.masked_fill(~old, float("-inf")), stable=True).indices
         keep = torch.ones(u.size, dtype=torch.bool)
         keep[order[:k]] = False

@@ -24,7 +24,7 @@ Timing a candidate needs the compacted model: :meth:`LatencyModel.build` imports
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -201,35 +201,6 @@ def _weights(group) -> list[str]:
     return [f"{name}.weight" for name in group.producers]
 
 
-def saving_table(lat: LatencyModel, full_model: nn.Module, cand: Sequence[int],
-                 start_keep: Mapping[int, torch.Tensor],
-                 keep_width: Callable[[int, int], torch.Tensor]) -> dict[int, list[tuple[int, float]]]:
-    """The latency table: per group, (width, ms saved) at k/GRID of its channels, every other
-    group as in ``start_keep``; each point timed in turn with ``full_model`` (A B A B ...), so
-    that drifts of the machine cancel. ``keep_width(group, w)``: the keep vector of width w."""
-    table: dict[int, list[tuple[int, float]]] = {}
-    for gi in cand:
-        n = int(start_keep[gi].sum())
-        points = [(n, 0.0)]
-        for k in range(GRID - 1, 0, -1):
-            w = max(1, round(n * k / GRID))
-            if w < points[-1][0]:
-                keeps_w = dict(start_keep)
-                keeps_w[gi] = keep_width(gi, w)
-                t_full, t_w = lat.time(full_model, lat.build(keeps_w))
-                points.append((w, max(0.0, t_full - t_w)))
-        table[gi] = points
-    return table
-
-
-def interpolate_saving(points: Sequence[Sequence[float]], w: float) -> float:
-    """The ms a group saves at width ``w``, linear between the table's points."""
-    for (w1, s1), (w2, s2) in zip(points, points[1:]):
-        if w2 <= w <= w1:
-            return s1 + (s2 - s1) * (w1 - w) / max(w1 - w2, 1)
-    return points[-1][1]
-
-
 def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: Sequence[str],
                         protected: Sequence[str], old_keep: Mapping[str, torch.Tensor],
                         budget_ms: float, batch: int = 1, threads: int | None = None,
@@ -262,10 +233,27 @@ def latency_aware_keeps(model: nn.Module, input_shape: Sequence[int], prunable: 
 
     floor_ms = lat.measure({gi: keep_lowest_removed(gi, 1) for gi in cand})
     check_floor(budget_ms, floor_ms, full_ms, batch)
-    table = saving_table(lat, full_model, cand, start_keep, keep_lowest_removed)
+    # the latency table: saving of each group at k/GRID of its channels, each point timed in
+    # turn with the whole model (A B A B ...), so that drifts of the machine cancel
+    table: dict[int, list[tuple[int, float]]] = {}
+    for gi in cand:
+        n = int(start_keep[gi].sum())
+        points = [(n, 0.0)]
+        for k in range(GRID - 1, 0, -1):
+            w = max(1, round(n * k / GRID))
+            if w < points[-1][0]:
+                keeps_w = dict(start_keep)
+                keeps_w[gi] = keep_lowest_removed(gi, w)
+                t_full, t_w = lat.time(full_model, lat.build(keeps_w))
+                points.append((w, max(0.0, t_full - t_w)))
+        table[gi] = points
 
     def saving(gi: int, w: int) -> float:
-        return interpolate_saving(table[gi], w)
+        pts = table[gi]
+        for (w1, s1), (w2, s2) in zip(pts, pts[1:]):
+            if w2 <= w <= w1:
+                return s1 + (s2 - s1) * (w1 - w) / max(w1 - w2, 1)
+        return pts[-1][1]
 
     widths = {gi: int(start_keep[gi].sum()) for gi in cand}
     # per group, the kept channels' scores from the smallest up (the order they are removed in)
