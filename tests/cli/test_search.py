@@ -85,8 +85,10 @@ def test_search_runs_trials_as_runs_writes_the_front_and_resumes(dense, tmp_path
 @pytest.mark.parametrize("args, message", [  # the others (storage too): tests/unit/test_policy_search.py
     (["objectives=[val_acc,flops]"], "objectives: unknown objective 'flops'; allowed: val_acc, "
                                      "macs, params, size, latency"),
-    (["granularity=channels", "objectives=[val_acc,latency]", "budgets={latency:0.00001}"],
-     "budgets.latency=1e-05 is below the smallest reachable latency of this network on eager"),
+    pytest.param(["granularity=channels", "objectives=[val_acc,latency]",
+                  "budgets={latency:0.00001}"],
+                 "budgets.latency=1e-05 is below the smallest reachable latency of this network "
+                 "on eager", marks=pytest.mark.slow),  # times the network: -m slow
 ])
 def test_bad_input_is_one_line_and_writes_nothing(dense, tmp_path, args, message):
     out = tmp_path / "s"
