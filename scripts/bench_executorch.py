@@ -17,6 +17,10 @@ int8 compact faster than fp32 compact.
 
 Writes ``scripts/bench_executorch_results.json`` and prints a markdown table. Weights are random:
 latency depends on the shapes, not on the values.
+
+``--widths`` instead times a stack of four 3x3 conv-BN-ReLU layers of C -> C channels on 32x32
+inputs for C in 8..64 and prints the arithmetic rate (GMAC/s) each width gets in the runtime:
+what a compact network's narrow layers cost beyond their MACs.
 """
 
 from __future__ import annotations
@@ -58,6 +62,37 @@ def programs_for(net, small, shape, batch: int) -> dict:
     return out
 
 
+def width_rates(batch: int, threads: int, runs: int, reps: int,
+                widths: tuple[int, ...] = (8, 12, 16, 24, 32, 48, 64)) -> dict[int, dict]:
+    """Per channel width C: ExecuTorch ms and GMAC/s of four C -> C 3x3 conv-BN-ReLU layers."""
+    nn = torch.nn
+    torch.set_num_threads(threads)
+    set_threads(threads)
+    out = {}
+    for c in widths:
+        torch.manual_seed(0)
+        net = nn.Sequential(*[nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False),
+                                            nn.BatchNorm2d(c), nn.ReLU()) for _ in range(4)]).eval()
+        shape = (c, 32, 32)
+        ms = time_programs({"net": {batch: lower(net, shape, batch)}}, shape, runs, 5,
+                           reps)["net"][f"batch_{batch}"]
+        macs = count_macs(net, shape)["dense"] * batch
+        out[c] = {"ms": ms, "gmac_per_s": macs / ms / 1e6}
+    return out
+
+
+def main_widths(args: argparse.Namespace) -> None:
+    print("| channels | batch | threads | ET ms | GMAC/s |")
+    print("|---|---|---|---|---|")
+    results = {}
+    for b in args.batches:
+        for t in args.threads:
+            for c, r in width_rates(b, t, args.runs, args.reps).items():
+                results[f"c{c}_b{b}_t{t}"] = r
+                print(f"| {c} | {b} | {t} | {r['ms']:.3f} | {r['gmac_per_s']:.1f} |", flush=True)
+    Path(args.out).with_name("bench_executorch_widths.json").write_text(json.dumps(results, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -66,7 +101,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=str(Path(__file__).with_name("bench_executorch_results.json")))
+    ap.add_argument("--widths", action="store_true",
+                    help="time conv stacks of 8..64 channels instead (bench_executorch_widths.json)")
     args = ap.parse_args()
+    if args.widths:
+        main_widths(args)
+        return
     results: dict = {"torch": torch.__version__, "runs": args.runs, "reps": args.reps,
                      "models": {}}
     print("| model | batch | threads | eager dense ms | ET dense ms | ET compact ms | speedup | "
