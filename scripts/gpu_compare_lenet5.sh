@@ -12,8 +12,13 @@ export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore PYTHONPATH="$PWD/src${PYTHONPATH
 export OUT=${OUT:-/tmp/cmp2020_lenet5} PY=${PY:-python3}
 JOBS=${JOBS:-8}
 SEEDS=${SEEDS:-0 1 2}
-PRUNERS=${PRUNERS:-magnitude global_magnitude lamp snip grasp synflow set rigl random}
-SPARSITIES=${SPARSITIES:-0.9 0.98 0.99}
+# the methods and sparsities of the experiment's own sweep (conf/experiment/compare_methods_2020.yaml)
+sweep_values() {
+  $PY -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['hydra']['sweeper']['params'][sys.argv[2]].replace(',', ' '))" \
+    src/prunelab/conf/experiment/compare_methods_2020.yaml "$1"
+}
+PRUNERS=${PRUNERS:-$(sweep_values pruner)}
+SPARSITIES=${SPARSITIES:-$(sweep_values sparsity)}
 EXTRA=${EXTRA:-}                                        # more overrides for every run
 HW=${HW:-hardware=gpu hardware.precision=32-true}      # HW=hardware=cpu: a check on a CPU
 export EXTRA HW
@@ -29,6 +34,6 @@ mkdir -p "$OUT/runs" "$OUT/logs"
   name=$0
   # shellcheck disable=SC2086  # HW and EXTRA hold several overrides each
   $PY -m prunelab.train experiment=compare_methods_2020 model=lenet5 "$@" $HW \
-    hardware.threads=2 measure.latency=false trainer.enable_progress_bar=false $EXTRA hydra.run.dir="$OUT/runs/$name" \
-    > "$OUT/logs/$name.log" 2>&1 && echo "done: $name" || echo "FAILED: $name (log: $OUT/logs/$name.log)"'
+    hardware.threads=2 measure.latency=false trainer.enable_progress_bar=false $EXTRA \
+    hydra.run.dir="$OUT/runs/$name" > "$OUT/logs/$name.log" 2>&1 && echo "done: $name" || echo "FAILED: $name (log: $OUT/logs/$name.log)"'
 $PY -m prunelab.report "$OUT/runs"

@@ -28,7 +28,8 @@ python -m prunelab.train -m experiment=extreme_mnist sparsity=0.99 seed="$SEEDS"
 # experiment=lenet5_mnist, SGD LR 0.03 with the gradient norm clipped at 2 (unclipped, 0.04
 # diverges in the first steps and 0.02 gave 1.00 +- 0.10 %; Adam: 1.08 +- 0.06 %)
 python -m prunelab.train -m experiment=extreme_mnist model=lenet5 data.batch_size=128 \
-  optimizer.lr=0.03 module.gradient_clip_val=2 sparsity=0.99 seed="$SEEDS" "${COMMON[@]}" hydra.sweep.dir="$OUT/lenet5_99"
+  optimizer.lr=0.03 module.gradient_clip_val=2 sparsity=0.99 seed="$SEEDS" "${COMMON[@]}" \
+  hydra.sweep.dir="$OUT/lenet5_99"
 
 if [[ "${BASELINE:-0}" == 1 ]]; then
   # the recipe before (experiment=lenet300_mnist: ramp 2..12 under cosine LR), for comparison
