@@ -4,6 +4,8 @@
 # SEEDS plus the dense arm, JOBS runs at a time on the one GPU (LeNet-5 on MNIST uses a sliver of
 # it), fp32 like the CPU half (hardware=gpu with precision 32-true), then the report over all runs.
 #   OUT=/tmp/cmp bash scripts/gpu_compare_lenet5.sh          # JOBS=8 SEEDS="0 1 2"
+# On the 2-core CPU (about 7 minutes a run in channels_last, two at a time: 5 hours):
+#   HW="hardware=cpu hardware.memory_format=channels_last" JOBS=2 THREADS=1 OUT=... bash ...
 # On a device without hydra-core/omegaconf, install their wheels first (see the device README).
 # A rerun skips the runs that have results.json (the train command's own rule), so a run cut
 # short by a time limit continues where it stopped when $OUT is kept.
@@ -21,7 +23,8 @@ PRUNERS=${PRUNERS:-$(sweep_values pruner)}
 SPARSITIES=${SPARSITIES:-$(sweep_values sparsity)}
 EXTRA=${EXTRA:-}                                        # more overrides for every run
 HW=${HW:-hardware=gpu hardware.precision=32-true}      # HW=hardware=cpu: a check on a CPU
-export EXTRA HW
+THREADS=${THREADS:-2}                                   # torch threads per run
+export EXTRA HW THREADS
 mkdir -p "$OUT/runs" "$OUT/logs"
 {
   for seed in $SEEDS; do
@@ -34,6 +37,6 @@ mkdir -p "$OUT/runs" "$OUT/logs"
   name=$0
   # shellcheck disable=SC2086  # HW and EXTRA hold several overrides each
   $PY -m prunelab.train experiment=compare_methods_2020 model=lenet5 "$@" $HW \
-    hardware.threads=2 measure.latency=false trainer.enable_progress_bar=false $EXTRA \
+    hardware.threads=$THREADS measure.latency=false trainer.enable_progress_bar=false $EXTRA \
     hydra.run.dir="$OUT/runs/$name" > "$OUT/logs/$name.log" 2>&1 && echo "done: $name" || echo "FAILED: $name (log: $OUT/logs/$name.log)"'
 $PY -m prunelab.report "$OUT/runs"

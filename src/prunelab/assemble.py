@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 from prunelab.config import (as_user_error, check_int, check_manual_optimization, choice,
                              set_on_command_line, target_name, validate_sparsity)
 from prunelab.errors import ConfigError, UserError, one_line
-from prunelab.hardware import check_hardware, speedup_warnings, two_four_warnings
+from prunelab.hardware import (check_hardware, speedup_warnings, to_memory_format,
+                               two_four_warnings)
 from prunelab.robust import AdversarialBatches
 from prunelab.robust import check_settings as check_attack_settings
 
@@ -318,6 +319,7 @@ def assemble(cfg: DictConfig, sparsity: float | None = None) -> RunParts:
     datamodule, net, model_name = data_and_model(cfg)
     try:
         warns = load_init(net, cfg)  # init_from: trained weights, before the masks bind
+        to_memory_format(net, cfg.hardware)  # the layout the masks are then created in
         method = build_method(cfg.pruner)
         check_dynamic(method, cfg)
         check_fine_tuning(method, cfg)

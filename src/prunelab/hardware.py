@@ -15,6 +15,9 @@ from prunelab.schemas import RUNTIMES
 
 #: Deployment targets, and what kind of sparsity runs faster there.
 TARGETS = ("cpu", "edge_cpu", "gpu", "gpu_2to4")
+#: The memory layouts a network can train in (``hardware.memory_format``): PyTorch's default
+#: NCHW, or NHWC, which oneDNN's CPU convolutions (and tensor-core GPUs) run faster.
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
 def check_hardware(hw: DictConfig, name: str) -> None:
@@ -25,6 +28,7 @@ def check_hardware(hw: DictConfig, name: str) -> None:
     runtime = hw.get("runtime", "eager")
     if runtime not in RUNTIMES:
         raise ConfigError(f"hardware.runtime={runtime!r}; allowed: {', '.join(RUNTIMES)}")
+    memory_format(hw)
     if hw.accelerator != "gpu":
         return
     import torch
@@ -37,6 +41,24 @@ def check_hardware(hw: DictConfig, name: str) -> None:
         raise ConfigError(f"hardware=gpu_2to4 needs a GPU with semi-structured sparse support "
                           f"(compute capability >= 8.0); this {torch.cuda.get_device_name()} has "
                           f"{cap}")
+
+
+def memory_format(hw: DictConfig) -> str:
+    """``hardware.memory_format`` (default contiguous), checked against :data:`MEMORY_FORMATS`."""
+    fmt = str(hw.get("memory_format") or "contiguous")
+    if fmt not in MEMORY_FORMATS:
+        raise ConfigError(f"hardware.memory_format={fmt!r}; allowed: {', '.join(MEMORY_FORMATS)}")
+    return fmt
+
+
+def to_memory_format(net: Any, hw: DictConfig) -> None:
+    """Lay the 4-D parameters of ``net`` out as ``hardware.memory_format`` says, in place (the
+    same Parameter objects, so masks and optimizers bound later or earlier still see them); the
+    convolutions' outputs then follow. Values are unchanged: the layout only."""
+    if memory_format(hw) == "channels_last":
+        import torch
+
+        net.to(memory_format=torch.channels_last)
 
 
 def job_threads(cfg: DictConfig) -> int | None:

@@ -55,6 +55,9 @@ CASES = {
                                    "is below the smallest reachable latency on this target"),
     "hardware_runtime_unknown": (["hardware.runtime=tflite"],
                                  "hardware.runtime='tflite'; allowed: eager, executorch, onnxruntime"),
+    "hardware_memory_format_unknown": (["hardware.memory_format=nhwc"],
+                                       "hardware.memory_format='nhwc'; allowed: contiguous, "
+                                       "channels_last"),
     "latency_aware_without_budget": (["pruner=latency_aware", "schedule=oneshot"],
                                      "pruner=latency_aware needs hardware.latency_budget_ms="),
     "latency_aware_gradual": (["pruner=latency_aware", "hardware.latency_budget_ms=1"],
