@@ -43,6 +43,8 @@ Diagnostic contenders (not run by default; pass them to ``--contenders``) split 
                          ``MNISTDataModule`` serves) over the same tensors, unshuffled, so the
                          batches are equal (copies made by indexing every epoch): prunelab's
                          realistic counterpart of ``modelpruning_dl``.
+* ``prunelab_cl``     -- ``prunelab`` with the network in the channels_last memory format
+                         (``hardware.memory_format=channels_last``): what the layout buys conv nets.
 
 Method: for every repetition the contenders run one after another (A B C D A B C D ...); each run
 builds a fresh copy of the same initial network, trains ``1 + epochs_per_rep`` epochs and the
@@ -100,13 +102,15 @@ SPARSITY = 0.9
 DEFAULT_CONTENDERS = ("bare", "modelpruning", "prunelab", "prunelab_g8", "modelpruning_dl")
 GROUP = 8  # prunelab_g8: data.steps_per_batch=8
 DIAGNOSTIC_CONTENDERS = ("bare_masked", "pl_minimal", "pl_minimal_prune", "pl_minimal_mp",
-                         "pl_dense", "pl_typical", "prunelab_tbl")
+                         "pl_dense", "pl_typical", "prunelab_tbl", "prunelab_cl")
 ALL_CONTENDERS = DEFAULT_CONTENDERS + DIAGNOSTIC_CONTENDERS
 
 #: model -> input shape, default samples per epoch, target (max prunelab / bare epoch-time ratio)
 MODELS: dict[str, dict[str, Any]] = {
     "mlp": {"input_shape": (1, 28, 28), "subset": 20000, "target": 1.3,
             "data": "MNIST (bundled IDX files, normalized)", "label": "LeNet-300-100"},
+    "lenet5": {"input_shape": (1, 28, 28), "subset": 10000, "target": 1.3,
+               "data": "MNIST (bundled IDX files, normalized)", "label": "LeNet-5"},
     "resnet20": {"input_shape": (3, 32, 32), "subset": 2048, "target": 1.1,
                  "data": "synthetic CIFAR-shaped N(0,1) 3x32x32, 10 classes", "label": "ResNet-20"},
 }
@@ -284,7 +288,7 @@ def run_lightning(kind: str, net: nn.Module, batches, loaders: dict[str, Any], e
         module = TypicalClassifier(net, num_classes=num_classes, optimizer=optimizer)
     else:
         module = ClassifierModule(net, num_classes=num_classes, optimizer=optimizer)
-    if kind in ("prunelab", "pl_minimal_prune", "prunelab_tbl", "prunelab_g8"):
+    if kind in ("prunelab", "pl_minimal_prune", "prunelab_tbl", "prunelab_g8", "prunelab_cl"):
         pruner = Magnitude()
         callbacks.append(PruningCallback(pruner, OneShot(0), SPARSITY))
     elif kind in ("modelpruning", "modelpruning_dl", "pl_minimal_mp"):
@@ -325,7 +329,7 @@ def check_sparsity(kind: str, net: nn.Module) -> None:
 def bench_model(name: str, args: argparse.Namespace, contenders: Sequence[str]) -> dict[str, Any]:
     spec = MODELS[name]
     n = args.subset.get(name, spec["subset"])
-    if name == "mlp":
+    if name in ("mlp", "lenet5"):
         x, y = load_mnist(n, args.seed)
     else:
         x, y = synthetic_cifar(n, args.seed)
@@ -359,6 +363,8 @@ def bench_model(name: str, args: argparse.Namespace, contenders: Sequence[str]) 
     for rep in range(args.reps):
         for kind in contenders:
             net = copy.deepcopy(template)
+            if kind == "prunelab_cl":
+                net = net.to(memory_format=torch.channels_last)
             if kind in ("bare", "bare_masked"):
                 times = run_bare(net, batches, epochs, args.lr, args.momentum,
                                  masked=kind == "bare_masked")
