@@ -80,6 +80,9 @@ class NMConf(MethodConf):
 @dataclass
 class SensitivityConf(MethodConf):
     profile: Optional[str] = None  # sensitivity profile YAML (required)
+    score: str = "magnitude"  # what goes within each layer: magnitude | taylor | random
+    score_batches: int = 10  # taylor at epoch 0: batches that gather |w * dL/dw|
+    seed: int = "${seed}"  # type: ignore[assignment]  # random: the generator's seed
     default_sparsity: float = "${profile_sparsity:${.profile}}"  # type: ignore[assignment]
 
 

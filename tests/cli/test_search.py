@@ -42,7 +42,7 @@ def rows(out):
 def test_search_runs_trials_as_runs_writes_the_front_and_resumes(dense, tmp_path):
     out = tmp_path / "s"
     args = [f"run={dense}", "n_trials=2", *TRIALS, "baselines.sensitivity=false",
-            f"hydra.run.dir={out}"]
+            "params={pruner.score: 'choice(magnitude,taylor)'}", f"hydra.run.dir={out}"]
     p = search(args, tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     table = rows(out)
@@ -67,6 +67,10 @@ def test_search_runs_trials_as_runs_writes_the_front_and_resumes(dense, tmp_path
     distinct = {tuple(sorted(t.params.items())) for t in study.trials  # a repeat is not rerun
                 if t.state.name == "COMPLETE"}
     assert len(list((out / "trials").glob("*/results.json"))) == len(distinct)
+    for r in trials:  # the method that ranks within each layer is searched with the policy
+        run_cfg = yaml.safe_load((out / "trials" / f"{int(r['number']):04d}" / ".hydra" /
+                                  "config.yaml").read_text())
+        assert run_cfg["pruner"]["score"] == study.trials[int(r["number"])].params["pruner.score"]
     # taken as is by pruner=sensitivity: the trials above are train runs given such a file
     assert load_profile(out / "best_policy_0.yaml")["layers"]
     before = sorted(p.name for p in (out / "trials").iterdir())

@@ -74,6 +74,55 @@ def test_structured_profile_removes_exactly_the_policy_channels(tmp_path):
         assert norms[~rows.any(1)].max() <= norms[rows.any(1)].min()  # smallest L1 norms go
 
 
+@pytest.mark.parametrize("granularity", ["unstructured", "channels"])
+def test_the_score_within_each_layer_is_the_searched_method(tmp_path, granularity):
+    """``pruner.score=taylor``: each layer still goes to the policy's ratio, and what goes is
+    the smallest accumulated |w * dL/dw| (given here), not the smallest |w|."""
+    from prunelab.pruning.methods import Sensitivity
+
+    net = lenet5()
+    space = build_space(net, {}, granularity, 0.9, 0.05)
+    ratios = dict(zip(space.names, [0.5, 0.3, 0.75, 0.2]))
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(space.profile(ratios)))
+    params = dict(net.named_parameters())
+    gen = torch.Generator().manual_seed(1)
+    stats = {n: {"wg": torch.rand(p.shape, generator=gen)} for n, p in params.items()}
+    masks = {}
+    for score in ("magnitude", "taylor"):
+        method = Sensitivity(profile=str(path), score=score)
+        assert ("gradients" in method.needs) == (score == "taylor")
+        prunable = {n: params[n] for n in method.resolve(net)}
+        old = method.prepare(net)
+        masks[score] = method.compute_masks(prunable, {n: old[n] for n in prunable},
+                                            space.profile(ratios)["target_sparsity"], stats=stats)
+    profile = space.profile(ratios)["layers"]
+    for name, ratio in profile.items():
+        new, wg = masks["taylor"][name], stats[name]["wg"]
+        if granularity == "unstructured":
+            assert int((~new).sum()) == round(ratio * new.numel()), name
+            assert wg[~new].max() <= wg[new].min(), name  # the smallest |w * dL/dw| go
+        else:
+            rows = new.reshape(new.shape[0], -1)
+            dead = ~rows.any(1)
+            assert int(dead.sum()) == round(ratio * rows.shape[0]), name
+            score = wg.reshape(rows.shape[0], -1).sum(1)  # a channel's: its elements' sum
+            assert score[dead].max() <= score[~dead].min(), name
+    assert any(not torch.equal(masks["taylor"][n], masks["magnitude"][n]) for n in masks["taylor"])
+
+
+def test_an_unknown_score_is_one_line(tmp_path):
+    from prunelab.pruning.methods import Sensitivity
+    from prunelab.pruning.params import PruningConfigError
+
+    space = build_space(lenet5(), {}, "unstructured", 0.9, 0.05)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(space.profile(space.uniform(0.5))))
+    with pytest.raises(PruningConfigError, match=r"pruner.score='l2'; allowed: magnitude, "
+                                                 r"taylor, random"):
+        Sensitivity(profile=str(path), score="l2")
+
+
 def test_params_specs_and_their_errors():
     parsed = parse_params({"optimizer.lr": "log(1e-4,1e-2)", "epochs": "int(1,3)",
                            "pruner.norm": "choice(1,2)", "x": "float(0, 0.5)"})

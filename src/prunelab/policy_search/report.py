@@ -43,7 +43,8 @@ def write_report(out: Path, summary: Mapping[str, Any]) -> Path:
                *_table(summary["chosen"], ["name", "policy", *objectives, "sparsity",
                                            "hyperparameters"]), "",
                *(["Use one: `python -m prunelab.train pruner=sensitivity pruner.profile=<search "
-                  "dir>/best_policy_<i>.yaml init_from=<run> ...`", ""]
+                  "dir>/best_policy_<i>.yaml init_from=<run> ...` with its hyperparameters as "
+                  "overrides", ""]
                  if any(r.get("policy") for r in summary["chosen"]) else [])]
     if summary["baselines"]:
         md += ["## Baselines (proxy)", "", *_table(summary["baselines"], keys), ""]

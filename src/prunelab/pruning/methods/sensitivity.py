@@ -12,18 +12,30 @@ from torch import nn
 from prunelab.config import load_profile
 from prunelab.pruning.methods.base import ScoreThenSelect
 from prunelab.pruning.methods.channels import ChannelLayout, select_unit_ratios
+from prunelab.pruning.methods.gradient import score_batches_setting
 from prunelab.pruning.params import PruningConfigError
+from prunelab.pruning.scores import get_score
 from prunelab.pruning.selection import select_masks
+
+#: What goes within each layer (``pruner.score``), with what it needs besides the profile: the
+#: smallest |w|, the smallest accumulated |w * dL/dw| (Taylor; gathered over the epoch before the
+#: event, or ``score_batches`` batches at epoch 0), or random elements (the control).
+SCORES = {"magnitude": frozenset(), "taylor": frozenset({"gradients"}), "random": frozenset()}
 
 
 class Sensitivity(ScoreThenSelect):
-    """|w| per layer, each layer to its own target: the profile's sparsity for it scaled by
-    ``target / profile target`` (so the run reaches the profile exactly when ``sparsity`` is the
-    profile's target). Layers the profile does not name are not pruned.
+    """|w| per layer (or another score), each layer to its own target: the profile's sparsity
+    for it scaled by ``target / profile target`` (so the run reaches the profile exactly when
+    ``sparsity`` is the profile's target). Layers the profile does not name are not pruned.
 
     Args:
         profile: a YAML written by ``python -m prunelab.sensitivity`` (required).
         include, exclude: which parameters (see :class:`PruningMethod`).
+        score: what goes within each layer, one of :data:`SCORES` (the policy search can
+            search it: ``params={pruner.score: choice(magnitude,taylor)}``).
+        score_batches: ``taylor`` with nothing gathered (an event at epoch 0): batches of the
+            pass that gathers the scores.
+        seed: ``random``: seeds the generator.
     """
 
     name = "sensitivity"
@@ -32,12 +44,18 @@ class Sensitivity(ScoreThenSelect):
     channel_norm = 1
 
     def __init__(self, profile: str | None = None, include: Sequence[str] | None = None,
-                 exclude: Sequence[str] = ()):
+                 exclude: Sequence[str] = (), score: str = "magnitude", score_batches: int = 10,
+                 seed: int = 0):
         if not profile:
             raise PruningConfigError("pruner=sensitivity needs pruner.profile=<yaml> (written by "
                                      "python -m prunelab.sensitivity)")
+        if score not in SCORES:
+            raise PruningConfigError(f"pruner.score={score!r}; allowed: {', '.join(SCORES)}")
         self.profile = load_profile(profile)
-        super().__init__("layer", self.profile["granularity"], include, exclude)
+        super().__init__("layer", self.profile["granularity"], include, exclude, seed)
+        self.score_fn = get_score(score)
+        self.needs = type(self).needs | SCORES[score]
+        self.score_batches = score_batches_setting(score_batches)
 
     def resolve(self, model: nn.Module) -> dict[str, nn.Parameter]:
         params = super().resolve(model)
