@@ -31,10 +31,16 @@ ADDED_DEFAULTS = {"init_from": None, "calibration_batches": 20,
                             "fraction": 0.5, "start_epoch": 0}}
 #: The same for keys added inside a group (``pruner.distribution``, ``schedule.rewind``).
 ADDED_SUBKEY_DEFAULTS = {"pruner": {"distribution": None, "latency_runtime": "eager"},
-                         "hardware": {"runtime": "eager"},
+                         "hardware": {"runtime": "eager", "memory_format": "contiguous"},
                          "schedule": {"rewind": "none", "rewind_epoch": 0,
                                       "every_steps": None},
                          "data": {"shift": 0}}
+#: Keys a method gained after runs were written, by its class (``pruner._target_``): key ->
+#: the settings under which the key is not used (then left out, as an added default).
+UNUSED_METHOD_KEYS = {"prunelab.pruning.methods.Sensitivity": {
+    "score": lambda p: p.get("score") == "magnitude",
+    "score_batches": lambda p: p.get("score", "magnitude") != "taylor",
+    "seed": lambda p: p.get("score", "magnitude") != "random"}}
 #: Set by the run itself (``pretrained.init_identity``), absent from ``.hydra/config.yaml``:
 #: compared only when both configs have it.
 DERIVED_KEYS = ("init_from_sha256",)
@@ -65,6 +71,10 @@ def result_config(config: Mapping[str, Any], seedless: bool = False) -> dict[str
         if isinstance(cfg.get(key), Mapping):
             cfg[key] = {k: v for k, v in cfg[key].items()
                         if not (k in defaults and v == defaults[k])}
+    pruner = cfg.get("pruner")
+    unused = UNUSED_METHOD_KEYS.get(pruner.get("_target_"), {}) if isinstance(pruner, Mapping) else {}
+    if unused:
+        cfg["pruner"] = {k: v for k, v in pruner.items() if not (k in unused and unused[k](pruner))}
     drop = {key: list(sub) for key, sub in NON_RESULT_SUBKEYS.items()}
     if seedless:
         for key, sub in SEED_KEYS.items():
@@ -131,7 +141,8 @@ def measure_model(net: nn.Module, prunable: Sequence[str], input_shape: Sequence
     """Sparsity, parameters, MACs, size on disk and CPU latency of ``net`` as it is now."""
     from prunelab import metrics as measure
 
-    cpu_net = copy.deepcopy(net).float().cpu().eval()
+    cpu_net = copy.deepcopy(net).float().cpu().eval().to(  # timed in the default layout,
+        memory_format=torch.contiguous_format)             # whatever the training's
     sp = measure.sparsity_report(cpu_net, list(prunable))
     out: dict[str, Any] = {
         "sparsity": {"global": sp["global"], "per_layer": sp["per_layer"],

@@ -254,8 +254,11 @@ def test_lth_conv2_runs_on_synthetic_cifar_shapes(tmp_path):
     cfg = compose_lottery("experiment=lth_conv2", "data=synthetic", "data.num_samples=256",
                           "data.val_size=64", "data.num_test_samples=64", "data.batch_size=60",
                           "epochs=1", "lottery.levels=1", "logger=none",
-                          "trainer.enable_progress_bar=false")
-    rows = LotteryRun(cfg, tmp_path, log=lambda s: None).run()
+                          "trainer.enable_progress_bar=false", "hardware.memory_format=channels_last")
+    run = LotteryRun(cfg, tmp_path, log=lambda s: None)
+    rows = run.run()
+    first = run._new_net().features[0].weight  # every level's network trains in NHWC
+    assert first.is_contiguous(memory_format=torch.channels_last) and not first.is_contiguous()
     mask = load(tmp_path / "level_01" / "mask.pt")
     conv = mask["features.0.weight"]
     assert abs(int(conv.sum()) - 0.9 * conv.numel()) <= 1  # conv layers: 10% per level
@@ -357,6 +360,9 @@ def test_group_hash_ignores_seeds_and_control_and_is_the_one_runs_wrote_before()
     assert group_hash({**config, "seed": 3, "data.seed": 3,
                        "lottery.control": "random_mask"}) == group_hash(config)
     assert group_hash({**config, "lottery.prune_fraction": 0.3}) != group_hash(config)
+    # a key added later, at its default, leaves the identity of earlier runs alone
+    assert group_hash({**config, "hardware.memory_format": "contiguous"}) == group_hash(config)
+    assert group_hash({**config, "hardware.memory_format": "channels_last"}) != group_hash(config)
 
 
 def test_help_lists_the_lottery_groups_and_experiments_only(tmp_path):

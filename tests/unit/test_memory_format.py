@@ -53,3 +53,12 @@ def test_channels_last_prunes_the_same_elements_and_keeps_them_zero(runs):
     assert nhwc.config.hardware.memory_format == "channels_last"
     # the same function up to float rounding: the two trainings end close together
     assert abs(results["channels_last"]["test_acc"] - results["contiguous"]["test_acc"]) < 0.05
+
+
+def test_latency_aware_times_candidates_in_the_default_layout():
+    from prunelab.models import build_model
+    from prunelab.pruning.methods.latency_aware import LatencyModel
+
+    net = build_model("lenet5", (1, 28, 28), 10).to(memory_format=torch.channels_last)
+    timed = LatencyModel(net, (1, 28, 28), [], batch=1, threads=1, runs=1).model
+    assert all(p.is_contiguous() for p in timed.parameters())  # as measure and export run it

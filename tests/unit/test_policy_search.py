@@ -111,6 +111,17 @@ def test_the_score_within_each_layer_is_the_searched_method(tmp_path, granularit
     assert any(not torch.equal(masks["taylor"][n], masks["magnitude"][n]) for n in masks["taylor"])
 
 
+def test_a_policy_that_prunes_nothing_leaves_the_method_settings_out(tmp_path):
+    from prunelab.policy_search.trials import trial_command
+
+    params = {"pruner.score": "taylor", "optimizer.lr": 0.01}
+    dense = trial_command([], tmp_path / "run", None, 1, [], params, tmp_path / "t")
+    assert "pruner=none" in dense and "optimizer.lr=0.01" in dense
+    assert not any(a.startswith("pruner.score") for a in dense)  # pruner=none has no score
+    pruned = trial_command([], tmp_path / "run", tmp_path / "p.yaml", 1, [], params, tmp_path / "t")
+    assert "pruner=sensitivity" in pruned and "pruner.score=taylor" in pruned
+
+
 def test_an_unknown_score_is_one_line(tmp_path):
     from prunelab.pruning.methods import Sensitivity
     from prunelab.pruning.params import PruningConfigError

@@ -173,6 +173,31 @@ def test_the_files_content_is_part_of_the_runs_identity(dense, tmp_path):
     assert config_hash(plain) == config_hash(older) and run_config_diff(older, plain) == []
     assert config_hash({**plain, "calibration_batches": 5}) != config_hash(plain)
     assert config_hash({**plain, "init_strict": False}) == config_hash(plain)
+    hardware = {k: v for k, v in plain["hardware"].items() if k != "memory_format"}
+    assert config_hash({**plain, "hardware": hardware}) == config_hash(plain)
+    assert config_hash({**plain, "hardware": {**hardware, "memory_format": "channels_last"}}) \
+        != config_hash(plain)
+
+
+def test_a_sensitivity_run_from_before_pruner_score_keeps_its_identity(tmp_path):
+    import yaml
+    from omegaconf import OmegaConf
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump({"target_sparsity": 0.5, "granularity": "unstructured",
+                                       "layers": {"layers.0.weight": 0.5}}))
+    now = OmegaConf.to_container(compose_config(
+        "train", "pruner=sensitivity", f"pruner.profile={profile}"), resolve=True)
+    older = {**now, "pruner": {k: v for k, v in now["pruner"].items()
+                               if k not in ("score", "score_batches", "seed")}}
+    assert config_hash(older) == config_hash(now) and run_config_diff(older, now) == []
+    for key, value in (("score", "taylor"), ("score", "random")):
+        assert config_hash({**now, "pruner": {**now["pruner"], key: value}}) != config_hash(now)
+    # the seed counts only when the score is random, score_batches only when it is taylor
+    random = {**now["pruner"], "score": "random"}
+    assert config_hash({**now, "pruner": {**random, "seed": 1}}) != \
+        config_hash({**now, "pruner": random})
+    assert config_hash({**now, "pruner": {**now["pruner"], "score_batches": 3}}) == config_hash(now)
 
 
 def test_batchnorm_recalibration_gives_the_running_statistics_of_the_data():

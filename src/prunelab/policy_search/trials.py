@@ -141,7 +141,9 @@ def trial_command(base: Sequence[str], run: str | Path | None, profile: str | Pa
     if epochs is not None:
         args.append(f"epochs={int(epochs)}")
     args += ["measure.latency=false", *extra]
-    args += [f"{k}={_value(v)}" for k, v in params.items()]
+    # a policy that prunes nothing runs pruner=none, which has no pruner.* settings to take
+    args += [f"{k}={_value(v)}" for k, v in params.items()
+             if profile is not None or not k.startswith("pruner.")]
     if threads is not None:
         args.append(f"hardware.threads={int(threads)}")
     args.append(f"hydra.run.dir={_quoted(Path(out_dir).resolve())}")

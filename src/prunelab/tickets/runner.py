@@ -123,7 +123,10 @@ class LotteryRun:
         from prunelab.assemble import data_and_model
         from prunelab.config import as_user_error, choice, target_name
 
+        from prunelab.hardware import memory_format
+
         self.imp = imp_method(self.cfg)
+        memory_format(self.cfg.hardware)  # a bad value is one line before data is read
         dm, net, model_name = data_and_model(self.cfg)
         self._shape, self._classes = tuple(dm.input_shape), int(dm.num_classes)
         # results.json names: Hydra's choice; outside Hydra the registry's names
@@ -159,9 +162,13 @@ class LotteryRun:
 
         from prunelab.models import build_from_config
 
+        from prunelab.hardware import to_memory_format
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.cfg.seed) if seed is None else seed)
-            return build_from_config(self.cfg.model, self._shape, self._classes)
+            net = build_from_config(self.cfg.model, self._shape, self._classes)
+        to_memory_format(net, self.cfg.hardware)  # the layout the masks are then created in
+        return net
 
     # -- the levels --------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:

@@ -24,6 +24,9 @@ FREE_KEYS = ("resume", "lottery.levels", "lottery.masks_from", "logger", "hydra"
              "trainer.log_every_n_steps")
 #: Keys in which a control run and the ticket run it takes masks from may differ.
 CONTROL_KEYS = ("lottery.control",)
+#: Keys added after lottery runs were written, left out at these defaults (so those runs keep
+#: their identity: reruns, controls, report groups).
+ADDED_KEYS = {"hardware.memory_format": "contiguous"}
 #: Flattened keys that :func:`group_hash` leaves out besides the top-level ``seed``.
 GROUP_FREE_KEYS = ("data.seed", *CONTROL_KEYS)
 
@@ -68,13 +71,17 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
             if not any(k == f or k.startswith(f + ".") for f in FREE_KEYS)}
 
 
+def _without_added(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
+
+
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any],
                 ignore: Sequence[str] = ()) -> list[str]:
     """``key (old vs new)`` for every key whose value differs (``RETIRED_KEYS`` left out)."""
     from prunelab.results import RETIRED_KEYS
     from prunelab.results import config_diff as diff
 
-    return diff(old, new, ignore=(*ignore, *RETIRED_KEYS))
+    return diff(_without_added(old), _without_added(new), ignore=(*ignore, *RETIRED_KEYS))
 
 
 def group_hash(config: Mapping[str, Any]) -> str:
@@ -82,5 +89,5 @@ def group_hash(config: Mapping[str, Any]) -> str:
     (``seedless``) of a :func:`result_config` without :data:`GROUP_FREE_KEYS` (seeds, control)."""
     from prunelab.results import config_hash
 
-    return config_hash({k: v for k, v in config.items() if k not in GROUP_FREE_KEYS},
-                       seedless=True)
+    return config_hash({k: v for k, v in _without_added(config).items()
+                        if k not in GROUP_FREE_KEYS}, seedless=True)

@@ -51,7 +51,9 @@ class LatencyModel:
     def __init__(self, model: nn.Module, input_shape: Sequence[int], groups: list, batch: int,
                  threads: int | None, runs: int, runtime: str = "eager"):
         self.runtime = runtime
-        self.model = copy.deepcopy(model).float().cpu().eval()
+        # deployed in the default layout, whatever the training's (hardware.memory_format)
+        self.model = copy.deepcopy(model).float().cpu().eval().to(
+            memory_format=torch.contiguous_format)
         self.shape = tuple(input_shape)
         self.groups = groups
         self.batch = int(batch)
