@@ -30,17 +30,16 @@ ADDED_DEFAULTS = {"init_from": None, "calibration_batches": 20,
                   "train": {"adversarial": None, "epsilon": 0.1, "steps": 7, "alpha": None,
                             "fraction": 0.5, "start_epoch": 0}}
 #: The same for keys added inside a group (``pruner.distribution``, ``schedule.rewind``).
-ADDED_SUBKEY_DEFAULTS = {"pruner": {"distribution": None, "latency_runtime": "eager"},
+ADDED_SUBKEY_DEFAULTS = {"pruner": {"distribution": None, "latency_runtime": "eager",
+                                    "score": "magnitude"},
                          "hardware": {"runtime": "eager", "memory_format": "contiguous"},
                          "schedule": {"rewind": "none", "rewind_epoch": 0,
                                       "every_steps": None},
                          "data": {"shift": 0}}
-#: Keys a method gained after runs were written, by its class (``pruner._target_``): key ->
-#: the settings under which the key is not used (then left out, as an added default).
-UNUSED_METHOD_KEYS = {"prunelab.pruning.methods.Sensitivity": {
-    "score": lambda p: p.get("score") == "magnitude",
-    "score_batches": lambda p: p.get("score", "magnitude") != "taylor",
-    "seed": lambda p: p.get("score", "magnitude") != "random"}}
+#: Keys a method gained after runs were written that count only under one of its settings
+#: (``pruner._target_`` -> key -> (setting, value)); left out otherwise, as added defaults are.
+CONDITIONAL_METHOD_KEYS = {"prunelab.pruning.methods.Sensitivity": {
+    "score_batches": ("score", "taylor"), "seed": ("score", "random")}}
 #: Set by the run itself (``pretrained.init_identity``), absent from ``.hydra/config.yaml``:
 #: compared only when both configs have it.
 DERIVED_KEYS = ("init_from_sha256",)
@@ -72,9 +71,10 @@ def result_config(config: Mapping[str, Any], seedless: bool = False) -> dict[str
             cfg[key] = {k: v for k, v in cfg[key].items()
                         if not (k in defaults and v == defaults[k])}
     pruner = cfg.get("pruner")
-    unused = UNUSED_METHOD_KEYS.get(pruner.get("_target_"), {}) if isinstance(pruner, Mapping) else {}
-    if unused:
-        cfg["pruner"] = {k: v for k, v in pruner.items() if not (k in unused and unused[k](pruner))}
+    if isinstance(pruner, Mapping) and pruner.get("_target_") in CONDITIONAL_METHOD_KEYS:
+        when = CONDITIONAL_METHOD_KEYS[pruner["_target_"]]
+        cfg["pruner"] = {k: v for k, v in pruner.items()
+                         if k not in when or pruner.get(when[k][0]) == when[k][1]}
     drop = {key: list(sub) for key, sub in NON_RESULT_SUBKEYS.items()}
     if seedless:
         for key, sub in SEED_KEYS.items():

@@ -122,7 +122,6 @@ class LotteryRun:
 
         from prunelab.assemble import data_and_model
         from prunelab.config import as_user_error, choice, target_name
-
         from prunelab.hardware import memory_format
 
         self.imp = imp_method(self.cfg)
@@ -160,9 +159,8 @@ class LotteryRun:
     def _new_net(self, seed: int | None = None):
         import torch
 
-        from prunelab.models import build_from_config
-
         from prunelab.hardware import to_memory_format
+        from prunelab.models import build_from_config
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.cfg.seed) if seed is None else seed)
