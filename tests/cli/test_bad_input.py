@@ -2,6 +2,7 @@
 result written (no results.json, no checkpoint)."""
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -116,6 +117,18 @@ CASES = {
                        "pruner.distribution=erk sets each weight tensor's sparsity, which needs "
                        "pruner.granularity=unstructured (this is structured)"),
 }
+if importlib.util.find_spec("torchattacks") is None:  # the optional extra prunelab[robust]
+    CASES["autoattack_not_installed"] = (["eval.adversarial=autoattack"],
+                                         "eval.adversarial=autoattack needs the torchattacks "
+                                         "package (its AutoAttack): pip install torchattacks")
+
+#: Issue 16's bad input (the new methods, control=scratch, the attacks): one line, exit 2, and
+#: not even the run directory is made.
+ISSUE16_CASES = sorted({"rigl_with_a_schedule", "set_schedule_key", "rigl_without_training",
+                        "rigl_delta_t", "set_drop_fraction", "movement_without_trained_weights",
+                        "rewind_epoch_after_first_round", "scratch_without_a_mask",
+                        "erk_structured", "negative_epsilon", "eval_epsilon_above_one",
+                        "train_epsilon_above_one"} | ({"autoattack_not_installed"} & set(CASES)))
 
 #: A sweep job's directory name: Hydra's override syntax (= and ,) inside a path value.
 SWEEP_JOB = "{tmp}/multirun/pruner=magnitude,sparsity=0.7"
@@ -381,6 +394,16 @@ def test_bad_input_is_one_line_error_and_writes_no_result(outcomes, case):
     assert not (run_dir / "results.json").exists()
     assert not (run_dir / "checkpoints").exists()
     assert not (run_dir / "profile.yaml").exists()
+
+
+@pytest.mark.parametrize("case", ISSUE16_CASES)
+def test_issue16_bad_input_exits_2_and_creates_no_directory(outcomes, case):
+    rc, stdout, stderr, run_dir = outcomes[case]
+    assert rc == 2, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prunelab: error: "), stderr[-2000:]
+    assert not run_dir.exists()
+    assert not (run_dir.parent / "outputs").exists()
 
 
 @pytest.mark.parametrize("case", sorted(COMMAND_CASES))

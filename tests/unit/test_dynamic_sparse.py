@@ -208,11 +208,12 @@ def test_training_moves_masks_at_constant_sparsity_with_zero_regrowth(tmp_path, 
     assert cb.state_dict()["method"]["updates"] == len(updates)
 
 
-def test_a_resumed_run_reproduces_masks_and_weights_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("cls", [SET, RigL])
+def test_a_resumed_run_reproduces_masks_and_weights_bit_for_bit(tmp_path, cls):
     def run(directory, epochs, stop_after=None, ckpt_path=None):
         pl.seed_everything(0)
         net = MLP()
-        cb = PruningCallback(SET(delta_t=2, drop_fraction=0.4, decay="cosine", t_end=1.0),
+        cb = PruningCallback(cls(delta_t=2, drop_fraction=0.4, decay="cosine", t_end=1.0),
                              OneShot(0), sparsity=0.7)
         ck = FinalSparsityCheckpoint(dirpath=str(directory), filename="best", monitor="val/acc",
                                      mode="max", save_last=True)

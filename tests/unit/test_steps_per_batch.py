@@ -11,6 +11,7 @@ import torch
 from prunelab.data import BatchGroups, TensorBatchLoader, is_batch_group, iter_batches
 from prunelab.module import ClassifierModule
 from prunelab.pruning import Gradual, Magnitude, OneShot, PruningCallback, PruningMethod, Taylor
+from prunelab.pruning.methods import SET, RigL
 from test_callback import TinyNet, trainer_for
 
 N, BS = 200, 32  # 7 batches per epoch: groups of 3 are 3, 3, 1
@@ -119,6 +120,21 @@ def test_grouped_training_is_step_for_step_the_same(tmp_path, method):
         assert torch.equal(a, ref_cb.rewind_state[name]), name
     zeros = sum(int((p == 0).sum()) for p in cb.masks.params.values())
     assert zeros > 0.79 * sum(p.numel() for p in cb.masks.params.values())
+
+
+@pytest.mark.parametrize("cls", [SET, RigL])
+def test_grouped_training_moves_dynamic_masks_at_the_same_steps(tmp_path, cls):
+    """SET and RigL move their masks after every delta_t-th optimizer step, also inside a group
+    (data.steps_per_batch=auto groups MNIST runs): the same masks, weights and update count."""
+    method = lambda: cls(delta_t=2, drop_fraction=0.4, t_end=1.0)  # noqa: E731
+    ref_net, ref_cb, ref_chk, _ = train(tmp_path, 1, method(), OneShot(0))
+    net, cb, chk, tr = train(tmp_path, 3, method(), OneShot(0))
+    assert tr.global_step == 21 and chk.violations == 0 == ref_chk.violations
+    assert cb.pruner.updates == ref_cb.pruner.updates >= 9
+    for name in cb.masks:
+        assert torch.equal(cb.masks[name], ref_cb.masks[name]), name
+    for (name, a), b in zip(net.state_dict().items(), ref_net.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_rewind_snapshot_is_taken_after_exactly_k_steps(tmp_path):
