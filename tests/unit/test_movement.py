@@ -1,5 +1,6 @@
 """Movement pruning: the score is -sum over every step of W * dL/dW, hard = top-v per tensor,
-soft = one global threshold; its schedule must start after some fine-tuning."""
+soft = one global threshold, or per-tensor shares of the budget from pruner.distribution; its
+schedule must start after some fine-tuning."""
 
 import pytest
 import pytorch_lightning as pl
@@ -9,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from prunelab.module import ClassifierModule
 from prunelab.pruning import Gradual, OneShot, PruningCallback
+from prunelab.pruning.distribution import kept_counts
 from prunelab.pruning.methods import Movement
 from prunelab.pruning.params import PruningConfigError
 
@@ -41,13 +43,15 @@ class Movements(pl.Callback):
             self.at_event[trainer.current_epoch] = {n: s.clone() for n, s in self.sum.items()}
 
 
-@pytest.mark.parametrize("variant", ["hard", "soft"])
+@pytest.mark.parametrize("variant", ["hard", "soft", "erk"])
 def test_masks_keep_the_weights_that_moved_away_from_zero(tmp_path, variant):
     pl.seed_everything(0)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(160, 10, generator=g)
     data = DataLoader(TensorDataset(x, (x[:, :3].argmax(1))), batch_size=16)
-    cb = PruningCallback(Movement(variant=variant), OneShot(2), sparsity=0.6)
+    method = (Movement(variant="soft", distribution="erk") if variant == "erk"
+              else Movement(variant=variant))
+    cb = PruningCallback(method, OneShot(2), sparsity=0.6)
     tally = Movements(cb)
     module = ClassifierModule(Net(), 3, optimizer=lambda params: torch.optim.SGD(params, lr=0.05))
     pl.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False,
@@ -56,16 +60,20 @@ def test_masks_keep_the_weights_that_moved_away_from_zero(tmp_path, variant):
                num_sanity_val_steps=0).fit(module, data)
     scores = tally.at_event[2]
     keep = {n: cb.masks[n] for n in cb.masks}
-    if variant == "hard":  # each tensor: its own top 40 %
+    if variant in ("hard", "erk"):  # each tensor: its own top 40 %, or its ERK share
+        counts = kept_counts({n: tuple(s.shape) for n, s in scores.items()}, 0.6, "erk")
+        assert variant == "hard" or len(set(c / scores[n].numel() for n, c in counts.items())) > 1
         for n, s in scores.items():
-            assert int((~keep[n]).sum()) == round(0.6 * s.numel())
+            kept = round(0.4 * s.numel()) if variant == "hard" else counts[n]
+            assert int(keep[n].sum()) == kept
             assert s[keep[n]].min() >= s[~keep[n]].max() - 1e-6
     else:  # one threshold over all tensors
         kept = torch.cat([scores[n][keep[n]] for n in scores])
         gone = torch.cat([scores[n][~keep[n]] for n in scores])
         assert gone.numel() == round(0.6 * (kept.numel() + gone.numel()))
         assert kept.min() >= gone.max() - 1e-6
-    assert cb.pruner.describe()["method_report"] == {"variant": variant}
+    assert cb.pruner.describe()["method_report"] == {"variant": method.variant}
+    assert cb.pruner.describe()["scope"] == {"hard": "layer", "soft": "global", "erk": "erk"}[variant]
 
 
 def test_a_first_event_before_any_step_and_an_unknown_variant_are_refused():

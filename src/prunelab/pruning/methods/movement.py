@@ -13,6 +13,8 @@ what distinguishes it from magnitude pruning, which favours large pretrained wei
 - ``variant=soft``: one threshold over all scores (the paper's soft movement pruning lets each
   layer's sparsity follow the scores; its threshold and score penalty set the final sparsity,
   here the threshold is the one that meets the run's exact target).
+- ``distribution=uniform|erk`` (either variant): each weight tensor's share of the global
+  budget is set in advance, then each keeps its top scores.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Movement(ScoreThenSelect):
 
     Args:
         variant: ``hard`` (top-v per weight tensor) or ``soft`` (one global threshold).
-        include, exclude, seed: see :class:`ScoreThenSelect`.
+        include, exclude, seed, distribution: see :class:`ScoreThenSelect`.
     """
 
     name = "movement"
@@ -53,13 +55,13 @@ class Movement(ScoreThenSelect):
     granularities = ("unstructured",)
 
     def __init__(self, variant: str = "hard", include: Sequence[str] | None = None,
-                 exclude: Sequence[str] = (), seed: int = 0):
+                 exclude: Sequence[str] = (), seed: int = 0, distribution: str | None = None):
         variant = _value(variant)
         if variant not in VARIANTS:
             raise PruningConfigError(f"pruner.variant={variant!r} is not one of "
                                      f"{', '.join(VARIANTS)}")
         super().__init__("layer" if variant == "hard" else "global", "unstructured", include,
-                         exclude, seed)
+                         exclude, seed, distribution)
         self.variant = variant
 
     @staticmethod
