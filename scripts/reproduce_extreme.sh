@@ -36,3 +36,21 @@ if [[ "${BASELINE:-0}" == 1 ]]; then
   python -m prunelab.train -m experiment=lenet300_mnist pruner=global_magnitude \
     sparsity=0.98,0.99 seed="$SEEDS" "${COMMON[@]}" hydra.sweep.dir="$OUT/lenet300_baseline"
 fi
+
+if [[ "${TEACHER:-0}" == 1 ]]; then
+  # The same rows with a dense teacher (distill.teacher: alpha 0.9, T 4; reported separately in
+  # BENCHMARKS.md): each model's dense network trained with its row's recipe, then the students.
+  python -m prunelab.train experiment=extreme_mnist pruner=none sparsity=0 seed=0 \
+    "${COMMON[@]}" hydra.run.dir="$OUT/teacher_lenet300"
+  python -m prunelab.train experiment=extreme_mnist model=lenet5 data.batch_size=128 \
+    optimizer.lr=0.03 module.gradient_clip_val=2 pruner=none sparsity=0 seed=0 "${COMMON[@]}" \
+    hydra.run.dir="$OUT/teacher_lenet5"
+  python -m prunelab.train -m experiment=extreme_mnist sparsity=0.98 seed="$SEEDS" \
+    distill.teacher="$OUT/teacher_lenet300" "${COMMON[@]}" hydra.sweep.dir="$OUT/lenet300_98_kd"
+  python -m prunelab.train -m experiment=extreme_mnist sparsity=0.99 seed="$SEEDS" \
+    schedule.end_epoch=16 "lr_scheduler.milestones=[17,19]" distill.teacher="$OUT/teacher_lenet300" \
+    "${COMMON[@]}" hydra.sweep.dir="$OUT/lenet300_99_kd"
+  python -m prunelab.train -m experiment=extreme_mnist model=lenet5 data.batch_size=128 \
+    optimizer.lr=0.03 module.gradient_clip_val=2 sparsity=0.99 seed="$SEEDS" \
+    distill.teacher="$OUT/teacher_lenet5" "${COMMON[@]}" hydra.sweep.dir="$OUT/lenet5_99_kd"
+fi
