@@ -13,11 +13,16 @@ as much as the network itself (see BENCHMARKS.md):
   small tensor ops per step); validation and test use torchmetrics;
 - Lightning's per-hook bookkeeping attribute bypasses ``nn.Module.__setattr__``;
 - a training batch may be a group of batches (``data.steps_per_batch``,
-  :class:`~prunelab.data.loader.BatchGroups`): one optimizer step per batch of the group.
+  :class:`~prunelab.data.loader.BatchGroups`): one optimizer step per batch of the group;
+- a nan or inf training loss is a one-line error (:class:`DivergenceError`); a finite epoch mean
+  far above chance level's is a warning kept in ``training_warnings`` (and the checkpoint): the
+  weights blew up, which a run may not recover from without ever producing a nan.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -64,6 +69,9 @@ class ClassifierModule(pl.LightningModule):
     """
 
     FLUSH_EVERY = 32  # training steps whose loss / accuracy are reduced together
+    #: an epoch's mean training loss above this many times ln(num_classes) (the cross-entropy at
+    #: chance level) is a blow-up worth a warning (MNIST runs' first epochs: 0.1-0.4 vs 2.30)
+    BLOWUP_FACTOR = 10.0
 
     def __init__(self, net: nn.Module | None = None, num_classes: int | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None,
@@ -101,6 +109,8 @@ class ClassifierModule(pl.LightningModule):
         self._flushed = 0  # the epoch's steps already added to the sums
         self._first_bad: torch.Tensor | None = None  # the epoch's first step with a bad loss
         self._epoch_start_step = 0  # optimizer steps before this epoch
+        self._num_classes = int(num_classes)
+        self.training_warnings: list[str] = []  # the run's first blow-up (_warn_on_blowup)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets ``_current_fx_name`` around every hook call (about 30 times per training
@@ -222,6 +232,29 @@ class ClassifierModule(pl.LightningModule):
             f"loss is {'nan' if value != value else value} at epoch {self.current_epoch} step "
             f"{step}: training diverged; lower optimizer.lr{lr} or set module.gradient_clip_val")
 
+    def _warn_on_blowup(self, mean_loss: float) -> None:
+        """The run's first epoch whose mean training loss exceeds ``BLOWUP_FACTOR`` times
+        chance level: a one-line warning, kept for results.json (``training_warnings``)."""
+        chance = math.log(self._num_classes)
+        if self.training_warnings or chance <= 0 or not mean_loss > self.BLOWUP_FACTOR * chance:
+            return
+        msg = (f"the training loss averaged {mean_loss:.4g} over epoch {self.current_epoch}, "
+               f"{mean_loss / chance:.0f}x its chance level (ln {self._num_classes} = "
+               f"{chance:.2f}): the weights blew up and may not recover; lower optimizer.lr or "
+               f"set module.gradient_clip_val")
+        self.training_warnings.append(msg)
+        if self._trainer is None or self._trainer.is_global_zero:
+            print(f"prunelab: warning: {msg}", file=sys.stderr)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["prunelab_training_warnings"] = list(self.training_warnings)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # merged, not replaced: testing the best checkpoint must not drop a later epoch's warning
+        for w in checkpoint.get("prunelab_training_warnings", []):
+            if w not in self.training_warnings:
+                self.training_warnings.append(w)
+
     def on_validation_epoch_start(self) -> None:
         trainer = self._trainer
         if trainer is not None and trainer.state.fn == "fit":
@@ -234,6 +267,7 @@ class ClassifierModule(pl.LightningModule):
             n = self._train_seen
             self.log("train/loss", s[0] / n, sync_dist=True)
             self.log("train/acc", s[1] / n, prog_bar=True, sync_dist=True)
+            self._warn_on_blowup(float(s[0]) / n)  # s was read by _check_finite: no extra wait
             if self.regularizer is not None:
                 self.log("train/penalty", self._penalty_sum / self._train_steps, sync_dist=True)
         if self.scheduler_interval == "epoch":

@@ -1,6 +1,7 @@
 """ClassifierModule: epoch metrics, LR scheduling and clipping under manual optimization."""
 
 import functools
+import math
 
 import pytest
 import pytorch_lightning as pl
@@ -105,3 +106,54 @@ def test_a_diverged_loss_stops_the_run_with_a_clear_error():
     module._train_seen = 4
     with pytest.raises(FloatingPointError, match="training diverged"):
         module.on_train_epoch_end()
+
+
+def test_a_blown_up_but_finite_loss_is_one_warning_kept_in_the_checkpoint(tmp_path, capsys):
+    """Logits 1000x too large (lr 0: they stay so) average a finite cross-entropy far above
+    ln(3): one warning for the run (not one per epoch), printed and kept through a checkpoint;
+    the same network at its normal scale warns nothing."""
+    def fit(scale, epochs=2):
+        torch.manual_seed(0)
+        net = nn.Linear(5, 3)
+        with torch.no_grad():
+            net.weight.mul_(scale)
+        module = ClassifierModule(net, 3, optimizer=functools.partial(torch.optim.SGD, lr=0.0))
+        t = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False,
+                       enable_progress_bar=False, enable_model_summary=False,
+                       default_root_dir=str(tmp_path))
+        t.fit(module, data())
+        return module, t
+
+    module, t = fit(1.0)
+    assert module.training_warnings == [] and "warning" not in capsys.readouterr().err
+    module, t = fit(1000.0)
+    loss = t.callback_metrics["train/loss"].item()
+    assert math.isfinite(loss) and loss > 10 * math.log(3)
+    assert len(module.training_warnings) == 1
+    msg = module.training_warnings[0]
+    assert msg.startswith(f"the training loss averaged {loss:.4g} over epoch 0, ")
+    assert msg.endswith("lower optimizer.lr or set module.gradient_clip_val")
+    assert capsys.readouterr().err.count("prunelab: warning: the training loss averaged") == 1
+    path = tmp_path / "m.ckpt"
+    t.save_checkpoint(str(path))
+    fresh = ClassifierModule(nn.Linear(5, 3), 3, optimizer=torch.optim.SGD)
+    fresh.on_load_checkpoint(torch.load(path, weights_only=False))
+    fresh.on_load_checkpoint(torch.load(path, weights_only=False))  # merged, not doubled
+    assert fresh.training_warnings == [msg]
+
+
+def test_a_runs_blow_up_warning_reaches_results_json(tmp_path, monkeypatch):
+    """train.run puts the module's training warnings beside assembly's in results.json (here
+    every epoch counts as a blow-up: the factor is 0)."""
+    import json
+
+    from helpers import FAST, compose_config
+
+    from prunelab.train import run
+
+    monkeypatch.setattr(ClassifierModule, "BLOWUP_FACTOR", 0.0)
+    cfg = compose_config("train", *FAST, "pruner=none", "sparsity=0")
+    run(cfg, tmp_path)
+    res = json.loads((tmp_path / "results.json").read_text())
+    blowups = [w for w in res["warnings"] if w.startswith("the training loss averaged ")]
+    assert len(blowups) == 1 and " over epoch 0, " in blowups[0]
