@@ -42,9 +42,10 @@ if [[ "${TEACHER:-0}" == 1 ]]; then
   # BENCHMARKS.md): each model's dense network trained with its row's recipe, then the students.
   python -m prunelab.train experiment=extreme_mnist pruner=none sparsity=0 seed=0 \
     "${COMMON[@]}" hydra.run.dir="$OUT/teacher_lenet300"
+  # LeNet-5 here in channels_last, as measured (1.5x faster on the CPU; float rounding differs)
   python -m prunelab.train experiment=extreme_mnist model=lenet5 data.batch_size=128 \
     optimizer.lr=0.03 module.gradient_clip_val=2 pruner=none sparsity=0 seed=0 "${COMMON[@]}" \
-    hydra.run.dir="$OUT/teacher_lenet5"
+    hardware.memory_format=channels_last hydra.run.dir="$OUT/teacher_lenet5"
   # the students' gradient norm clipped at 2: unclipped, the distillation loss blew up in the
   # first steps of one MLP seed in three
   python -m prunelab.train -m experiment=extreme_mnist sparsity=0.98 seed="$SEEDS" \
@@ -55,5 +56,6 @@ if [[ "${TEACHER:-0}" == 1 ]]; then
     distill.teacher="$OUT/teacher_lenet300" "${COMMON[@]}" hydra.sweep.dir="$OUT/lenet300_99_kd"
   python -m prunelab.train -m experiment=extreme_mnist model=lenet5 data.batch_size=128 \
     optimizer.lr=0.03 module.gradient_clip_val=2 sparsity=0.99 seed="$SEEDS" \
-    distill.teacher="$OUT/teacher_lenet5" "${COMMON[@]}" hydra.sweep.dir="$OUT/lenet5_99_kd"
+    hardware.memory_format=channels_last distill.teacher="$OUT/teacher_lenet5" "${COMMON[@]}" \
+    hydra.sweep.dir="$OUT/lenet5_99_kd"
 fi

@@ -267,7 +267,10 @@ class ClassifierModule(pl.LightningModule):
             n = self._train_seen
             self.log("train/loss", s[0] / n, sync_dist=True)
             self.log("train/acc", s[1] / n, prog_bar=True, sync_dist=True)
-            self._warn_on_blowup(float(s[0]) / n)  # s was read by _check_finite: no extra wait
+            mean = s[0] / n
+            if self._trainer is not None and self._trainer.world_size > 1:  # every rank decides
+                mean = self._trainer.strategy.reduce(mean, reduce_op="mean")  # on the same mean
+            self._warn_on_blowup(float(mean))
             if self.regularizer is not None:
                 self.log("train/penalty", self._penalty_sum / self._train_steps, sync_dist=True)
         if self.scheduler_interval == "epoch":

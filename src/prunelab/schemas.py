@@ -120,7 +120,7 @@ class DynamicConf(MethodConf):
 class MovementConf(MethodConf):
     variant: str = "hard"  # hard: top-v per weight tensor | soft: one global threshold
     seed: int = "${seed}"  # type: ignore[assignment]
-    distribution: Optional[Distribution] = None  # null: the variant decides | uniform | erk
+    distribution: Optional[Distribution] = None  # null | uniform | erk (with variant=hard)
 
 
 @dataclass

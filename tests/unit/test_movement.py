@@ -1,5 +1,5 @@
 """Movement pruning: the score is -sum over every step of W * dL/dW, hard = top-v per tensor,
-soft = one global threshold, or per-tensor shares of the budget from pruner.distribution; its
+soft = one global threshold; hard also with per-tensor shares from pruner.distribution; its
 schedule must start after some fine-tuning."""
 
 import pytest
@@ -49,7 +49,7 @@ def test_masks_keep_the_weights_that_moved_away_from_zero(tmp_path, variant):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(160, 10, generator=g)
     data = DataLoader(TensorDataset(x, (x[:, :3].argmax(1))), batch_size=16)
-    method = (Movement(variant="soft", distribution="erk") if variant == "erk"
+    method = (Movement(variant="hard", distribution="erk") if variant == "erk"
               else Movement(variant=variant))
     cb = PruningCallback(method, OneShot(2), sparsity=0.6)
     tally = Movements(cb)
@@ -82,3 +82,7 @@ def test_a_first_event_before_any_step_and_an_unknown_variant_are_refused():
     Movement().check_run(None, Gradual(0, 2), 0.5)  # its epoch-0 event is at 0 %: allowed
     with pytest.raises(PruningConfigError, match="pruner.variant='medium' is not one of hard, soft"):
         Movement(variant="medium")
+    with pytest.raises(PruningConfigError, match="pruner.distribution=erk sets each weight "
+                       "tensor's share of the budget, but pruner.variant=soft selects by one "
+                       "global threshold; allowed: pruner.variant=hard with a distribution"):
+        Movement(variant="soft", distribution="erk")

@@ -91,4 +91,5 @@ def train_level(cfg: DictConfig, level: Level, net: Any, datamodule: Any, method
         "best_val_iteration": store.step_of(best_path),
         "iterations": int(trainer.global_step),
         "wall_time_s": ckpt.elapsed(),  # across resumes
+        "warnings": list(module.training_warnings),  # a training loss that blew up
     }, rewind

@@ -13,8 +13,8 @@ what distinguishes it from magnitude pruning, which favours large pretrained wei
 - ``variant=soft``: one threshold over all scores (the paper's soft movement pruning lets each
   layer's sparsity follow the scores; its threshold and score penalty set the final sparsity,
   here the threshold is the one that meets the run's exact target).
-- ``distribution=uniform|erk`` (either variant): each weight tensor's share of the global
-  budget is set in advance, then each keeps its top scores.
+- ``distribution=uniform|erk`` (with ``hard``): each weight tensor's share of the global budget
+  is set in advance, then each keeps its top scores (``soft``'s one threshold would contradict it).
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ class Movement(ScoreThenSelect):
         if variant not in VARIANTS:
             raise PruningConfigError(f"pruner.variant={variant!r} is not one of "
                                      f"{', '.join(VARIANTS)}")
+        if variant == "soft" and _value(distribution) is not None:
+            raise PruningConfigError(
+                f"pruner.distribution={_value(distribution)} sets each weight tensor's share of the "
+                f"budget, but pruner.variant=soft selects by one global threshold; allowed: "
+                f"pruner.variant=hard with a distribution, or pruner.distribution=null")
         super().__init__("layer" if variant == "hard" else "global", "unstructured", include,
                          exclude, seed, distribution)
         self.variant = variant
