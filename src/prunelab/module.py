@@ -265,11 +265,11 @@ class ClassifierModule(pl.LightningModule):
         s = self._train_sums
         if s is not None and self._train_seen > 0:
             n = self._train_seen
-            self.log("train/loss", s[0] / n, sync_dist=True)
-            self.log("train/acc", s[1] / n, prog_bar=True, sync_dist=True)
             mean = s[0] / n
+            self.log("train/loss", mean, sync_dist=True)
+            self.log("train/acc", s[1] / n, prog_bar=True, sync_dist=True)
             if self._trainer is not None and self._trainer.world_size > 1:  # every rank decides
-                mean = self._trainer.strategy.reduce(mean, reduce_op="mean")  # on the same mean
+                mean = self._trainer.strategy.reduce(mean.clone(), reduce_op="mean")  # one mean
             self._warn_on_blowup(float(mean))
             if self.regularizer is not None:
                 self.log("train/penalty", self._penalty_sum / self._train_steps, sync_dist=True)

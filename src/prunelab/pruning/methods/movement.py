@@ -56,13 +56,13 @@ class Movement(ScoreThenSelect):
 
     def __init__(self, variant: str = "hard", include: Sequence[str] | None = None,
                  exclude: Sequence[str] = (), seed: int = 0, distribution: str | None = None):
-        variant = _value(variant)
+        variant, distribution = _value(variant), _value(distribution)
         if variant not in VARIANTS:
             raise PruningConfigError(f"pruner.variant={variant!r} is not one of "
                                      f"{', '.join(VARIANTS)}")
-        if variant == "soft" and _value(distribution) is not None:
+        if variant == "soft" and distribution is not None:
             raise PruningConfigError(
-                f"pruner.distribution={_value(distribution)} sets each weight tensor's share of the "
+                f"pruner.distribution={distribution} sets each weight tensor's share of the "
                 f"budget, but pruner.variant=soft selects by one global threshold; allowed: "
                 f"pruner.variant=hard with a distribution, or pruner.distribution=null")
         super().__init__("layer" if variant == "hard" else "global", "unstructured", include,
