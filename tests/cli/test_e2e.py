@@ -223,22 +223,6 @@ def test_joblib_launcher_splits_the_cores_between_jobs(tmp_path):
     assert (sweep / "report.md").is_file()
 
 
-@pytest.mark.slow  # a launcher plugin end to end: `python -m pytest -m slow`
-def test_optuna_search_reports_the_best_trial(tmp_path):
-    sweep = tmp_path / "op"
-    p = run_train(["-m", "experiment=search_lr", *FAST, "measure.latency=false",
-                   "hydra.sweeper.n_trials=2", "epochs=range(2,4)", f"hydra.sweep.dir={sweep}"],
-                  tmp_path, timeout=400)
-    assert p.returncode == 0, p.stderr[-3000:]
-    import yaml
-
-    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    trials = [json.loads(f.read_text()) for f in sweep.glob("*/results.json")]
-    assert len(trials) == 2
-    assert best["best_value"] == pytest.approx(max(t["best_val_acc"] for t in trials))
-    assert "**Best trial** (Optuna)" in (sweep / "report.md").read_text()
-
-
 @pytest.mark.slow
 def test_sweep_without_an_objective_fails_each_job_clearly(tmp_path):
     sweep = tmp_path / "noobj"
