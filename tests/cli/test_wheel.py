@@ -5,6 +5,7 @@ this one's packages (``--system-site-packages``); only prunelab comes from the w
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,8 +19,15 @@ REPO = Path(__file__).resolve().parents[2]
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
                "SHA256SUMS.uncompressed"]
-SCRIPTS = ["prunelab-train", "prunelab-lottery", "prunelab-sensitivity", "prunelab-measure",
-           "prunelab-export", "prunelab-report"]
+#: the console scripts pyproject.toml declares ([project.scripts]; read here, not listed again)
+SCRIPTS = re.findall(r"^(prunelab-[a-z]+) = ", (REPO / "pyproject.toml").read_text().split(
+    "[project.scripts]")[1].split("\n[")[0], flags=re.M)
+
+
+def test_the_wheel_declares_a_console_script_per_command():
+    from prunelab.cli import COMMAND_GROUPS
+
+    assert sorted(SCRIPTS) == sorted(f"prunelab-{c}" for c in COMMAND_GROUPS)
 
 
 def _env(**extra):
@@ -110,7 +118,7 @@ def test_wheel_trains_from_another_directory(env_dir, tmp_path):
 
 @pytest.mark.slow  # -m slow (README): the default suite stays under 10 minutes
 def test_console_scripts_in_the_venv(env_dir, tmp_path):
-    """The six commands are console scripts of the wheel: each resolves to a callable ``main``
+    """The commands are console scripts of the wheel: each resolves to a callable ``main``
     of the installed package, and each one's ``--help`` runs and exits 0."""
     for name in SCRIPTS:
         assert (env_dir / "bin" / name).is_file(), name
