@@ -109,7 +109,6 @@ class ClassifierModule(pl.LightningModule):
         self._flushed = 0  # the epoch's steps already added to the sums
         self._first_bad: torch.Tensor | None = None  # the epoch's first step with a bad loss
         self._epoch_start_step = 0  # optimizer steps before this epoch
-        self._num_classes = int(num_classes)
         self.training_warnings: list[str] = []  # the run's first blow-up (_warn_on_blowup)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -235,11 +234,12 @@ class ClassifierModule(pl.LightningModule):
     def _warn_on_blowup(self, mean_loss: float) -> None:
         """The run's first epoch whose mean training loss exceeds ``BLOWUP_FACTOR`` times
         chance level: a one-line warning, kept for results.json (``training_warnings``)."""
-        chance = math.log(self._num_classes)
+        classes = int(self.val_acc.num_classes)
+        chance = math.log(classes)
         if self.training_warnings or chance <= 0 or not mean_loss > self.BLOWUP_FACTOR * chance:
             return
         msg = (f"the training loss averaged {mean_loss:.4g} over epoch {self.current_epoch}, "
-               f"{mean_loss / chance:.0f}x its chance level (ln {self._num_classes} = "
+               f"{mean_loss / chance:.0f}x its chance level (ln {classes} = "
                f"{chance:.2f}): the weights blew up and may not recover; lower optimizer.lr or "
                f"set module.gradient_clip_val")
         self.training_warnings.append(msg)
