@@ -109,3 +109,46 @@ def test_every_module_has_a_layer():
     top = {m.split(".")[1] for m in _modules() if m != "prunelab"}
     layered = {name for names in LAYERS for name in names}
     assert top <= layered, f"add to LAYERS: {sorted(top - layered)}"
+
+
+def _top_level_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The prunelab modules a file imports when it is imported (not inside a function)."""
+    found, todo = set(), list(ast.parse(path.read_text()).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        found |= {n for n in names if n.startswith("prunelab") and n in modules}
+        todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def test_errors_and_files_import_nothing_of_prunelab():
+    modules = _modules()
+    assert _imports(modules["prunelab.errors"], modules) == set()
+    assert _imports(modules["prunelab.files"], modules) == set()
+
+
+def test_pruning_and_compress_do_not_import_each_other_at_import_time():
+    modules = _modules()
+    crossing = {m: sorted(d for d in _top_level_imports(p, modules)
+                          if d.startswith(other))
+                for m, p in modules.items()
+                for own, other in (("prunelab.pruning", "prunelab.compress"),
+                                   ("prunelab.compress", "prunelab.pruning"))
+                if m.startswith(own)}
+    assert not {m: d for m, d in crossing.items() if d}
+
+
+def test_cli_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, prunelab.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
