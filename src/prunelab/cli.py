@@ -29,7 +29,6 @@ _PASS_THROUGH = ("--help", "-h", "--hydra-help", "--info", "-i", "--version", "-
                  "--config-name", "-cn", "--experimental-rerun")
 
 
-
 #: The config groups a user sets on each command's command line (checked before Hydra starts,
 #: listed by ``--help``).
 COMMAND_GROUPS = {

@@ -153,8 +153,6 @@ def print_executorch(result: dict[str, Any], out: Path) -> None:
               f"{result['dense_latency_ms'][k]:.3f} ms")
 
 
-
-
 # ---------------------------------------------------------------------------------- measure
 #: measure's ExecuTorch variants: name -> (the float variant it is made of, int8)
 ET_VARIANTS = {"et_dense": ("dense", False), "et_int8": ("dense", True),
