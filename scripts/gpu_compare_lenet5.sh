@@ -4,7 +4,8 @@
 # SEEDS plus the dense arm, JOBS runs at a time on the one GPU (LeNet-5 on MNIST uses a sliver of
 # it), fp32 like the CPU half (hardware=gpu with precision 32-true), then the report over all runs.
 #   OUT=/tmp/cmp bash scripts/gpu_compare_lenet5.sh          # JOBS=8 SEEDS="0 1 2"
-# On the 2-core CPU (about 7 minutes a run in channels_last, two at a time: 5 hours):
+# On the 2-core CPU (a median 5.8 minutes a run in channels_last, two at a time: about 4 hours;
+# how BENCHMARKS.md's LeNet-5 table was measured):
 #   HW="hardware=cpu hardware.memory_format=channels_last" JOBS=2 THREADS=1 OUT=... bash ...
 # On a device without hydra-core/omegaconf, install their wheels first (see the device README).
 # A rerun skips the runs that have results.json (the train command's own rule), so a run cut
