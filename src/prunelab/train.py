@@ -40,6 +40,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     import torch
 
     from prunelab.files import write_json_atomic
+    from prunelab.history import keep_csv_history
     from prunelab.posttrain import post_training
     from prunelab.pretrained import init_identity
     from prunelab.pruning import FinalSparsityCheckpoint
@@ -79,6 +80,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     if int(cfg.epochs) == 0:  # post-training pruning: no training (a resume starts it over)
         best_path, post = post_training(cfg, parts, module, trainer, ckpt)
     else:
+        keep_csv_history(trainer, resume)  # Lightning's CSVLogger would start metrics.csv over
         trainer.fit(module, datamodule=dm, ckpt_path=resume)
         best_path = ckpt.best_model_path or None
     test_metrics = trainer.test(module, datamodule=dm, ckpt_path=best_path, verbose=False)[0]

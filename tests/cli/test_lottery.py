@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -233,13 +234,16 @@ def test_lottery_report_combines_seeds(tmp_path):
     for seed in (0, 1):
         cfg = compose_lottery(*TINY, "lottery.levels=1", f"seed={seed}")
         LotteryRun(cfg, tmp_path / f"seed={seed}", log=lambda s: None).run()
+    # the same run again in another directory (one seed, not a third): counted once, and named
+    shutil.copytree(tmp_path / "seed=0", tmp_path / "zagain,seed=0")
     curves = write_report(tmp_path, quiet=True)
     assert [(c["control"], c["level"], c["seeds"]) for c in curves] == [("none", 0, 2),
                                                                         ("none", 1, 2)]
     accs = [r["test_acc"] for s in (0, 1) for r in read_levels(tmp_path / f"seed={s}")
             if r["level"] == 1]
     assert curves[1]["test_acc_mean"] == pytest.approx(sum(accs) / 2)
-    assert (tmp_path / "lottery_report.md").is_file() and (tmp_path / "lottery_report.csv").is_file()
+    assert "- `zagain,seed=0` repeats `seed=0`" in (tmp_path / "lottery_report.md").read_text()
+    assert (tmp_path / "lottery_report.csv").is_file()
     assert (tmp_path / "lottery.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -38,6 +38,19 @@ def test_summary_means_over_seeds_and_keeps_different_configs_apart(tmp_path):
     assert (tmp_path / "report.csv").read_text().count("\n") == 4
 
 
+def test_a_run_repeated_in_two_directories_is_one_seed_and_is_named(tmp_path):
+    for name, seed in (("a", 0), ("b", 1), ("c", 0)):  # c: a's config and seed run again
+        fake(tmp_path / name, "magnitude", 0.90 + 0.01 * seed + (0.05 if name == "c" else 0), seed)
+        res = json.loads((tmp_path / name / "results.json").read_text())
+        res["config_hash"] = f"h{seed}"
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    (row,) = write_report(tmp_path, quiet=True)
+    assert row["seeds"] == 2 and row["test_acc_mean"] == pytest.approx(0.905)  # a and b
+    md = (tmp_path / "report.md").read_text()
+    assert "**1 run(s) repeat a configuration and seed already counted**" in md
+    assert "- `c` repeats `a`" in md
+
+
 def test_seedless_hash_ignores_only_seeds():
     cfg = {"seed": 1, "data": {"seed": 1, "subset": None}, "pruner": {"seed": 1, "name": "m"},
            "regularizer": None}

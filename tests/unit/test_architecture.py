@@ -13,7 +13,7 @@ COMMANDS = {"prunelab.train", "prunelab.lottery", "prunelab.sensitivity", "prune
 LAYERS = (
     ("errors", "files", "seeds", "losses", "schemas", "config", "graph", "metrics", "data",
      "models", "formatting", "datasets", "conf"),
-    ("pruning", "compress", "module", "robust", "plots", "runs"),
+    ("pruning", "compress", "module", "robust", "plots", "runs", "history"),
     ("assemble", "tickets", "deploy", "analysis", "results", "hardware", "distill", "pretrained",
      "posttrain", "control"),
     ("cli", "jobs", "policy_search"),

@@ -69,6 +69,34 @@ def collect(directory: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def distinct(rows: Sequence[dict[str, Any]], identity: Any,
+             root: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per ``identity(row)`` (the first by run directory), and a line for each run
+    directory that repeats one counted already: the same configuration and seed run twice (two
+    directories of one tree) is one sample, not two seeds."""
+    seen: dict[Any, str] = {}
+    kept, repeats = [], []
+    for r in sorted(rows, key=lambda r: r["run_dir"]):
+        key = identity(r)
+        if key not in seen:
+            seen[key] = r["run_dir"]
+            kept.append(r)
+            continue
+        line = (f"`{Path(r['run_dir']).relative_to(root)}` repeats "
+                f"`{Path(seen[key]).relative_to(root)}`")
+        if line not in repeats:
+            repeats.append(line)
+    return kept, repeats
+
+
+def _repeated(repeats: Sequence[str]) -> str:
+    if not repeats:
+        return ""
+    lines = ["", f"**{len(repeats)} run(s) repeat a configuration and seed already counted** "
+                 f"(counted once: the same seed twice is not two seeds):", ""]
+    return "\n".join(lines + [f"- {x}" for x in repeats]) + "\n"
+
+
 def _mean(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.mean(vals) if vals else None
@@ -209,7 +237,8 @@ def adversarial_training(res: dict[str, Any]) -> str:
             f"{at['start_epoch']}")
 
 
-def markdown(summary: Sequence[dict[str, Any]], failures: Sequence[dict[str, str]] = ()) -> str:
+def markdown(summary: Sequence[dict[str, Any]], failures: Sequence[dict[str, str]] = (),
+             repeats: Sequence[str] = ()) -> str:
     shown = [c for c in COLUMNS if c[0] not in OPTIONAL_COLUMNS
              or any(r.get(c[0]) not in (None, "no") for r in summary)]
     md = markdown_table(summary, shown)
@@ -223,7 +252,7 @@ def markdown(summary: Sequence[dict[str, Any]], failures: Sequence[dict[str, str
         lines = ["", f"**{len(failures)} job(s) without results:**", ""]
         lines += [f"- `{f['run_dir']}`: {f['error']}" for f in failures]
         md += "\n".join(lines) + "\n"
-    return md
+    return md + _repeated(repeats)
 
 
 def write_report(directory: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
@@ -236,7 +265,10 @@ def write_report(directory: str | Path, quiet: bool = False) -> list[dict[str, A
         raise ReportError(f"{str(directory)!r} is not a directory; allowed: a directory holding "
                           f"prunelab runs (results.json, lottery runs)")
     lottery = write_lottery_report(directory, quiet=quiet)
-    summary = summarize(collect(directory))
+    # a run's identity: its config_hash (seed included); results without one are all counted
+    rows, repeats = distinct(collect(directory),
+                             lambda r: r.get("config_hash") or ("dir", r["run_dir"]), directory)
+    summary = summarize(rows)
     failures = collect_failures(directory)
     if not summary:
         if lottery:
@@ -253,7 +285,7 @@ def write_report(directory: str | Path, quiet: bool = False) -> list[dict[str, A
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(summary)
-    md = markdown(summary, failures)
+    md = markdown(summary, failures, repeats)
     pngs = plot_sweep(summary, directory)
     md += "\n" + "".join(f"![{p.stem}]({p.name})\n" for p in pngs)
     (directory / "report.md").write_text(md)
@@ -269,7 +301,8 @@ def collect_lottery(directory: str | Path) -> list[dict[str, Any]]:
     ticket, ``<run>/ticket/``, is left out: the ticket run itself is counted)."""
     from prunelab.tickets.store import read_levels, runs_below
 
-    return [row for run in runs_below(directory) for row in read_levels(run)]
+    return [dict(row, run_dir=str(run)) for run in runs_below(directory)
+            for row in read_levels(run)]
 
 
 def write_lottery_report(directory: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
@@ -278,10 +311,14 @@ def write_lottery_report(directory: str | Path, quiet: bool = False) -> list[dic
     from prunelab.tickets.summary import lottery_curves, write_table
 
     directory = Path(directory)
-    curves = lottery_curves(collect_lottery(directory))
+    rows, repeats = distinct(
+        collect_lottery(directory),
+        lambda r: (r.get("group_hash"), r.get("seed"), r["control"], r["level"])
+        if r.get("group_hash") else ("dir", r["run_dir"], r["level"]), directory)
+    curves = lottery_curves(rows)
     if not curves:
         return []
-    md = write_table(directory / "lottery_report", curves)
+    md = write_table(directory / "lottery_report", curves, _repeated(repeats))
     seeds = max(r["seeds"] for r in curves)
     plot_lottery(curves, directory / "lottery.png",
                  title=f"lottery tickets, mean of {seeds} seed(s)")

@@ -38,6 +38,7 @@ def train_level(cfg: DictConfig, level: Level, net: Any, datamodule: Any, method
     import torch
     from prunelab.assemble import build_module, build_trainer
     from prunelab.hardware import job_threads
+    from prunelab.history import keep_csv_history
     from prunelab.pruning import FinalSparsityCheckpoint
 
     t0 = time.perf_counter()
@@ -60,6 +61,7 @@ def train_level(cfg: DictConfig, level: Level, net: Any, datamodule: Any, method
     resume = str(last) if last.is_file() else None
     if resume:
         log(f"[{control}] level {level.number}: resuming from {last}")
+    keep_csv_history(trainer, resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     end = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     store.save(end, d / store.END)

@@ -49,8 +49,9 @@ def lottery_curves(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_table(stem: str | Path, curves: Sequence[dict[str, Any]]) -> str:
-    """``<stem>.md`` and ``<stem>.csv`` of lottery curves; returns the markdown."""
+def write_table(stem: str | Path, curves: Sequence[dict[str, Any]], note: str = "") -> str:
+    """``<stem>.md`` (the table, then ``note``) and ``<stem>.csv`` of lottery curves; returns
+    the markdown."""
     stem = Path(stem)
 
     def write_csv(tmp: Path) -> None:
@@ -60,6 +61,6 @@ def write_table(stem: str | Path, curves: Sequence[dict[str, Any]]) -> str:
             w.writerows(curves)
 
     atomic_write(stem.with_suffix(".csv"), write_csv)
-    md = markdown_table(curves, COLUMNS, missing="n/a")
+    md = markdown_table(curves, COLUMNS, missing="n/a") + note
     atomic_write(stem.with_suffix(".md"), lambda tmp: tmp.write_text(md))
     return md
