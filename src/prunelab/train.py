@@ -103,7 +103,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
                              latency=bool(m.latency), batch_sizes=list(m.batch_sizes),
                              warmup=int(m.warmup), runs=int(m.runs),
                              threads=threads, size=bool(m.size))
-    parts.warnings.extend(module.training_warnings)  # a blow-up during training
+    # a blow-up during training; a dynamic method that never moved a mask
+    parts.warnings.extend(module.training_warnings + callback.warnings)
     results = run_results(cfg, resolved, parts, trainer, ckpt, test_metrics, measured,
                           adversarial=adversarial, train_time=train_time,
                           wall_time=ckpt.elapsed(), out=out, post_training=post)

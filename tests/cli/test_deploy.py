@@ -363,6 +363,8 @@ def test_onnx_export_round_trip(runs, tmp_path):
         assert (small(x) - got).abs().max() <= 1e-4
     expected = compact(run.net, (1, 28, 28))[1].params_after
     assert sum(p.numel() for p in small.parameters()) == expected
+    before = sum(p.numel() for p in run.net.parameters())
+    assert f"compact=true: {expected:,} of {before:,} parameters kept" in proc.stdout
 
 
 @pytest.mark.slow

@@ -208,6 +208,26 @@ def test_training_moves_masks_at_constant_sparsity_with_zero_regrowth(tmp_path, 
     assert cb.state_dict()["method"]["updates"] == len(updates)
 
 
+@pytest.mark.parametrize(("delta_t", "idle"), [(27, True), (26, False)])
+def test_a_run_too_short_for_one_update_warns_once(tmp_path, capsys, delta_t, idle):
+    # 36 steps, t_end 0.75: updates before step 27, so delta_t=27 never moves a mask
+    pl.seed_everything(0)
+    method = RigL(delta_t=delta_t, drop_fraction=0.3, t_end=0.75)
+    cb = PruningCallback(method, OneShot(0), sparsity=0.8)
+    module = ClassifierModule(MLP(), 2, optimizer=lambda params: torch.optim.Adam(params, lr=1e-2))
+    _trainer(tmp_path, [cb], epochs=3).fit(module, _data())
+    assert method.updates == (0 if idle else 1)
+    err = [line for line in capsys.readouterr().err.splitlines() if "prunelab: warning" in line]
+    if idle:
+        assert cb.warnings == [
+            "pruner=rigl moves its masks every pruner.delta_t=27 optimizer steps until t_end=0.75 "
+            "of the run, but the run has 36 steps: no mask will move (static sparse training); "
+            "lower pruner.delta_t or train longer"]
+        assert err == [f"prunelab: warning: {cb.warnings[0]}"]
+    else:
+        assert cb.warnings == [] and err == []
+
+
 @pytest.mark.parametrize("cls", [SET, RigL])
 def test_a_resumed_run_reproduces_masks_and_weights_bit_for_bit(tmp_path, cls):
     def run(directory, epochs, stop_after=None, ckpt_path=None):

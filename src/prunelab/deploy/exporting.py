@@ -28,7 +28,9 @@ def export_run(conf: Any) -> dict[str, Any]:
     run = load(conf.run, conf.checkpoint)
     net = run.net
     if conf.compact:
-        net, _ = compact_run(run)
+        net, report = compact_run(run)
+        print(f"compact=true: {report.params_after:,} of {report.params_before:,} parameters kept "
+              f"(the units with all their weights at zero removed)")
     out = Path(conf.out) if conf.out else run.run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     stem = "model" + ("_compact" if conf.compact else "") + ("_int8" if conf.quantize == "int8" else "")

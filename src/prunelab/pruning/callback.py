@@ -23,6 +23,7 @@ weight is refused).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytorch_lightning as pl
@@ -75,6 +76,7 @@ class PruningCallback(pl.Callback):
         self._fast_dev_run = False  # Lightning's smoke test: the final target at epoch 0
         self._total_steps = 0  # optimizer steps of the whole run (dynamic methods' schedule)
         self._steps_per_epoch = 0  # ... per epoch (step events, rewinding a step-wise LR)
+        self.warnings: list[str] = []  # printed once, for results.json (a dynamic method idle)
         # schedule.rewind: learning rate or weights set back after each round (iterative)
         self.rewinder = RoundRewinder(  # one event before training (at_init): nothing to rewind
             "none" if pruner.at_init else getattr(schedule, "rewind", "none"),
@@ -171,10 +173,25 @@ class PruningCallback(pl.Callback):
                                      f"steps: it needs exactly one torch.optim.Optimizer "
                                      f"(this run has {len(trainer.optimizers)} optimizers)")
         self._total_steps = total_optimizer_steps(trainer)
+        if self.pruner.dynamic:
+            self._warn_if_idle(self._total_steps)
         self._steps_per_epoch = self._total_steps // max(int(trainer.max_epochs or 1), 1)
         if self.by_steps:
             self.step_events = self.schedule.step_events(self.sparsity, self._steps_per_epoch)
         self._step_hooks = [o.register_step_post_hook(self._after_optimizer_step) for o in opts]
+
+    def _warn_if_idle(self, total: int) -> None:
+        """A dynamic method whose first update (step ``delta_t``) falls after ``t_end`` of the
+        run never moves a mask: static sparse training under its name. One warning."""
+        p = self.pruner
+        if p.due(p.delta_t, total):  # the first update
+            return
+        msg = (f"pruner={p.name} moves its masks every pruner.delta_t={p.delta_t} optimizer "
+               f"steps until t_end={p.t_end:g} of the run, but the run has {total} steps: no "
+               f"mask will move (static sparse training); lower pruner.delta_t or train longer")
+        if msg not in self.warnings:
+            self.warnings.append(msg)
+            print(f"prunelab: warning: {msg}", file=sys.stderr)
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         if optimizer is self._counted:  # Lightning counts this step once the hook returns

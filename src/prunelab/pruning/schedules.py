@@ -37,8 +37,9 @@ class Schedule(ABC):
         if last > max_epochs - 1:
             raise ScheduleError(
                 f"schedule={self.name} prunes at epoch {last} but the run has epochs={max_epochs} "
-                f"(0..{max_epochs - 1}): the last pruning epoch must be <= {max_epochs - 1} to leave "
-                f"at least one fine-tuning epoch"
+                f"(0..{max_epochs - 1}): the last pruning epoch must be <= {max_epochs - 1}; set "
+                f"{'schedule.at_epoch' if hasattr(self, 'at_epoch') else 'schedule.end_epoch'}"
+                f"<={max_epochs - 1} or epochs>={last + 1}"
             )
 
 
