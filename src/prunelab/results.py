@@ -227,14 +227,22 @@ def channel_sparsity(net: nn.Module, names: Sequence[str]) -> dict[str, Any]:
             "pruned_channels": dead, "channels": total}
 
 
+def _target(res: Mapping[str, Any]) -> str:
+    """What the run pruned towards: a sparsity, or latency_aware's budget (it sets no sparsity)."""
+    lat = res.get("latency_aware")
+    if lat:
+        return (f"latency budget {lat['budget_ms']:g} ms at batch {lat['batch']}: "
+                f"{lat['achieved_ms']:.3f} ms measured, {'met' if lat['met'] else 'NOT met'}")
+    return f"target {res['target_sparsity']:.4f}"
+
+
 def summary_rows(res: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The (label, value) rows of the end-of-run summary."""
     rows = [
         ("run", f"model={res['model']} data={res['data']} pruner={res['pruner']} "
                 f"schedule={res['schedule']} seed={res['seed']}"),
-        ("sparsity", f"{res['sparsity']['global']:.4f} of weights (target "
-                     f"{res['target_sparsity']:.4f}), {res['channel_sparsity']['global']:.4f} of "
-                     f"channels"),
+        ("sparsity", f"{res['sparsity']['global']:.4f} of weights ({_target(res)}), "
+                     f"{res['channel_sparsity']['global']:.4f} of channels"),
         ("test acc", f"{res['test_acc']:.4f}  (loss {res['test_loss']:.4f})"),
         ("best val acc", "n/a" if res["best_val_acc"] is None else f"{res['best_val_acc']:.4f}"),
         ("params", f"{_fmt_count(res['params']['nonzero'])} non-zero / "

@@ -205,3 +205,22 @@ def test_runtime_calls_of_the_models_timed_last_are_reused(monkeypatch):
     model.time(full, b)
     model.time(full, a)  # a was evicted by b
     assert lowered == [full, a, b, a]
+
+
+def test_the_summary_names_the_latency_budget_not_an_unused_sparsity():
+    from prunelab.results import summary_rows
+
+    res = {"model": "lenet5", "data": "mnist", "pruner": "latency_aware", "schedule": "oneshot",
+           "seed": 0, "sparsity": {"global": 0.0002}, "target_sparsity": 0.5,
+           "channel_sparsity": {"global": 0.12}, "test_acc": 0.9, "test_loss": 0.3,
+           "best_val_acc": 0.9, "params": {"nonzero": 10, "total": 20},
+           "macs": {"dense": 100, "compact": 80, "nonzero": 80}, "wall_time_s": 1.0,
+           "results_path": "results.json",
+           "latency_aware": {"budget_ms": 0.3, "batch": 1, "achieved_ms": 0.2939, "met": True}}
+    row = dict(summary_rows(res))["sparsity"]
+    assert row == ("0.0002 of weights (latency budget 0.3 ms at batch 1: 0.294 ms measured, "
+                   "met), 0.1200 of channels")
+    res["latency_aware"]["met"] = False
+    assert "NOT met" in dict(summary_rows(res))["sparsity"]
+    del res["latency_aware"]
+    assert "(target 0.5000)" in dict(summary_rows(res))["sparsity"]
