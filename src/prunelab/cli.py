@@ -141,6 +141,18 @@ def compose(config_name: str, overrides: Sequence[str]) -> Any:
         restore_gh_from_backup(backup)
 
 
+def _parses(arg: str) -> bool:
+    """Whether Hydra's override grammar takes ``arg`` alone."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        OverridesParser.create().parse_overrides([arg])
+    except HydraException:
+        return False
+    return True
+
+
 def check_keys(config_name: str, argv: Sequence[str]) -> None:
     """Compose the command's config with the command line's single-valued overrides: a key the
     config does not have (``foo=bar``) or a value of the wrong type is one line, not Hydra's
@@ -152,8 +164,11 @@ def check_keys(config_name: str, argv: Sequence[str]) -> None:
     try:
         parsed = OverridesParser.create().parse_overrides(args)
     except HydraException as exc:
-        raise ConfigError(f"cannot parse the command line ({one_line(exc)}); allowed: "
-                          f"key=value, group=option, +key=value") from None
+        bad = next((a for a in args if not _parses(a)), None)
+        raise ConfigError(f"cannot parse {'the command line' if bad is None else repr(bad)} "
+                          f"({one_line(exc)}); allowed: key=value, group=option, +key=value; "
+                          f"quote a list item holding '=' or ',' for Hydra: "
+                          f"'key=[\"a=b\"]'") from None
     plain = [a for a, o in zip(args, parsed) if not o.is_sweep_override()
              and (not o.key_or_group.startswith("hydra") or o.key_or_group == "hydra.searchpath")]
     try:

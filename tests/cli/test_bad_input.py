@@ -26,6 +26,10 @@ CASES = {
                                              "oneshot"),
     "schedule_too_late": (["schedule=oneshot", "schedule.at_epoch=4"],
                           "schedule=oneshot prunes at epoch 4 but the run has epochs=4"),
+    "unquoted_list_item": (["pruner.include=[fc1=x]"],
+                           "cannot parse 'pruner.include=[fc1=x]' (no viable alternative at "
+                           "input '[fc1='); allowed: key=value, group=option, +key=value; quote "
+                           "a list item holding '=' or ',' for Hydra: 'key=[\"a=b\"]'"),
     "include_matches_nothing": (["pruner.include=[nothing.*]"],
                                 "pruner.include=['nothing.*'] matches no parameter"),
     "none_with_sparsity": (["pruner=none", "sparsity=0.5"],
