@@ -39,16 +39,19 @@ def test_summary_means_over_seeds_and_keeps_different_configs_apart(tmp_path):
 
 
 def test_a_run_repeated_in_two_directories_is_one_seed_and_is_named(tmp_path):
-    for name, seed in (("a", 0), ("b", 1), ("c", 0)):  # c: a's config and seed run again
-        fake(tmp_path / name, "magnitude", 0.90 + 0.01 * seed + (0.05 if name == "c" else 0), seed)
-        res = json.loads((tmp_path / name / "results.json").read_text())
-        res["config_hash"] = f"h{seed}"
-        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    # c: a's config and seed run again (logger aside); d: a's config hash, but a setting that
+    # config_hash leaves out differs (the scratch control's budget): not a repeat
+    for name, seed, acc, budget in (("a", 0, 0.90, "epochs"), ("b", 1, 0.91, "epochs"),
+                                    ("c", 0, 0.95, "epochs"), ("d", 0, 0.93, "compute")):
+        fake(tmp_path / name, "magnitude", acc, seed)
+        (tmp_path / name / ".hydra").mkdir()
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(
+            f"seed: {seed}\ncontrol_budget: {budget}\nlogger: {{name: {name}}}\n")
     (row,) = write_report(tmp_path, quiet=True)
-    assert row["seeds"] == 2 and row["test_acc_mean"] == pytest.approx(0.905)  # a and b
+    assert row["seeds"] == 3 and row["test_acc_mean"] == pytest.approx((0.90 + 0.91 + 0.93) / 3)
     md = (tmp_path / "report.md").read_text()
     assert "**1 run(s) repeat a configuration and seed already counted**" in md
-    assert "- `c` repeats `a`" in md
+    assert "- `c` repeats `a`" in md and "`d` repeats" not in md
 
 
 def test_seedless_hash_ignores_only_seeds():

@@ -143,6 +143,16 @@ def test_pruning_and_compress_do_not_import_each_other_at_import_time():
                                    ("prunelab.compress", "prunelab.pruning"))
                 if m.startswith(own)}
     assert not {m: d for m, d in crossing.items() if d}
+    # and through any third module: importing one package loads nothing of the other
+    import subprocess
+    import sys
+
+    for own, other in (("pruning", "compress"), ("compress", "pruning")):
+        code = (f"import sys, prunelab.{own}; "
+                f"print(sorted(m for m in sys.modules if m.startswith('prunelab.{other}')))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        assert out.stdout.strip() == "[]", (own, out.stdout)
 
 
 def test_cli_imports_no_torch():

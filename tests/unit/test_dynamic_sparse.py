@@ -224,6 +224,11 @@ def test_a_run_too_short_for_one_update_warns_once(tmp_path, capsys, delta_t, id
             "of the run, but the run has 36 steps: no mask will move (static sparse training); "
             "lower pruner.delta_t or train longer"]
         assert err == [f"prunelab: warning: {cb.warnings[0]}"]
+        # kept in the checkpoint: a resume that skips on_train_start still reports it, once
+        again = PruningCallback(RigL(delta_t=delta_t), OneShot(0), sparsity=0.8)
+        again.load_state_dict(cb.state_dict())
+        again.load_state_dict(cb.state_dict())
+        assert again.warnings == cb.warnings
     else:
         assert cb.warnings == [] and err == []
 

@@ -33,8 +33,7 @@ def fit(run_dir, epochs, ckpt_path=None):
     checkpoint for every epoch."""
     pl.seed_everything(0, verbose=False)
     module = ClassifierModule(nn.Linear(5, 3), 3, optimizer=functools.partial(torch.optim.SGD, lr=0.1))
-    logger = CSVLogger(save_dir=str(run_dir), name=LOGGER.name, version=LOGGER.version,
-                       flush_logs_every_n_steps=LOGGER.flush_logs_every_n_steps)
+    logger = CSVLogger(save_dir=str(run_dir), name=LOGGER.name, version=LOGGER.version)
     every = ModelCheckpoint(dirpath=str(run_dir / "ckpt"), filename="{epoch}", save_top_k=-1)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=logger, callbacks=[every],
                          enable_progress_bar=False, enable_model_summary=False)
@@ -73,3 +72,13 @@ def test_a_fresh_fit_starts_the_file_over(tmp_path):
     fit(tmp_path, epochs=2)
     assert fit(tmp_path, epochs=1) == 0  # no checkpoint: a new run in an old directory
     assert sorted(set(epochs_of(tmp_path / "csv" / "metrics.csv"))) == [0]
+
+
+def test_a_history_that_cannot_be_read_is_a_warning_and_the_fit_resumes(tmp_path, capsys):
+    fit(tmp_path, epochs=2)
+    metrics = tmp_path / "csv" / "metrics.csv"
+    metrics.write_text("epoch,train/loss\nnot-a-number,1.0\n")
+    assert fit(tmp_path, epochs=3, ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt")) == 0
+    err = capsys.readouterr().err
+    assert f"prunelab: warning: {metrics} cannot be kept across the resume (ValueError" in err
+    assert sorted(set(epochs_of(metrics))) == [2]  # the resumed epoch only

@@ -224,3 +224,14 @@ def test_the_summary_names_the_latency_budget_not_an_unused_sparsity():
     assert "NOT met" in dict(summary_rows(res))["sparsity"]
     del res["latency_aware"]
     assert "(target 0.5000)" in dict(summary_rows(res))["sparsity"]
+
+
+def test_the_latency_report_survives_a_checkpoint_round_trip(tmp_path):
+    pruner = LatencyAware(latency_budget_ms=0.5)
+    pruner._report = {"budget_ms": 0.5, "batch": 1, "achieved_ms": 0.41, "met": True,
+                      "widths": {"features.0": [20, 12]}}
+    torch.save({"method": pruner.state_dict()}, tmp_path / "c.ckpt")
+    resumed = LatencyAware(latency_budget_ms=0.5)
+    resumed.load_state_dict(torch.load(tmp_path / "c.ckpt", weights_only=True)["method"])
+    assert resumed.report() == pruner.report()
+    assert resumed.describe()["latency_aware"] == pruner._report

@@ -89,6 +89,36 @@ def distinct(rows: Sequence[dict[str, Any]], identity: Any,
     return kept, repeats
 
 
+def run_identity(res: dict[str, Any]) -> Any:
+    """What makes two runs of a tree the same run: the whole composed config
+    (``.hydra/config.yaml`` without ``logger`` and ``resume``), seeds included. ``config_hash``
+    alone leaves out settings that change reported numbers (the tested checkpoint's rule,
+    measurement, the scratch control's budget); a run without its config is its own."""
+    import yaml
+
+    path = Path(res["run_dir"]) / ".hydra" / "config.yaml"
+    try:
+        conf = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        conf = None
+    if not isinstance(conf, dict):
+        return ("dir", res["run_dir"])
+    for key in ("logger", "resume"):
+        conf.pop(key, None)
+    return json.dumps(conf, sort_keys=True, default=str)
+
+
+def lottery_identity(row: dict[str, Any]) -> Any:
+    """A lottery level's identity: its run's identity config (``lottery.json``: seeds and data
+    split included), control and level; a run without ``lottery.json`` is its own."""
+    try:
+        meta = json.loads((Path(row["run_dir"]) / "lottery.json").read_text())
+        conf = json.dumps(meta["config"], sort_keys=True, default=str)
+    except (OSError, ValueError, KeyError, TypeError):
+        conf = ("dir", row["run_dir"])
+    return (conf, row["control"], row["level"])
+
+
 def _repeated(repeats: Sequence[str]) -> str:
     if not repeats:
         return ""
@@ -265,9 +295,7 @@ def write_report(directory: str | Path, quiet: bool = False) -> list[dict[str, A
         raise ReportError(f"{str(directory)!r} is not a directory; allowed: a directory holding "
                           f"prunelab runs (results.json, lottery runs)")
     lottery = write_lottery_report(directory, quiet=quiet)
-    # a run's identity: its config_hash (seed included); results without one are all counted
-    rows, repeats = distinct(collect(directory),
-                             lambda r: r.get("config_hash") or ("dir", r["run_dir"]), directory)
+    rows, repeats = distinct(collect(directory), run_identity, directory)
     summary = summarize(rows)
     failures = collect_failures(directory)
     if not summary:
@@ -311,10 +339,7 @@ def write_lottery_report(directory: str | Path, quiet: bool = False) -> list[dic
     from prunelab.tickets.summary import lottery_curves, write_table
 
     directory = Path(directory)
-    rows, repeats = distinct(
-        collect_lottery(directory),
-        lambda r: (r.get("group_hash"), r.get("seed"), r["control"], r["level"])
-        if r.get("group_hash") else ("dir", r["run_dir"], r["level"]), directory)
+    rows, repeats = distinct(collect_lottery(directory), lottery_identity, directory)
     curves = lottery_curves(rows)
     if not curves:
         return []

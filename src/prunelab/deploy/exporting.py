@@ -89,6 +89,7 @@ def export_run(conf: Any) -> dict[str, Any]:
         run.dm.setup("test")
         loader = run.dm.test_dataloader()
         result.update(int8_mode=mode, int8_zeros=count_int8_zeros(q),
+                      max_abs_diff=None, argmax_agreement=None,  # random inputs: no measure
                       test_acc=accuracy(OnnxModule(q.onnx_bytes, conf.threads), loader),
                       pytorch_test_acc=accuracy(net, loader))
     write_json_atomic(out / f"{stem}.json", result)

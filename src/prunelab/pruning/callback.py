@@ -363,9 +363,11 @@ class PruningCallback(pl.Callback):
             "steps_done": list(self.steps_done),
             "method": self.pruner.state_dict(),
             "rewinder": self.rewinder.state_dict(),
+            "warnings": list(self.warnings),  # a resume past on_train_start keeps them
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.warnings += [w for w in state_dict.get("warnings", []) if w not in self.warnings]
         if self.masks is None:
             self._pending = state_dict
         else:

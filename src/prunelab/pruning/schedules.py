@@ -39,7 +39,7 @@ class Schedule(ABC):
                 f"schedule={self.name} prunes at epoch {last} but the run has epochs={max_epochs} "
                 f"(0..{max_epochs - 1}): the last pruning epoch must be <= {max_epochs - 1}; set "
                 f"{'schedule.at_epoch' if hasattr(self, 'at_epoch') else 'schedule.end_epoch'}"
-                f"<={max_epochs - 1} or epochs>={last + 1}"
+                f"<={max_epochs - 1} or epochs>={last + 1} (trainer.max_epochs, where set)"
             )
 
 

@@ -393,3 +393,10 @@ class LatencyAware(PruningMethod):
         """The latency report of the last pruning event: budget, batch, threads, dense / floor /
         achieved latency (ms), whether the budget was met, the checks and per-group widths."""
         return self._report
+
+    def state_dict(self) -> dict:
+        """The report travels in checkpoints: a run resumed after its pruning event keeps it."""
+        return {"report": self._report}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._report = state.get("report", self._report)
