@@ -44,16 +44,17 @@ def keep_csv_history(trainer: Any, checkpoint: str | None) -> int:
     ``metrics.csv`` logged up to the checkpoint's epoch. Returns the number of rows kept."""
     from pytorch_lightning.loggers import CSVLogger
 
-    loggers = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)
+               and (Path(lg.log_dir) / "metrics.csv").is_file()]
     if not checkpoint or not loggers or not trainer.is_global_zero:
         return 0
     kept = 0
+    epoch: int | None = None
     for logger in loggers:
         path = Path(logger.log_dir) / "metrics.csv"
-        if not path.is_file():
-            continue
         try:
-            epoch = _checkpoint_epoch(checkpoint)
+            if epoch is None:  # the checkpoint read once, whatever the number of loggers
+                epoch = _checkpoint_epoch(checkpoint)
             if epoch is None:
                 raise ValueError("the checkpoint names no epoch")
             rows = _rows_up_to(path, epoch)

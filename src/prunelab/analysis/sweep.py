@@ -109,14 +109,19 @@ def run_identity(res: dict[str, Any]) -> Any:
 
 
 def lottery_identity(row: dict[str, Any]) -> Any:
-    """A lottery level's identity: its run's identity config (``lottery.json``: seeds and data
-    split included), control and level; a run without ``lottery.json`` is its own."""
+    """A lottery level's identity: its run's (:func:`collect_lottery`), control and level."""
+    return (row["run_identity"], row["control"], row["level"])
+
+
+def _lottery_run_identity(run: Path) -> Any:
+    """A lottery run's identity config (``lottery.json``: seeds and data split included); a run
+    without a readable one is its own."""
+    from prunelab.tickets.store import read_meta
+
     try:
-        meta = json.loads((Path(row["run_dir"]) / "lottery.json").read_text())
-        conf = json.dumps(meta["config"], sort_keys=True, default=str)
+        return json.dumps(read_meta(run)["config"], sort_keys=True, default=str)
     except (OSError, ValueError, KeyError, TypeError):
-        conf = ("dir", row["run_dir"])
-    return (conf, row["control"], row["level"])
+        return ("dir", str(run))
 
 
 def _repeated(repeats: Sequence[str]) -> str:
@@ -329,8 +334,11 @@ def collect_lottery(directory: str | Path) -> list[dict[str, Any]]:
     ticket, ``<run>/ticket/``, is left out: the ticket run itself is counted)."""
     from prunelab.tickets.store import read_levels, runs_below
 
-    return [dict(row, run_dir=str(run)) for run in runs_below(directory)
-            for row in read_levels(run)]
+    rows = []
+    for run in runs_below(directory):
+        identity = _lottery_run_identity(run)  # lottery.json read once per run
+        rows += [dict(row, run_dir=str(run), run_identity=identity) for row in read_levels(run)]
+    return rows
 
 
 def write_lottery_report(directory: str | Path, quiet: bool = False) -> list[dict[str, Any]]:

@@ -174,13 +174,13 @@ class PruningCallback(pl.Callback):
                                      f"(this run has {len(trainer.optimizers)} optimizers)")
         self._total_steps = total_optimizer_steps(trainer)
         if self.pruner.dynamic:
-            self._warn_if_idle(self._total_steps)
+            self._warn_if_idle(self._total_steps, trainer.is_global_zero)
         self._steps_per_epoch = self._total_steps // max(int(trainer.max_epochs or 1), 1)
         if self.by_steps:
             self.step_events = self.schedule.step_events(self.sparsity, self._steps_per_epoch)
         self._step_hooks = [o.register_step_post_hook(self._after_optimizer_step) for o in opts]
 
-    def _warn_if_idle(self, total: int) -> None:
+    def _warn_if_idle(self, total: int, prints: bool = True) -> None:
         """A dynamic method whose first update (step ``delta_t``) falls after ``t_end`` of the
         run never moves a mask: static sparse training under its name. One warning."""
         p = self.pruner
@@ -189,9 +189,10 @@ class PruningCallback(pl.Callback):
         msg = (f"pruner={p.name} moves its masks every pruner.delta_t={p.delta_t} optimizer "
                f"steps until t_end={p.t_end:g} of the run, but the run has {total} steps: no "
                f"mask will move (static sparse training); lower pruner.delta_t or train longer")
-        if msg not in self.warnings:
+        if msg not in self.warnings:  # not again after a resume (the checkpoint holds it)
             self.warnings.append(msg)
-            print(f"prunelab: warning: {msg}", file=sys.stderr)
+            if prints:  # once under DDP: rank 0, as the module's own warning
+                print(f"prunelab: warning: {msg}", file=sys.stderr)
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         if optimizer is self._counted:  # Lightning counts this step once the hook returns
